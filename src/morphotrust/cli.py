@@ -1,0 +1,31 @@
+"""Command line: `morphotrust <stage> <command> [options]` (also `python -m morphotrust ...`).
+
+Each stage module defines `cli(argv)`; modules are imported lazily so a data job never imports torch.
+Input problems (`InputError`) are printed as one plain message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import InputError
+
+STAGES = ("data", "subsets", "generator", "features", "trust", "morphology", "validation", "report")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
+        print(f"usage: morphotrust {{{','.join(STAGES)}}} <command> [options]", file=sys.stderr)
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    module = importlib.import_module(f"morphotrust.{argv[0]}")
+    try:
+        module.cli(argv[1:])
+    except InputError as error:
+        print(f"morphotrust: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

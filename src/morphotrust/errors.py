@@ -1,0 +1,30 @@
+"""Errors meant for the person running the workflow, raised where bad input enters."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad user input: says which file, which entry or line, and what was expected."""
+
+    def __init__(self, problem: str, *, file=None, where: str | None = None, expected: str | None = None):
+        self.problem, self.file, self.where, self.expected = problem, file, where, expected
+        parts = []
+        if file is not None:
+            parts.append(f"{file}")
+        if where:
+            parts.append(where)
+        head = ": ".join(parts)
+        message = f"{head}: {problem}" if head else problem
+        if expected:
+            message += f" (expected {expected})"
+        super().__init__(message)
+
+
+class InputErrors(InputError):
+    """Several problems found in one pass, reported together so the user fixes them all at once."""
+
+    def __init__(self, summary: str, problems: list[str], *, file=None, limit: int = 50):
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
+        more = f"\n  ... and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
+        super().__init__(f"{summary} ({len(self.problems)} problem(s)):\n{shown}{more}", file=file)

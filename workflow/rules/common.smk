@@ -1,0 +1,21 @@
+# Parse-time plan: the metadata the run will ingest and the validated conditions. Bad input stops the
+# workflow here, before any job starts, with one message naming the file and entry.
+import json
+import shlex
+
+sys.path.insert(0, SRC)
+from morphotrust.conditions import load_conditions
+from morphotrust.data import plan_metadata
+from morphotrust.errors import InputError
+
+try:
+    METADATA = plan_metadata(config["data"])
+    CONDITIONS = load_conditions(config["conditions"], METADATA,
+                                 config["subsets"]["min_sites_per_condition"])
+except InputError as error:
+    raise WorkflowError(f"morphotrust: {error}") from None
+
+
+def cli_json(section):
+    """A config section as one shell-quoted JSON argument for `python -m morphotrust ...`."""
+    return shlex.quote(json.dumps(section, sort_keys=True))
