@@ -52,14 +52,15 @@ def _take_sites(wells: list[pd.DataFrame], max_sites: int) -> list[pd.DataFrame]
 def _assign_splits(wells: list[pd.DataFrame], fractions: dict) -> list[str]:
     """One split per well, keeping each split's share of sites close to its fraction.
 
-    Each well goes to the split furthest below its target; ties go to the earlier split in SPLITS.
+    Each well goes to the split furthest below its target number of sites; ties go to the earlier split
+    in SPLITS. Splits with fraction 0 get nothing.
     """
     total = sum(len(w) for w in wells)
     target = np.array([fractions[s] for s in SPLITS], dtype=float) * total
     assigned = np.zeros(len(SPLITS))
     splits = []
     for well in wells:
-        deficit = np.where(target > 0, (target - assigned) / np.maximum(target, 1e-12), -np.inf)
+        deficit = np.where(target > 0, target - assigned, -np.inf)
         choice = int(np.argmax(deficit))
         assigned[choice] += len(well)
         splits.append(SPLITS[choice])

@@ -1,0 +1,119 @@
+# Data stage (morphotrust.data): an RxRx1 folder, or the SYNTHETIC demo rendered in RxRx1's layout when
+# data.rxrx1_path is null -> per-plate ingest (canonical (6, H, W) TIFF per site) -> merged sites table.
+# Relies on METADATA (common.smk: morphotrust.data.plan_metadata(config["data"])). Shell commands spell out
+# `python -m morphotrust` (the value of MT) because `snakemake --lint` flags globals used in shell commands.
+import morphotrust.data as mtdata
+
+DATA_ROOT = mtdata.data_root(config["data"])
+DEMO_DIR = mtdata.DEMO_DIR
+PLATES = mtdata.plate_wildcards(METADATA)
+PLATE_PATTERN = {"experiment": r"[A-Za-z0-9][A-Za-z0-9._-]*", "plate": r"[0-9]+"}
+DEMO = config["data"]["rxrx1_path"] is None
+
+
+rule data_demo_metadata:
+    output:
+        metadata=f"{DEMO_DIR}/metadata.csv",
+        effects=f"{DEMO_DIR}/demo_effects.json",
+        readme=f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt",
+    params:
+        demo=cli_json(config["data"]["demo"]),
+    log:
+        "results/logs/data/demo_metadata.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "python -m morphotrust data demo-metadata --metadata {output.metadata} --effects {output.effects}"
+        " --readme {output.readme} --demo {params.demo} > {log} 2>&1"
+
+
+rule data_demo_plate:
+    output:
+        directory(f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"),
+    wildcard_constraints:
+        **PLATE_PATTERN,
+    params:
+        demo=cli_json(config["data"]["demo"]),
+    log:
+        "results/logs/data/demo_plate/{experiment}_Plate{plate}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "python -m morphotrust data render-plate --plate-dir {output} --experiment {wildcards.experiment}"
+        " --plate {wildcards.plate} --demo {params.demo} > {log} 2>&1"
+
+
+rule data_ingest_plate:
+    input:
+        metadata=os.path.join(DATA_ROOT, "metadata.csv"),
+        # the demo: also the rendered plate (and the marker that labels the sites synthetic)
+        demo=[f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt", f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"]
+        if DEMO
+        else [],
+    output:
+        table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
+        qc="results/data/ingest/{experiment}/Plate{plate}/qc.csv",
+        sites=directory("results/data/sites/{experiment}/Plate{plate}"),
+    wildcard_constraints:
+        **PLATE_PATTERN,
+    params:
+        layout=config["data"]["layout"],
+        on_bad_site=config["data"]["on_bad_site"],
+    log:
+        "results/logs/data/ingest/{experiment}_Plate{plate}.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+    shell:
+        "python -m morphotrust data ingest-plate --metadata {input.metadata:q} --experiment {wildcards.experiment}"
+        " --plate {wildcards.plate} --layout {params.layout} --on-bad-site {params.on_bad_site}"
+        " --sites-dir {output.sites} --table {output.table} --qc {output.qc} > {log} 2>&1"
+
+
+rule data_merge:
+    input:
+        tables=expand("results/data/ingest/{experiment}/Plate{plate}/sites.parquet", zip, **PLATES),
+        qc=expand("results/data/ingest/{experiment}/Plate{plate}/qc.csv", zip, **PLATES),
+        metadata=os.path.join(DATA_ROOT, "metadata.csv"),
+    output:
+        sites="results/data/sites.parquet",
+        qc="results/data/qc_skipped.csv",
+    params:
+        on_bad_site=config["data"]["on_bad_site"],
+    log:
+        "results/logs/data/merge.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "python -m morphotrust data merge --metadata {input.metadata:q} --on-bad-site {params.on_bad_site}"
+        " --tables {input.tables} --qc-tables {input.qc}"
+        " --sites {output.sites} --qc {output.qc} > {log} 2>&1"
+
+
+rule data_demo_grid:
+    input:
+        sites="results/data/sites.parquet",
+        effects=f"{DEMO_DIR}/demo_effects.json",
+    output:
+        "results/data/demo_grid.png",
+    log:
+        "results/logs/data/demo_grid.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "python -m morphotrust data demo-grid --sites {input.sites} --effects {input.effects}"
+        " --out {output} > {log} 2>&1"
