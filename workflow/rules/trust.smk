@@ -1,0 +1,55 @@
+# Trust score (morphotrust.trust): fit T = R + F on the real seen-arm features, then score the generated
+# samples with their requested condition, accept (T <= threshold) or abstain, and summarise per condition.
+
+TRUST = config["trust"]
+TRUST_SPLIT = TRUST["calibration_source"] == "calibration_split"
+
+
+rule trust_fit:
+    input:
+        train="results/features/real_train.parquet",
+        train_sidecar="results/features/real_train.json",
+        calibration="results/features/real_calibration.parquet" if TRUST_SPLIT else [],
+        calibration_sidecar="results/features/real_calibration.json" if TRUST_SPLIT else [],
+    output:
+        scorer="results/trust/scorer.npz",
+        scorer_json="results/trust/scorer.json",
+        threshold="results/trust/threshold.json",
+        real_scores="results/trust/real_scores.parquet",
+    params:
+        cfg=cli_json(TRUST),
+        calibration="--calibration results/features/real_calibration.parquet" if TRUST_SPLIT else "",
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        "results/logs/trust/fit.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust trust fit --train {input.train} {params.calibration} --config {params.cfg}"
+        " --threads {threads} --out-dir results/trust > {log} 2>&1"
+
+
+rule trust_score:
+    input:
+        scorer="results/trust/scorer.npz",
+        scorer_json="results/trust/scorer.json",
+        real_scores="results/trust/real_scores.parquet",
+        features="results/features/generated.parquet",
+        sidecar="results/features/generated.json",
+    output:
+        scores="results/trust/generated_scores.parquet",
+        scores_csv="results/trust/generated_scores.csv",
+        summary="results/trust/condition_summary.csv",
+        histogram="results/trust/trust_histogram.png",
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        "results/logs/trust/score.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust trust score --scorer results/trust/scorer --features {input.features}"
+        " --real-scores {input.real_scores} --threads {threads} --out-dir results/trust > {log} 2>&1"
