@@ -1,0 +1,36 @@
+"""Running the real Snakemake workflow in a temporary working directory, for the workflow tests."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+             "--workflow-profile", "none"]
+
+
+def run_snakemake(workdir, *args, timeout=1800, check=True):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True,
+                            text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def make_workdir(tmp_path, **overrides):
+    """A working directory with config/ copied from the repo and `overrides` merged into config.yaml."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    for dotted, value in overrides.items():
+        section = config
+        *parents, key = dotted.split(".")
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[key] = value
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return tmp_path
