@@ -1,0 +1,278 @@
+"""Training the conditional flow model on the seen arm's training split, restartably.
+
+Every random draw of step s (noise, times, condition dropout) comes from a generator seeded with
+(seed, s), and the data order from `EpochBatches`, also a function of (seed, step): a checkpoint holds
+only model, EMA and optimizer state plus the step, and a resumed run reproduces an uninterrupted one
+exactly on CPU.
+
+SIGTERM and SIGUSR1 (SLURM preemption or time limit) make the loop finish the current step, save the
+checkpoint and stop; the command then exits with status 75 so Snakemake marks the job incomplete, and a
+rerun resumes from `checkpoints/latest.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import InputError
+from ..io import atomic_path, write_csv
+from .data import (EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals,
+                   read_manifest, training_rows)
+from .model import ATTRIBUTES, SiT, interpolate, model_config, to_model_scale
+
+CHECKPOINT_FORMAT = "morphotrust-sit-1"
+INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: try again later
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but no CUDA device is available",
+                         where="config generator.device", expected="auto, cpu, or a visible cuda device")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU (bf16 matmuls are slow there and change results)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seeded_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
+    """A torch generator seeded from (seed, *keys) through numpy's SeedSequence (well-mixed, stable)."""
+    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, dtype=np.uint32)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return generator
+
+
+def learning_rate(step: int, cfg: dict) -> float:
+    """Linear warm-up over `warmup` steps, then constant (as SiT)."""
+    return cfg["lr"] * min(1.0, (step + 1) / max(cfg["warmup"], 1))
+
+
+def generator_name(preset: str) -> str:
+    return f"morphotrust-sit-{preset.lower().replace('/', '')}"
+
+
+def training_fingerprint(cfg: dict, config: dict, vocabularies: dict, data_id: str) -> str:
+    """What must be unchanged for a checkpoint to be resumed (not the step count: training may be extended)."""
+    keys = ("seed", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop")
+    return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **{k: cfg[k] for k in keys}),
+                      sort_keys=True)
+
+
+def save_checkpoint(path, state: dict) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("generator checkpoint not found", file=path, expected="the output of the train rule")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise InputError(f"cannot read the checkpoint ({error})", file=path,
+                         expected="a morphotrust generator checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError("not a morphotrust generator checkpoint", file=path, expected=f"format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def build_model(state: dict, weights: str = "ema") -> SiT:
+    model = SiT(state["model_config"])
+    model.load_state_dict(state[weights])
+    return model
+
+
+def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
+          on_step=None) -> dict:
+    """Train (or resume) and write checkpoint.pt, loss.csv and loss.png under `out_dir`.
+
+    Returns {"status": "finished" | "interrupted", "step": int}. `on_step(step)` is called after every
+    optimizer step (progress hooks, tests).
+    """
+    device = resolve_device(device)
+    out_dir = Path(out_dir)
+    latest = out_dir / "checkpoints" / "latest.pt"
+    manifest = read_manifest(manifest_path)
+    rows = training_rows(manifest, manifest_path)
+    vocabularies = build_vocabularies(rows)
+    config = model_config(cfg["preset"], resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES})
+    dataset = TrainingImages(stacks_dir, rows, vocabularies, resolution)
+    fingerprint = training_fingerprint(cfg, config, vocabularies, data_fingerprint(rows))
+
+    torch.manual_seed(cfg["seed"])  # weight initialisation
+    model = SiT(config).to(device)
+    ema = SiT(config).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    losses: list[float] = []
+    start = 0
+    if latest.exists():
+        state = load_checkpoint(latest)
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            losses = state["losses"].tolist()
+            start = int(state["step"])
+            print(f"resuming from {latest} at step {start}", file=sys.stderr)
+        else:
+            print(f"{latest} was written with other settings or data: training from scratch", file=sys.stderr)
+
+    def checkpoint(step: int) -> dict:
+        return dict(format=CHECKPOINT_FORMAT, model_config=config, vocabularies=vocabularies,
+                    generator=generator_name(cfg["preset"]), fingerprint=fingerprint, step=step, seed=cfg["seed"],
+                    model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    losses=torch.tensor(losses, dtype=torch.float64))
+
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    steps = cfg["steps"]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=EpochBatches(len(dataset), cfg["batch_size"], cfg["seed"], start, steps),
+        num_workers=cfg["num_workers"], worker_init_fn=ignore_stop_signals if cfg["num_workers"] else None,
+        pin_memory=device.type == "cuda")
+    null = {a: config["vocab_sizes"][a] for a in ATTRIBUTES}
+    step = start
+    model.train()
+    try:
+        with tqdm(total=steps, initial=start, desc="train", unit="step", mininterval=5, file=sys.stderr) as bar:
+            for images, cell, sirna in loader:
+                loss = _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device)
+                losses.append(loss)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if on_step is not None:
+                    on_step(step)
+                if stop["signal"] or step % cfg["checkpoint_every"] == 0 or step == steps:
+                    save_checkpoint(latest, checkpoint(step))
+                if stop["signal"]:
+                    print(f"{stop['signal']} received: saved {latest} at step {step}; rerun to resume",
+                          file=sys.stderr)
+                    return {"status": "interrupted", "step": step}
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    save_checkpoint(out_dir / "checkpoint.pt", checkpoint(step))
+    write_loss_curve(losses, cfg, out_dir)
+    return {"status": "finished", "step": step}
+
+
+def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device) -> float:
+    rng = seeded_generator(cfg["seed"], step, device=device)
+    x = to_model_scale(images.to(device, non_blocking=True))
+    cell, sirna = cell.to(device), sirna.to(device)
+    n = x.shape[0]
+    t = torch.rand(n, generator=rng, device=device)
+    noise = torch.randn(x.shape, generator=rng, device=device)
+    # Classifier-free guidance: each attribute is replaced by its null token independently.
+    cell = torch.where(torch.rand(n, generator=rng, device=device) < cfg["p_drop"]["cell_type"], null["cell_type"], cell)
+    sirna = torch.where(torch.rand(n, generator=rng, device=device) < cfg["p_drop"]["sirna_id"], null["sirna_id"], sirna)
+    x_t, velocity = interpolate(x, noise, t)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    with autocast(device):
+        predicted = model(x_t, t, cell, sirna)
+    loss = F.mse_loss(predicted.float(), velocity)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    optimizer.step()
+    # EMA with the usual warm-up so short runs are not dominated by the random initial weights.
+    decay = min(cfg["ema_decay"], (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+    return float(loss.detach())
+
+
+def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path) -> None:
+    steps = np.arange(1, len(losses) + 1)
+    loss = np.asarray(losses, dtype=float)
+    smooth = pd.Series(loss).ewm(alpha=0.02).mean().to_numpy()
+    write_csv(pd.DataFrame({"step": steps, "loss": loss, "loss_smoothed": smooth,
+                            "lr": [learning_rate(s - 1, cfg) for s in steps]}), out_dir / "loss.csv")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, color="0.75", lw=0.6, label="loss per step")
+    ax.plot(steps, smooth, color="C0", lw=1.5, label="smoothed")
+    ax.set(xlabel="training step", ylabel="velocity MSE", yscale="log",
+           title=f"{generator_name(cfg['preset'])} training loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_dir / "loss.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+REQUIRED_KEYS = ("preset", "steps", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop",
+                 "guidance_scale", "sampler", "sampling_steps", "samples_per_condition", "sampling_batch_size", "seed",
+                 "checkpoint_every", "num_workers", "device", "translator", "generation_trust")
+
+
+def parse_config(text: str) -> dict:
+    """The `generator` config section, passed as JSON by the rules (defaults filled by the workflow schema)."""
+    from .model import PRESETS
+
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not JSON: {error}", where="--config", expected="the generator config section") from None
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise InputError(f"missing key(s) {', '.join(missing)}", where="config generator",
+                         expected="every key of workflow/schemas/config.schema.yaml, generator section")
+    if cfg["preset"] not in PRESETS:
+        raise InputError(f"preset {cfg['preset']!r}", where="config generator.preset", expected=" | ".join(PRESETS))
+    if cfg["sampler"] not in ("euler", "heun"):
+        raise InputError(f"sampler {cfg['sampler']!r}", where="config generator.sampler", expected="euler | heun")
+    return cfg
+
+
+def add_common_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="the `generator` config section as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def cli(argv: list[str]) -> None:
+    """`morphotrust generator train ...`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="morphotrust generator train",
+                                     description="Train the conditional flow model on the seen arm (resumable).")
+    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
+    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
+    parser.add_argument("--resolution", type=int, required=True, help="subsets.resolution")
+    parser.add_argument("--out-dir", required=True, help="results/generator")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = parse_config(args.config)
+    torch.set_num_threads(args.threads)
+    result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, cfg["device"])
+    if result["status"] == "interrupted":
+        raise SystemExit(INTERRUPTED_EXIT)

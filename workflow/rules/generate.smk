@@ -1,0 +1,177 @@
+# Generated images (morphotrust.generator). Every source writes results/generated/{source}/manifest.parquet
+# (+ canonical TIFFs under images/); config `generated.source` picks the one the features and trust stages score.
+
+
+# Demo STAND-INS (not a generator): held-out real evaluation sites, clean and deliberately corrupted copies.
+rule standins:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stack="results/subsets/stacks/evaluation.npy",
+    output:
+        manifest="results/generated/standins/manifest.parquet",
+        images=directory("results/generated/standins/images"),
+    params:
+        cfg=cli_json(config["generated"]["standins"]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+    threads: 1
+    log:
+        "results/logs/generator/standins.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust generator standins --manifest {input.manifest} --stack {input.stack}"
+        " --config {params.cfg} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+EXTERNAL = config["generated"]["external"]
+if config["generated"]["source"] == "external" and not (EXTERNAL["folder"] and EXTERNAL["manifest"]):
+    raise WorkflowError("morphotrust: generated.source is external: set generated.external.folder (the images) "
+                        "and generated.external.manifest (CSV: path, cell_type, sirna_id or sirna)")
+
+
+# Bring your own generations: a folder of images + a CSV manifest, checked and converted to canonical TIFFs.
+rule external:
+    input:
+        manifest=EXTERNAL["manifest"] or [],
+        sites="results/data/sites.parquet",
+        subsets="results/subsets/manifest.parquet",
+    output:
+        manifest="results/generated/external/manifest.parquet",
+        images=directory("results/generated/external/images"),
+    params:
+        folder=EXTERNAL["folder"],
+        resolution=config["subsets"]["resolution"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+    threads: 1
+    log:
+        "results/logs/generator/external.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust generator external --folder {params.folder:q} --manifest {input.manifest:q}"
+        " --sites {input.sites} --subsets-manifest {input.subsets} --resolution {params.resolution}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# The workflow's own conditional generator (SiT-style flow model): train on the seen arm's train split, then
+# sample every seen and unseen condition. Both are resumable: a killed or preempted job leaves its progress in
+# results/generator/checkpoints/ and results/generated/generator/{parts,images}/ (deliberately not declared as
+# outputs, so Snakemake keeps them), and the rerun continues from there.
+GENERATOR = config["generator"]
+
+
+rule train:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stack="results/subsets/stacks/train.npy",
+    output:
+        checkpoint="results/generator/checkpoint.pt",
+        loss_csv="results/generator/loss.csv",
+        loss_png="results/generator/loss.png",
+    params:
+        cfg=cli_json(GENERATOR),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
+        resolution=config["subsets"]["resolution"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/generator/train.log",
+    conda:
+        "../../envs/generator.yaml"
+    shell:
+        "python -m morphotrust generator train --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule sample:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+        checkpoint="results/generator/checkpoint.pt",
+    output:
+        manifest="results/generated/generator/manifest.parquet",
+        grid="results/generated/generator/grid.png",
+        summary="results/generated/generator/summary.json",
+    params:
+        cfg=cli_json(GENERATOR),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/generator/sample.log",
+    conda:
+        "../../envs/generator.yaml"
+    shell:
+        "python -m morphotrust generator sample --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
+        " > {log} 2>&1"
+
+
+# During-generation trust: a translator from the generator's hidden state to encoder features, per-step
+# thresholds, and early abandonment compared with the post-generation decisions of the same samples (which
+# exist when generated.source is generator).
+rule generation_translator:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stack="results/subsets/stacks/train.npy",
+        checkpoint="results/generator/checkpoint.pt",
+        features="results/features/real_train.parquet",
+    output:
+        weights="results/generation_trust/translator.safetensors",
+        meta="results/generation_trust/translator.json",
+    params:
+        cfg=cli_json(GENERATOR),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
+        out=lambda wildcards, output: os.path.splitext(output.weights)[0],
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/generator/translator.log",
+    conda:
+        "../../envs/generator.yaml"
+    shell:
+        "python -m morphotrust generator translator --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --features {input.features} --out {params.out} --config {params.cfg}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule generation_trust:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+        checkpoint="results/generator/checkpoint.pt",
+        translator=rules.generation_translator.output.weights,
+        translator_meta=rules.generation_translator.output.meta,
+        scorer="results/trust/scorer.npz",
+        scorer_meta="results/trust/scorer.json",
+        generated_scores="results/trust/generated_scores.parquet",
+    output:
+        summary="results/generation_trust/summary.json",
+        thresholds="results/generation_trust/thresholds.csv",
+        step_scores="results/generation_trust/step_scores.parquet",
+        decisions="results/generation_trust/decisions.parquet",
+        decisions_csv="results/generation_trust/decisions.csv",
+    params:
+        cfg=cli_json(GENERATOR),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        translator=lambda wildcards, input: os.path.splitext(input.translator)[0],
+        scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/generator/generation_trust.log",
+    conda:
+        "../../envs/generator.yaml"
+    shell:
+        "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
+        " --generated-scores {input.generated_scores} --out-dir {params.out_dir} --config {params.cfg}"
+        " --threads {threads} > {log} 2>&1"
