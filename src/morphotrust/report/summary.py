@@ -1,0 +1,431 @@
+"""Run summary across plates and conditions: `results/report/summary.html` (+ qc_flags.csv, acceptance PNG)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data import SYNTHETIC_LABEL
+from ..io import atomic_path, write_csv, write_text
+from . import figures
+from .config import report_settings
+from .html import esc, facts, fmt, img, missing, note, page, percent, section, table
+from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic,
+                     on_plate, read_json_optional, read_table, real_measurements, scored_generated,
+                     validation_table)
+from .plate import STANDIN_LABEL, plate_file_name, plate_skipped
+from .qc import all_flags, focus_reference, well_summary
+from .sections import acceptance_table
+
+FLAG_FILE_COLUMNS = ["source", "experiment", "plate", "well", "condition", "id", "stain", "problem", "measurement",
+                     "value", "rule"]
+
+# Where every table is: (glob under the results folder, what it holds).
+CATALOGUE = [
+    ("data/sites.parquet", "one row per ingested real site (metadata + canonical TIFF path)"),
+    ("data/qc_skipped.csv", "sites skipped at ingest and why (data QC)"),
+    ("data/demo_grid.png", "picture of the synthetic demo: one site per cell type and siRNA"),
+    ("subsets/manifest.parquet", "the study's real sites: condition, arm, split, row in the image stack"),
+    ("subsets/manifest.csv", "the same, for a spreadsheet"),
+    ("subsets/summary.csv", "real sites per condition and split"),
+    ("subsets/conditions.csv", "the resolved conditions (config/conditions.yaml)"),
+    ("subsets/stacks/*.npy", "real site images per split at the training resolution"),
+    ("generated/*/manifest.parquet", "generated images: requested condition, image path, what made them"),
+    ("features/*.parquet", "encoder features per image"),
+    ("features/*.json", "encoder, weights and channel handling of each feature table"),
+    ("trust/scorer.json", "fitted trust scorer: parameters, vocabularies, calibration (arrays in scorer.npz)"),
+    ("trust/threshold.json", "the acceptance threshold κ and how it was calibrated"),
+    ("trust/real_scores.parquet", "T, R, F of the real calibration sites"),
+    ("trust/generated_scores.csv", "T, R, F, F_k and accept/abstain per generated image (also .parquet)"),
+    ("trust/condition_summary.csv", "acceptance rate and mean T/R/F per condition"),
+    ("trust/trust_histogram.png", "trust scores, real vs generated"),
+    ("generation_trust/*.csv", "during-generation trust: per-step thresholds and decisions"),
+    ("generation_trust/summary.json", "during-generation trust: compute saved vs quality kept"),
+    ("morphology/real_image.parquet", "CellProfiler per-image measurements of the real sites"),
+    ("morphology/generated_image.parquet", "CellProfiler per-image measurements of the generated images"),
+    ("morphology/*_clean.parquet", "cleaned, standardised CellProfiler features"),
+    ("morphology/cleaning_report.json", "what the feature cleaning kept and dropped"),
+    ("validation/summary.json", "headline numbers of every validation analysis"),
+    ("validation/*.csv", "validation tables (docs/design.md, Validation outputs)"),
+    ("validation/*.png", "validation plots"),
+    ("report/qc_flags.csv", "every image-quality flag of real sites and generated images"),
+    ("report/plates/*.html", "QC report per plate"),
+    ("report/generated.html", "QC report of the generated images"),
+    ("logs/", "one log per job"),
+]
+KEY_FIGURES = [
+    ("trust/trust_histogram.png", "Trust scores: real calibration sites vs generated images"),
+    ("validation/kid_selection.png", "Selection gain: ΔKID of trust-accepted vs random picks"),
+    ("validation/kid_ranking.png", "Condition ranking: mean T vs ΔKID (Spearman ρ)"),
+    ("validation/centroid.png", "Centroid distance: trust-accepted vs random picks"),
+    ("validation/deciles_cp.png", "Decile classifiers (CellProfiler features)"),
+    ("validation/deciles_encoder.png", "Decile classifiers (encoder features)"),
+    ("validation/graded_shift.png", "Trust vs distance of a condition from the training support"),
+]
+PACKAGES = ["numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "matplotlib", "tifffile", "pillow", "torch",
+            "timm"]
+
+
+# --- per condition -----------------------------------------------------------------------------------------------
+
+def verdict(row, rules: dict) -> str:
+    if not np.isfinite(row["acceptance"]):
+        return "not scored"
+    if row["acceptance"] < rules["min_acceptance"]:
+        return "not trusted: mostly abstained"
+    z = row.get("z accepted", np.nan)
+    if rules["max_centroid_z"] is not None and np.isfinite(z) and z > rules["max_centroid_z"]:
+        return "check: accepted images far from real cells"
+    return "trusted"
+
+
+def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict) -> pd.DataFrame | None:
+    if generated is None or generated["T"].isna().all():
+        return None
+    base = acceptance_table(generated)
+    for name, columns in (("centroid_per_condition.csv", {"mean_z_accepted": "z accepted",
+                                                           "mean_z_random": "z random"}),
+                          ("kid_per_condition.csv", {"delta_kid_accepted": "ΔKID accepted",
+                                                     "delta_kid_random": "ΔKID random"}),
+                          ("discrimination_encoder.csv", {"rank_energy": "rank (encoder)"})):
+        frame = validation_table(inputs, name, ("condition",))
+        if frame is not None:
+            keep = {k: v for k, v in columns.items() if k in frame.columns}
+            base = base.merge(frame[["condition", *keep]].rename(columns=keep), on="condition", how="left")
+    base["verdict"] = [verdict(row, rules) for _, row in base.iterrows()]
+    return base
+
+
+def arm_table(inputs: Inputs) -> pd.DataFrame | None:
+    """Per arm (all / seen / unseen): acceptance, selection gain, ρ(mean T, ΔKID), centroid Δz."""
+    parts = []
+    selection = validation_table(inputs, "kid_selection.csv", ("arm",))
+    if selection is not None:
+        keep = {"acceptance_rate": "acceptance", "relative_improvement": "selection gain (ΔKID, relative)",
+                "fraction_conditions_improved": "conditions improved"}
+        parts.append(selection[["arm", *[k for k in keep if k in selection]]].rename(columns=keep))
+    ranking = validation_table(inputs, "kid_ranking.csv", ("arm", "score", "spearman_rho"))
+    if ranking is not None:
+        rho = ranking[ranking["score"] == "T"][["arm", "spearman_rho", "p_value", "n_conditions"]]
+        parts.append(rho.rename(columns={"spearman_rho": "ρ (mean T vs ΔKID)", "p_value": "p",
+                                         "n_conditions": "conditions"}))
+    centroid = validation_table(inputs, "centroid.csv", ("arm", "metric", "delta"))
+    if centroid is not None:
+        z = centroid[centroid["metric"] == "z"]
+        parts.append(pd.DataFrame({"arm": z["arm"], "centroid Δz (accepted − random)": z["delta"],
+                                   "95% CI": [f"{fmt(lo)} to {fmt(hi)}" for lo, hi in zip(z["ci_low"], z["ci_high"])]}))
+    if not parts:
+        return None
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.merge(part, on="arm", how="outer")
+    order = {"all": 0, "seen": 1, "unseen": 2}
+    out = out.sort_values("arm", key=lambda s: s.map(order).fillna(9)).reset_index(drop=True)
+    if "acceptance" in out:
+        out["acceptance"] = out["acceptance"].map(percent)
+    if "conditions improved" in out:
+        out["conditions improved"] = out["conditions improved"].map(percent)
+    return out
+
+
+def decile_table(inputs: Inputs) -> pd.DataFrame | None:
+    summary = read_json_optional(None if inputs.validation_dir is None else inputs.validation_dir / "summary.json")
+    if not summary:
+        return None
+    rows = []
+    for space in ("cp", "encoder"):
+        for target, values in (summary.get(f"deciles_{space}") or {}).items():
+            if isinstance(values, dict) and "most_trusted_decile" in values:
+                rows.append({"features": {"cp": "CellProfiler", "encoder": "encoder"}[space], "predict": target,
+                             "most trusted decile": values["most_trusted_decile"],
+                             "least trusted decile": values["least_trusted_decile"],
+                             "random ranking": values.get("random_ranking_mean"),
+                             "real ceiling": values.get("real_ceiling"), "chance": values.get("chance")})
+    return pd.DataFrame(rows) if rows else None
+
+
+# --- QC across plates --------------------------------------------------------------------------------------------
+
+def qc_overview(inputs: Inputs, plates: list[tuple[str, int]], cfg: dict,
+                links: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per plate + one for the generated set, every flag as a long table for qc_flags.csv)."""
+    qc = cfg["qc"]
+    sites = read_table(inputs.sites, SITES_COLUMNS, "results/data/sites.parquet")
+    real_cp = real_measurements(inputs)
+    reference = focus_reference(real_cp)
+    rows, found = [], []
+    for experiment, plate in plates:
+        plate_cp = on_plate(real_cp, experiment, plate)
+        flags = all_flags(plate_cp, reference, qc, "Metadata_site_id")
+        wells = well_summary(plate_cp, flags, qc)
+        skipped = plate_skipped(inputs, experiment, plate)
+        n_sites = None if sites is None else len(on_plate(sites, experiment, plate))
+        if len(flags):
+            found.append(flags.assign(source="real", experiment=experiment, plate=plate))
+        rows.append({
+            "plate": f'<a href="{esc(links.get((experiment, plate), ""))}">{esc(experiment)} Plate {plate}</a>',
+            "sites ingested": n_sites, "data-QC problems at ingest": len(skipped),
+            "measured": None if plate_cp is None else len(plate_cp),
+            "blurred sites": int(flags.loc[flags["problem"] == "blurred", "id"].nunique()),
+            "saturated sites": int(flags.loc[flags["problem"] == "saturated", "id"].nunique()),
+            "sparse wells": ", ".join(wells.loc[wells["sparse"], "Metadata_well"]) or "none",
+        })
+    generated_cp = generated_measurements(inputs, None)
+    if generated_cp is not None:
+        flags = all_flags(generated_cp, reference, qc, "Metadata_sample_id")
+        if len(flags):
+            found.append(flags.assign(source="generated"))
+        sparse = flags.loc[flags["problem"] == "sparse", "id"].nunique()
+        rows.append({"plate": f'<a href="{esc(links.get("generated", ""))}">generated images</a>',
+                     "sites ingested": None, "data-QC problems at ingest": None, "measured": len(generated_cp),
+                     "blurred sites": int(flags.loc[flags["problem"] == "blurred", "id"].nunique()),
+                     "saturated sites": int(flags.loc[flags["problem"] == "saturated", "id"].nunique()),
+                     "sparse wells": f"{sparse} sparse image(s)"})
+    flags = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=FLAG_FILE_COLUMNS)
+    return pd.DataFrame(rows), flags.reindex(columns=FLAG_FILE_COLUMNS)
+
+
+def _failed(row) -> bool:
+    """A QC overview row with any flagged site, sparse well or data-QC problem."""
+    counts = [row["blurred sites"], row["saturated sites"], row["data-QC problems at ingest"]]
+    return any(pd.notna(c) and c > 0 for c in counts) or row["sparse wells"] not in ("none", "0 sparse image(s)")
+
+
+# --- encoder, versions, files ------------------------------------------------------------------------------------
+
+def encoder_tables(inputs: Inputs) -> tuple[pd.DataFrame | None, dict | None]:
+    """(one row per feature sidecar in results/features/, the first sidecar's full info)."""
+    folder = inputs.features_dir
+    sidecars = sorted(folder.glob("*.json")) if folder is not None and folder.is_dir() else []
+    rows = []
+    for path in sidecars:
+        info = read_json_optional(path) or {}
+        checksum = info.get("weights_sha256")
+        rows.append({"feature table": path.stem, "encoder": info.get("encoder"), "weights": info.get("weights"),
+                     "weights sha256": f"{checksum[:16]}…" if checksum else None,
+                     "channels": info.get("channels"), "features": info.get("feature_dim"),
+                     "input px": info.get("image_size"), "device": info.get("device"),
+                     "precision": info.get("precision"), "images": info.get("n_images")})
+    first = read_json_optional(sidecars[0]) if sidecars else None
+    return (pd.DataFrame(rows) if rows else None), first
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cellprofiler_version(executable: str | None) -> str:
+    """`{executable} --version` (CellProfiler prints e.g. 4.2.8.1), or why it is not known."""
+    if not executable:
+        return "not recorded"
+    try:
+        result = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"not known ({executable}: {type(error).__name__})"
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines:
+        return f"not known ({executable} --version exited {result.returncode})"
+    return lines[-1]
+
+
+def software_versions(encoder_info: dict | None, snakemake_version: str | None, cellprofiler: str | None) -> list:
+    import morphotrust
+
+    rows = [("python", platform.python_version()),
+            ("morphotrust", _version("morphotrust") or getattr(morphotrust, "__version__", "unknown")),
+            ("snakemake", snakemake_version or _version("snakemake") or "not installed here")]
+    for package in PACKAGES:
+        value = _version(package)
+        if package in ("torch", "timm") and encoder_info and encoder_info.get(f"{package}_version"):
+            value = f"{encoder_info[f'{package}_version']} (computed the features)"
+        rows.append((package, value or "not installed in the report's environment"))
+    rows.append(("CellProfiler", cellprofiler_version(cellprofiler)))
+    return rows
+
+
+def catalogue(results_dir: Path, out_dir: Path) -> str:
+    rows = []
+    for pattern, meaning in CATALOGUE:
+        if pattern.endswith("/"):
+            paths = [results_dir / pattern] if (results_dir / pattern).is_dir() else []
+        else:
+            paths = sorted(results_dir.glob(pattern))
+        if not paths:
+            rows.append(f"<tr><td><code>{esc(results_dir / pattern)}</code></td><td>{esc(meaning)}</td>"
+                        "<td class='small'>not produced</td></tr>")
+            continue
+        links = ", ".join(f'<a href="{esc(os.path.relpath(p, out_dir))}"><code>{esc(p)}</code></a>' for p in paths[:12])
+        if len(paths) > 12:
+            links += f" … and {len(paths) - 12} more"
+        rows.append(f"<tr><td>{links}</td><td>{esc(meaning)}</td><td class='small'>{len(paths)} file(s)</td></tr>")
+    return ('<table class="files"><thead><tr><th>file(s)</th><th>what it holds</th><th></th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
+
+
+# --- the page ----------------------------------------------------------------------------------------------------
+
+def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]], out_dir, *,
+                  results_dir="results", generated_html=None, plates_dir=None, snakemake_version: str | None = None,
+                  cellprofiler: str | None = None) -> tuple[str, pd.DataFrame, bytes | None]:
+    """(HTML text, QC flags table, acceptance-per-condition PNG or None) of the whole run."""
+    cfg = report_settings(cfg)
+    out_dir, results_dir = Path(out_dir), Path(results_dir)
+    plates_dir = Path(plates_dir) if plates_dir else out_dir / "plates"
+    generated_html = Path(generated_html) if generated_html else out_dir / "generated.html"
+    links = {(e, int(p)): os.path.relpath(plates_dir / plate_file_name(e, p), out_dir) for e, p in plates}
+    links["generated"] = os.path.relpath(generated_html, out_dir)
+    manifest = read_table(inputs.manifest, MANIFEST_COLUMNS, "results/subsets/manifest.parquet")
+    sites = read_table(inputs.sites, SITES_COLUMNS, "results/data/sites.parquet")
+    generated = scored_generated(inputs)
+    threshold = read_json_optional(inputs.threshold)
+    rules = cfg["verdict"]
+
+    banners = [("synthetic", SYNTHETIC_LABEL)] if is_synthetic(manifest, sites) else []
+    if is_standin(generated):
+        banners.append(("standin", STANDIN_LABEL))
+
+    # headline
+    conditions = condition_table(inputs, generated, rules)
+    encoder_rows, encoder_info = encoder_tables(inputs)
+    head = []
+    if conditions is not None:
+        for arm in ("seen", "unseen"):
+            mine = conditions[conditions["arm"] == arm]
+            if len(mine):
+                head.append((f"{arm} conditions trusted", f"{(mine['verdict'] == 'trusted').sum()} of {len(mine)}"))
+        accepted = generated["accepted"].fillna(False).astype(bool)
+        head.append(("generated images accepted",
+                     f"{int(accepted.sum())} of {len(generated)} ({percent(accepted.mean())})"))
+    if threshold:
+        quantile = fmt(100 * threshold.get("quantile", np.nan))
+        head.append(("threshold κ", f"{fmt(threshold.get('threshold'))} (P{quantile} of real calibration T)"))
+    if encoder_info:
+        head.append(("encoder", f"{encoder_info.get('encoder')} · {encoder_info.get('weights')}"))
+    head.append(("plates", len(plates)))
+    overview = section("overview", "Overview",
+                       "The run at a glance. Below: which conditions the generated images can be trusted for, how the "
+                       "trust score fared against real cells, which plates or wells failed image QC, the encoder and "
+                       "software used, and where every table is.", None,
+                       facts(head) + f'<p>Reports: <a href="{esc(links["generated"])}">generated images</a>'
+                       + (" · plates: " + ", ".join(f'<a href="{esc(links[(e, int(p))])}">{esc(e)} Plate {p}</a>'
+                                                    for e, p in plates) if plates else "") + "</p>")
+
+    # conditions
+    acceptance_png = None
+    if conditions is not None:
+        summary_frame = conditions.rename(columns={"condition": "Metadata_condition", "arm": "Metadata_arm",
+                                                   "acceptance": "acceptance_rate"})
+        acceptance_png = figures.acceptance_bars(summary_frame, rules["min_acceptance"])
+        shown = conditions.copy()
+        shown["acceptance"] = shown["acceptance"].map(percent)
+        body = img(acceptance_png, "acceptance per condition") + table(
+            shown, row_class=lambda row: "good" if row["verdict"] == "trusted" else "bad")
+        body += (f'<p class="small">Verdict rules (config report.verdict): <b>trusted</b> when at least '
+                 f"{percent(rules['min_acceptance'])} of a condition's generated images are accepted"
+                 + (f" and, where measured, its accepted images lie within z = {fmt(rules['max_centroid_z'])} of "
+                    "real cells (centroid distance)" if rules["max_centroid_z"] is not None else "")
+                 + ". z: centroid distance in units of real-to-real spread (0 = as close as real sites are to each "
+                   "other); ΔKID: excess kernel distance to real images (0 = indistinguishable); rank: 1 = the "
+                   "generated images are closest to their own condition among all real conditions.</p>")
+    else:
+        body = missing("Not available: no trust scores (results/trust/generated_scores.parquet).")
+    trust_conditions = section(
+        "conditions", "Which conditions can be trusted",
+        "Per condition (cell type : siRNA id), seen = the generator trained on it, unseen = a new combination: how "
+        "many "
+        "generated images the trust score accepted and, where the validation ran, how close the accepted images are "
+        "to real cells of the condition compared with a random pick of the same size.",
+        "most conditions trusted; unseen conditions are harder, so lower acceptance there is expected. Accepted "
+        "images closer to real cells than random picks (lower z and ΔKID).", body)
+
+    arms = arm_table(inputs)
+    deciles = decile_table(inputs)
+    body = ""
+    if arms is not None:
+        body += "<h3>Per arm</h3>" + table(arms)
+    if deciles is not None:
+        body += ("<h3>Classifiers trained on trust deciles, tested on real cells (balanced accuracy)</h3>"
+                 + table(deciles))
+    figures_html = ""
+    for relative, title in KEY_FIGURES:
+        path = results_dir / relative
+        if path.is_file():
+            figures_html += f"<h3>{esc(title)}</h3>" + img(path.read_bytes(), title)
+    body += figures_html
+    validation = section(
+        "validation", "Does the trust score work? (validation against real cells)",
+        "Headline numbers per arm. Selection gain: how much closer to real images (ΔKID) the trust-accepted images "
+        "are "
+        "than random picks of the same size (positive = trust helps). ρ: Spearman correlation over conditions between "
+        "the mean trust score and ΔKID (positive = the score ranks conditions the way real cells do). Centroid Δz: "
+        "accepted minus random centroid distance (negative = trust helps), with its 95% bootstrap interval. Decile "
+        "classifiers: trained on the most to the least trusted tenth of the generated images.",
+        "selection gain above 0, ρ clearly above 0, Δz below 0 with an interval that excludes 0; the most trusted "
+        "decile classifies real cells nearly as well as the real ceiling and the least trusted decile worse.",
+        body or missing("Not available: no validation outputs (results/validation/)."))
+
+    # QC
+    plate_rows, flags = qc_overview(inputs, plates, cfg, links)
+    qc_body = table(plate_rows, raw_columns=("plate",),
+                    row_class=lambda row: "bad" if _failed(row) else "")
+    qc_body += (f'<p class="small">{len(flags)} flag(s) in total, each with the rule that raised it: '
+                '<a href="qc_flags.csv"><code>results/report/qc_flags.csv</code></a>. Rules: config report.qc.</p>')
+    qc_section = section(
+        "qc", "Which plates or wells failed QC",
+        "Per plate: sites ingested, problems found at ingest (missing or unreadable images: those sites were "
+        "skipped), sites measured by CellProfiler, and the sites or wells flagged as blurred, saturated or sparse; the "
+        "last row is the generated set. Open a plate's report for its map and the flagged sites.",
+        "no skipped sites, no flagged sites or wells.", qc_body)
+
+    # encoder, versions, files
+    enc_body = (table(encoder_rows) if encoder_rows is not None
+                else missing("Not available: no results/features/*.json."))
+    if encoder_info and encoder_info.get("weights_description"):
+        enc_body += f"<p>Weights: {esc(encoder_info['weights_description'])}</p>"
+    if threshold:
+        enc_body += "<h3>Trust score</h3>" + facts([
+            ("threshold κ", threshold.get("threshold")), ("quantile of real calibration T", threshold.get("quantile")),
+            ("calibration source", threshold.get("calibration_source")),
+            ("F standardisation", threshold.get("calibration")), ("realism R", threshold.get("realism")),
+            ("real samples fitted / calibrated", f"{threshold.get('n_fit')} / {threshold.get('n_calibration')}"),
+            ("values using per-attribute constants", len(threshold.get("fallback_values") or []))])
+    encoder = section("encoder", "Encoder and weights",
+                      "The image encoder whose features the trust score uses, its weights (with checksum), and how the "
+                      "trust threshold was set.", None, enc_body)
+    if encoder_info and str(encoder_info.get("encoder", "")).startswith("tf_efficientnet_lite0"):
+        encoder = encoder.replace("</section>", note("These are ImageNet features (EfficientNet-Lite0), not DINOv3: "
+                                                     "the offline default. Set features.encoder and features.weights "
+                                                     "for a real study.") + "</section>")
+    versions = section("versions", "Software versions", "The software that made this run.", None,
+                       facts(software_versions(encoder_info, snakemake_version, cellprofiler)))
+    files = section("files", "Where every table is",
+                    "Every output of the run, relative to the working directory; links open the files.", None,
+                    catalogue(results_dir, out_dir))
+
+    nav = [("overview", "Overview"), ("conditions", "Conditions"), ("validation", "Validation"), ("qc", "QC"),
+           ("encoder", "Encoder"), ("versions", "Versions"), ("files", "Files")]
+    body = "".join([overview, trust_conditions, validation, qc_section, encoder, versions, files])
+    document = page("morphotrust run summary", "Which generated cell images to trust: across plates and conditions",
+                    banners, nav, body)
+    return document, flags, acceptance_png
+
+
+def write_summary(inputs: Inputs, cfg, plates, out_html, out_flags, out_acceptance=None, **kwargs) -> None:
+    out_html = Path(out_html)
+    document, flags, acceptance_png = build_summary(inputs, cfg, plates, out_html.parent, **kwargs)
+    write_text(document, out_html)
+    write_csv(flags, out_flags)
+    if out_acceptance is not None:
+        from .generated import _placeholder_png
+
+        with atomic_path(out_acceptance) as tmp:
+            Path(tmp).write_bytes(acceptance_png or _placeholder_png("Not available: no trust scores"))

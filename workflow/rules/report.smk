@@ -1,0 +1,155 @@
+# Reports (morphotrust.report): self-contained HTML for people (images embedded, no network needed).
+#   report_plate      one QC report per real plate holding a studied condition -> results/report/plates/
+#   report_generated  the generated set as a plate-like QC report, per condition -> results/report/generated.html
+#   report_summary    the run across plates and conditions -> results/report/summary.html (+ qc_flags.csv)
+# The plates are known at DAG time: the plates of METADATA (common.smk) holding a site of a condition in
+# CONDITIONS. Shell commands spell out `python -m morphotrust` (`snakemake --lint` flags globals in shell commands).
+# `snakemake --report` files the figures under "Plate QC" (one subcategory per plate) and "Run summary".
+import morphotrust.report as mtreport
+from snakemake import __version__ as SNAKEMAKE_VERSION
+
+REPORT = config["report"]
+REPORT_PLATES = mtreport.plates_with_conditions(METADATA, CONDITIONS)
+REPORT_INPUTS = {
+    "manifest": "results/subsets/manifest.parquet",
+    "stacks": expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+    "sites": "results/data/sites.parquet",
+    "qc_skipped": "results/data/qc_skipped.csv",
+    "generated": f"results/generated/{config['generated']['source']}/manifest.parquet",
+    "scores": "results/trust/generated_scores.parquet",
+    "real_scores": "results/trust/real_scores.parquet",
+    "threshold": "results/trust/threshold.json",
+    "histogram": "results/trust/trust_histogram.png",
+    "morphology_real": "results/morphology/real_image.parquet",
+    "morphology_generated": "results/morphology/generated_image.parquet",
+    # every validation analysis has run once their headlines are collected
+    "validation": "results/validation/summary.json",
+}
+# The same inputs as command-line options (one string, built from the rule's own input and params).
+REPORT_OPTIONS = (
+    "--manifest {input.manifest} --stacks-dir {params.stacks_dir} --sites {input.sites}"
+    " --qc-skipped {input.qc_skipped} --generated {input.generated} --scores {input.scores}"
+    " --real-scores {input.real_scores} --threshold {input.threshold} --morphology-real {input.morphology_real}"
+    " --morphology-generated {input.morphology_generated} --validation-dir {params.validation_dir}"
+    " --config {params.cfg}"
+)
+
+
+rule report_plate:
+    input:
+        **REPORT_INPUTS,
+    output:
+        html=report(
+            "results/report/plates/{experiment}_Plate{plate}.html",
+            caption="../report/plate.rst",
+            category="Plate QC",
+            subcategory="{experiment} Plate {plate}",
+            labels={"plate": "{experiment} Plate {plate}", "content": "full QC report (HTML)"},
+        ),
+        map=report(
+            "results/report/plates/{experiment}_Plate{plate}_map.png",
+            caption="../report/plate_map.rst",
+            category="Plate QC",
+            subcategory="{experiment} Plate {plate}",
+            labels={"plate": "{experiment} Plate {plate}", "content": "plate map"},
+        ),
+    wildcard_constraints:
+        experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        plate=r"[0-9]+",
+    params:
+        cfg=cli_json(REPORT),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/report/plate/{experiment}_Plate{plate}.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust report plate --experiment {wildcards.experiment} --plate {wildcards.plate} "
+        + REPORT_OPTIONS
+        + " --out {output.html} --map {output.map} > {log} 2>&1"
+
+
+rule report_generated:
+    input:
+        **REPORT_INPUTS,
+    output:
+        html=report(
+            "results/report/generated.html",
+            caption="../report/generated.rst",
+            category="Generated images",
+            labels={"content": "full QC report (HTML)"},
+        ),
+        map=report(
+            "results/report/generated_conditions.png",
+            caption="../report/generated_map.rst",
+            category="Generated images",
+            labels={"content": "nuclei per site per condition"},
+        ),
+    params:
+        cfg=cli_json(REPORT),
+        source=config["generated"]["source"],
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/report/generated.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust report generated --source {params.source} "
+        + REPORT_OPTIONS
+        + " --out {output.html} --map {output.map} > {log} 2>&1"
+
+
+rule report_summary:
+    input:
+        **REPORT_INPUTS,
+        plates=expand("results/report/plates/{experiment}_Plate{plate}.html", zip, **REPORT_PLATES),
+        generated_report="results/report/generated.html",
+        sidecars=expand("results/features/{name}.json", name=[f"real_{s}" for s in SPLITS] + ["generated"]),
+    output:
+        html=report(
+            "results/report/summary.html",
+            caption="../report/summary.rst",
+            category="Run summary",
+            labels={"content": "run summary (HTML)"},
+        ),
+        acceptance=report(
+            "results/report/acceptance.png",
+            caption="../report/acceptance.rst",
+            category="Run summary",
+            labels={"content": "acceptance per condition"},
+        ),
+        flags=report(
+            "results/report/qc_flags.csv",
+            caption="../report/qc_flags.rst",
+            category="Run summary",
+            labels={"content": "image-quality flags (table)"},
+        ),
+    params:
+        cfg=cli_json(REPORT),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
+        features_dir=lambda wildcards, input: os.path.dirname(input.sidecars[0]),
+        snakemake_version=SNAKEMAKE_VERSION,
+        cellprofiler=config["morphology"]["cellprofiler"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/report/summary.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust report summary --plate-reports {input.plates}"
+        " --generated-report {input.generated_report}"
+        " --features-dir {params.features_dir} --results-dir results --snakemake-version {params.snakemake_version}"
+        " --cellprofiler {params.cellprofiler:q} "
+        + REPORT_OPTIONS
+        + " --out {output.html} --acceptance {output.acceptance} --flags {output.flags} > {log} 2>&1"
