@@ -1,0 +1,97 @@
+"""CellProfiler morphology: headless CellProfiler on the six stains of real and generated sites.
+
+Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workflow/rules/morphology.smk):
+  pipeline   resources/cellprofiler/rxrx1_six_stain.cppipe -> a copy with sizes scaled to the resolution
+  prepare    manifest (+ stacks) -> per-stain PNGs + LoadData chunk CSVs + sites.parquet   (pipeline.py)
+  run-chunk  `cellprofiler -c -r` on one chunk -> its Image.csv; a failure fails loudly (cellprofiler.py)
+  merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined  (sites.py)
+  clean      feature cleaning fitted on real rows only -> cleaner + clean tables           (cleaning.py)
+
+Submodules are imported lazily: `run-chunk` must work inside the CellProfiler conda environment, which
+has only the standard library besides CellProfiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _diameter(text: str):
+    low, _, high = text.partition(",")
+    return int(low), int(high)
+
+
+def cli(argv) -> None:
+    parser = argparse.ArgumentParser(prog="morphotrust morphology")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pipeline = commands.add_parser("pipeline", help="write the pipeline copy for the image resolution")
+    pipeline.add_argument("--template", required=True, help="the .cppipe (config morphology.pipeline)")
+    pipeline.add_argument("--resolution", type=int, required=True, help="image size in pixels (subsets.resolution)")
+    pipeline.add_argument("--pipeline-resolution", type=int, required=True,
+                          help="image size the template's sizes are tuned for (morphology.pipeline_resolution)")
+    pipeline.add_argument("--nuclei-diameter", type=_diameter, default=None, metavar="MIN,MAX",
+                          help="nuclei diameter range in pixels at --resolution (default: scaled)")
+    pipeline.add_argument("--out", required=True)
+
+    prepare = commands.add_parser("prepare", help="write PNGs and LoadData chunk CSVs for one source")
+    prepare.add_argument("--source", required=True, choices=("real", "generated"))
+    prepare.add_argument("--manifest", required=True)
+    prepare.add_argument("--stacks-dir", help="folder of {split}.npy stacks (real sites)")
+    prepare.add_argument("--resolution", type=int, required=True)
+    prepare.add_argument("--chunk-size", type=int, required=True)
+    prepare.add_argument("--max-sites-per-condition", type=int, default=None)
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--out-dir", required=True)
+
+    run = commands.add_parser("run-chunk", help="run headless CellProfiler on one chunk CSV")
+    run.add_argument("--cellprofiler", required=True, help="executable (path or name on PATH)")
+    run.add_argument("--pipeline", required=True)
+    run.add_argument("--data-file", required=True, help="chunk CSV written by prepare")
+    run.add_argument("--out", required=True, help="where the chunk's Image.csv goes")
+    run.add_argument("--log", required=True, help="CellProfiler's full log")
+
+    merge = commands.add_parser("merge", help="merge chunk Image.csv tables into one parquet")
+    merge.add_argument("--sites", required=True, help="sites.parquet written by prepare")
+    merge.add_argument("--out", required=True)
+    merge.add_argument("chunks", nargs="+", help="chunk Image.csv tables")
+
+    clean = commands.add_parser("clean", help="fit the feature cleaner on real rows, apply to both")
+    clean.add_argument("--real", required=True)
+    clean.add_argument("--generated", required=True)
+    clean.add_argument("--out-dir", required=True)
+    clean.add_argument("--variance-threshold", type=float, default=1e-5)
+    clean.add_argument("--max-abs-z", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    if args.command == "run-chunk":
+        from .cellprofiler import main_run_chunk
+
+        main_run_chunk(args)
+    elif args.command == "pipeline":
+        from .pipeline import write_pipeline
+
+        changes = write_pipeline(args.template, args.out, resolution=args.resolution,
+                                 pipeline_resolution=args.pipeline_resolution, nuclei_diameter=args.nuclei_diameter)
+        print(f"{args.out}: {len(changes)} setting(s) changed for {args.resolution}-pixel images")
+        for change in changes:
+            print(f"  {change}")
+    elif args.command == "prepare":
+        from .sites import prepare
+
+        sites = prepare(args.source, args.manifest, args.out_dir, resolution=args.resolution,
+                        chunk_size=args.chunk_size, max_sites_per_condition=args.max_sites_per_condition,
+                        seed=args.seed, stacks_dir=args.stacks_dir)
+        print(f"{args.source}: {len(sites)} sites in {sites['chunk'].nunique()} chunk(s) -> {args.out_dir}")
+    elif args.command == "merge":
+        from .sites import merge
+
+        table = merge(args.sites, args.chunks, args.out)
+        print(f"{args.out}: {len(table)} rows, {table.shape[1]} columns")
+    else:
+        from .cleaning import clean
+
+        report = clean(args.real, args.generated, args.out_dir, args.variance_threshold, args.max_abs_z)
+        print(f"kept {report['kept_features']} features; dropped columns: {report['dropped_columns']}; "
+              f"real rows used {report['n_real_rows_used']} of {report['n_real_rows_in']}; generated rows dropped "
+              f"for NaN {report['n_generated_rows_dropped_nan']} of {report['n_generated_rows_in']}")

@@ -1,0 +1,177 @@
+"""Sites in, per-image CellProfiler tables out.
+
+prepare: the sites of one source (real: the subset manifest + image stacks; generated: a generated
+manifest + canonical TIFFs), capped per condition, become one folder that CellProfiler reads:
+
+    {out_dir}/images/{key}_w{1..6}.png   one 8-bit grayscale PNG per stain, at the configured resolution
+    {out_dir}/chunk_{NNN}.csv            LoadData tables, sites dealt round-robin, image paths relative to out_dir
+    {out_dir}/sites.parquet              Metadata_SiteKey, the chunk and every Metadata_ column of the manifest
+
+merge: the per-chunk Image.csv tables become one table per source, one row per site, with the manifest's
+Metadata_ columns joined on the site key (CellProfiler's own Metadata_ columns are dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import InputError
+from ..images import N_CHANNELS, read_site, resize_site
+from ..io import write_csv, write_parquet
+from .cellprofiler import SITE_KEY
+
+# LoadData image names of the stains, channel order w1..w6 (RxRx1). The pipeline refers to these names.
+STAIN_NAMES = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
+SOURCES = ("real", "generated")
+REQUIRED = {
+    "real": ("Metadata_condition", "Metadata_split", "Metadata_stack_index"),
+    "generated": ("Metadata_condition", "Metadata_image_path"),
+}
+# Image-quality columns the QC report reads: they must be in every per-image table.
+QC_COLUMNS = tuple(f"ImageQuality_{m}_{s}" for m in ("PowerLogLogSlope", "PercentMaximal") for s in STAIN_NAMES)
+
+
+def read_manifest(path, source: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("manifest not found", file=path)
+    table = pd.read_parquet(path)
+    missing = [c for c in REQUIRED[source] if c not in table.columns]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)}", file=path,
+                         expected=f"a {source} manifest as described in docs/design.md")
+    if table.empty:
+        raise InputError("the manifest has no rows", file=path, expected="at least one site")
+    return table.reset_index(drop=True)
+
+
+def select_sites(manifest: pd.DataFrame, max_per_condition: int | None, seed: int) -> pd.DataFrame:
+    """At most `max_per_condition` rows per Metadata_condition, drawn at random (seeded); order and index kept."""
+    if max_per_condition is None:
+        return manifest.copy()
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, rows in manifest.groupby("Metadata_condition", sort=True):
+        index = rows.index.to_numpy()
+        if len(index) > max_per_condition:
+            index = rng.choice(index, size=max_per_condition, replace=False)
+        keep.extend(index.tolist())
+    return manifest.loc[sorted(keep)]
+
+
+def _real_images(table: pd.DataFrame, stacks_dir, resolution: int):
+    stacks = {}
+    for split, index in zip(table["Metadata_split"], table["Metadata_stack_index"]):
+        if split not in stacks:
+            path = Path(stacks_dir) / f"{split}.npy"
+            if not path.is_file():
+                raise InputError("image stack not found", file=path, expected="results/subsets/stacks/{split}.npy")
+            stack = np.load(path, mmap_mode="r")
+            if stack.ndim != 4 or stack.shape[1:] != (N_CHANNELS, resolution, resolution) or stack.dtype != np.uint8:
+                raise InputError(f"stack has shape {stack.shape} and dtype {stack.dtype}", file=path,
+                                 expected=f"uint8 (N, {N_CHANNELS}, {resolution}, {resolution}) "
+                                          "(subsets.resolution)")
+            stacks[split] = (path, stack)
+        path, stack = stacks[split]
+        if not 0 <= int(index) < len(stack):
+            raise InputError(f"Metadata_stack_index {index} is outside the stack ({len(stack)} images)", file=path)
+        yield np.asarray(stack[int(index)])
+
+
+def _generated_images(table: pd.DataFrame, resolution: int, manifest_path):
+    for line, path in zip(table.index, table["Metadata_image_path"]):  # index = manifest row
+        if not Path(path).is_file():
+            raise InputError(f"image {path} not found", file=manifest_path, where=f"row {line}")
+        try:
+            image = read_site(path)
+        except ValueError as error:
+            raise InputError(str(error), file=manifest_path, where=f"row {line}") from None
+        if image.dtype != np.uint8:
+            raise InputError(f"image {path} is {image.dtype}", file=manifest_path, where=f"row {line}",
+                             expected="8-bit (uint8) images, like the real RxRx1 PNGs")
+        if image.shape[1] != image.shape[2]:
+            raise InputError(f"image {path} is {image.shape[2]}x{image.shape[1]} pixels", file=manifest_path,
+                             where=f"row {line}", expected="square images")
+        # compared with real sites at the same resolution
+        yield resize_site(image, resolution) if image.shape[1] != resolution else image
+
+
+def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size: int,
+            max_sites_per_condition: int | None = None, seed: int = 0, stacks_dir=None,
+            progress: bool = True) -> pd.DataFrame:
+    """Write PNGs, LoadData chunk CSVs and sites.parquet for one source; return the sites table."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    if chunk_size < 1:
+        raise InputError(f"chunk size {chunk_size}", where="config morphology.chunk_size", expected="at least 1")
+    manifest = read_manifest(manifest_path, source)
+    table = select_sites(manifest, max_sites_per_condition, seed)
+    n_chunks = math.ceil(len(table) / chunk_size)
+    keys = [f"{source}{i:06d}" for i in range(len(table))]  # text keys: CellProfiler mangles numeric metadata
+    chunks = [i % n_chunks + 1 for i in range(len(table))]  # round-robin: every chunk gets every condition
+
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("chunk_*.csv"):  # from an earlier run with more chunks
+        stale.unlink()
+    if source == "real":
+        images = _real_images(table, stacks_dir, resolution)
+    else:
+        images = _generated_images(table, resolution, manifest_path)
+    rows = []
+    for key, image in tqdm(zip(keys, images), total=len(keys), desc=f"{source} sites -> PNG",
+                           disable=not progress, mininterval=5):
+        row = {}
+        for channel, name in enumerate(STAIN_NAMES):
+            filename = f"{key}_w{channel + 1}.png"
+            Image.fromarray(np.ascontiguousarray(image[channel])).save(images_dir / filename, compress_level=1)
+            row[f"FileName_{name}"] = filename
+            row[f"PathName_{name}"] = "images"  # relative to the folder passed to CellProfiler with -i
+        row[SITE_KEY] = key
+        rows.append(row)
+    load_data = pd.DataFrame(rows)
+    for chunk in range(1, n_chunks + 1):
+        write_csv(load_data[[c == chunk for c in chunks]], out_dir / f"chunk_{chunk:03d}.csv")
+
+    metadata = table[[c for c in table.columns if c.startswith("Metadata_")]].reset_index(drop=True)
+    sites = pd.concat([pd.DataFrame({SITE_KEY: keys, "chunk": chunks}), metadata], axis=1)
+    write_parquet(sites, out_dir / "sites.parquet")
+    return sites
+
+
+def merge(sites_path, chunk_tables, out_path) -> pd.DataFrame:
+    """Concatenate per-chunk Image.csv tables, check one row per site, join the manifest's Metadata_ columns."""
+    sites = pd.read_parquet(sites_path)
+    parts = []
+    for path in chunk_tables:
+        part = pd.read_csv(path, low_memory=False)
+        if SITE_KEY not in part.columns:
+            raise InputError(f"no {SITE_KEY} column", file=path, expected="an Image.csv of a morphology chunk")
+        qc_missing = [c for c in QC_COLUMNS if c not in part.columns]
+        if qc_missing:
+            raise InputError(f"CellProfiler output lacks image-quality columns {qc_missing[:4]}", file=path,
+                             expected="a pipeline with MeasureImageQuality (blur and saturation) on all six stains")
+        parts.append(part)
+    if not parts:
+        raise InputError("no chunk tables to merge", file=sites_path)
+    images = pd.concat(parts, ignore_index=True)
+    images[SITE_KEY] = images[SITE_KEY].astype(str)
+    duplicated = images.loc[images[SITE_KEY].duplicated(), SITE_KEY].tolist()
+    missing = sorted(set(sites[SITE_KEY]) - set(images[SITE_KEY]))
+    extra = sorted(set(images[SITE_KEY]) - set(sites[SITE_KEY]))
+    if duplicated or missing or extra:
+        raise InputError(f"chunk tables do not hold each site once: {len(missing)} missing {missing[:5]}, "
+                         f"{len(duplicated)} duplicated {duplicated[:5]}, {len(extra)} unknown {extra[:5]}",
+                         file=sites_path)
+    measurements = images[[SITE_KEY] + [c for c in images.columns if not c.startswith("Metadata_")]]
+    metadata = sites.drop(columns="chunk")
+    table = metadata.merge(measurements, on=SITE_KEY, how="left", validate="one_to_one").drop(columns=SITE_KEY)
+    write_parquet(table, out_path)
+    return table

@@ -1,0 +1,442 @@
+"""CellProfiler morphology: pipeline scaling, chunk preparation, merging, feature cleaning, and real
+headless CellProfiler runs (marked `cellprofiler`) on demo sites and on a real microscopy image with
+ground-truth nuclei (tests/data/dsb2018_nuclei*.png, see tests/data/README.md)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.preprocessing import StandardScaler
+
+from morphotrust.errors import InputError
+from morphotrust.images import write_site
+from morphotrust.morphology.cellprofiler import CellProfilerError, resolve_executable, run_chunk
+from morphotrust.morphology.cleaning import FeatureCleaner, clean, is_metadata_like
+from morphotrust.morphology.pipeline import rescale_pipeline, write_pipeline
+from morphotrust.morphology.sites import QC_COLUMNS, STAIN_NAMES, merge, prepare, select_sites
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "resources" / "cellprofiler" / "rxrx1_six_stain.cppipe"
+DATA = Path(__file__).resolve().parent / "data"
+CELLPROFILER = os.environ.get("MORPHOTRUST_CELLPROFILER", str(ROOT / ".venv-cellprofiler" / "bin" / "cellprofiler"))
+
+
+def _setting(text, module, name):
+    """Values of `name` in every `module` of a .cppipe text."""
+    values, current = [], None
+    for line in text.splitlines():
+        if ":[module_num:" in line and not line.startswith(" "):
+            current = line.split(":", 1)[0]
+        elif current == module and line.strip().startswith(name + ":"):
+            values.append(line.strip()[len(name) + 1:])
+    return values
+
+
+# --------------------------------------------------------------------------------------------------
+# pipeline scaling
+
+
+def test_pipeline_sizes_scale_with_resolution():
+    text = PIPELINE.read_text()
+    scaled, changes = rescale_pipeline(text, 4.0)
+    assert _setting(scaled, "IdentifyPrimaryObjects", "Typical diameter of objects, in pixel units (Min,Max)") == ["12,64"]
+    assert _setting(scaled, "MeasureTexture", "Texture scale to measure") == ["4"]
+    assert _setting(scaled, "MeasureImageQuality", "Spatial scale for blur measurements") == ["32"]
+    assert _setting(scaled, "MeasureObjectNeighbors", "Neighbor distance") == ["20", "8"]
+    assert _setting(scaled, "MeasureGranularity", "Subsampling factor for granularity measurements") == ["0.25"]
+    # only those lines change
+    before, after = text.splitlines(), scaled.splitlines()
+    assert len(before) == len(after)
+    assert sum(a != b for a, b in zip(before, after)) == len(changes) == 6
+    # the reference resolution leaves the pipeline byte-identical
+    assert rescale_pipeline(text, 1.0) == (text, [])
+
+
+def test_pipeline_nuclei_override_and_errors(tmp_path):
+    out = tmp_path / "p.cppipe"
+    write_pipeline(PIPELINE, out, resolution=64, pipeline_resolution=64, nuclei_diameter=(5, 30))
+    assert _setting(out.read_text(), "IdentifyPrimaryObjects",
+                    "Typical diameter of objects, in pixel units (Min,Max)") == ["5,30"]
+    with pytest.raises(InputError, match="not a CellProfiler pipeline"):
+        rescale_pipeline("hello", 2.0)
+    # a custom pipeline without texture cannot be scaled: said, not silently left at the wrong size
+    no_texture = PIPELINE.read_text().replace("Texture scale to measure", "Something else")
+    with pytest.raises(InputError, match="MeasureTexture 'Texture scale to measure'"):
+        rescale_pipeline(no_texture, 2.0, source="custom.cppipe")
+    with pytest.raises(InputError, match="not found"):
+        write_pipeline(tmp_path / "missing.cppipe", out, resolution=64, pipeline_resolution=64)
+
+
+# --------------------------------------------------------------------------------------------------
+# preparing chunks and merging tables
+
+
+def _real_inputs(tmp_path, n=7, resolution=16):
+    rng = np.random.default_rng(0)
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    rows = []
+    for split, count in (("train", 4), ("evaluation", n - 4)):
+        stack = rng.integers(0, 256, (count, 6, resolution, resolution), dtype=np.uint8)
+        np.save(stacks / f"{split}.npy", stack)
+        for i in range(count):
+            rows.append({"Metadata_site_id": f"{split}-{i}", "Metadata_condition": f"HUVEC:{i % 2}",
+                         "Metadata_split": split, "Metadata_stack_index": i, "Metadata_source": "real"})
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(manifest)
+    return manifest, stacks
+
+
+def test_select_sites_caps_each_condition_reproducibly():
+    table = pd.DataFrame({"Metadata_condition": ["a"] * 10 + ["b"] * 3, "x": range(13)})
+    picked = select_sites(table, 4, seed=1)
+    assert picked.groupby("Metadata_condition").size().to_dict() == {"a": 4, "b": 3}
+    assert picked["x"].is_monotonic_increasing and picked.index.equals(pd.Index(picked["x"]))  # manifest rows
+    assert picked.equals(select_sites(table, 4, seed=1))
+    assert not picked.equals(select_sites(table, 4, seed=2))
+    assert len(select_sites(table, None, seed=1)) == 13
+
+
+def test_prepare_real_writes_stains_and_round_robin_chunks(tmp_path):
+    manifest, stacks = _real_inputs(tmp_path)
+    out = tmp_path / "chunks"
+    sites = prepare("real", manifest, out, resolution=16, chunk_size=3, stacks_dir=stacks, progress=False)
+    assert len(sites) == 7 and sorted(p.name for p in out.glob("chunk_*.csv")) == [
+        "chunk_001.csv", "chunk_002.csv", "chunk_003.csv"]
+    sizes = [len(pd.read_csv(out / f"chunk_00{i}.csv")) for i in (1, 2, 3)]
+    assert sizes == [3, 2, 2]
+    chunk = pd.read_csv(out / "chunk_002.csv")
+    assert (chunk["PathName_DNA"] == "images").all()  # relative to the folder given to CellProfiler (-i)
+    # the PNG of stain w5 of the 6th site (evaluation #1) holds exactly that stack plane
+    key = sites["Metadata_SiteKey"][5]
+    png = np.array(Image.open(out / "images" / f"{key}_w5.png"))
+    assert np.array_equal(png, np.load(stacks / "evaluation.npy")[1, 4])
+    assert sites.loc[5, "Metadata_site_id"] == "evaluation-1"
+    saved = pd.read_parquet(out / "sites.parquet")
+    assert saved["Metadata_SiteKey"].tolist() == sites["Metadata_SiteKey"].tolist()
+
+
+def test_prepare_generated_resizes_and_rejects_bad_images(tmp_path):
+    image = np.full((6, 32, 32), 40, dtype=np.uint8)
+    write_site(tmp_path / "a.tif", image)
+    manifest = tmp_path / "gen.parquet"
+    pd.DataFrame({"Metadata_sample_id": ["g0"], "Metadata_condition": ["RPE:1"],
+                  "Metadata_image_path": [str(tmp_path / "a.tif")]}).to_parquet(manifest)
+    prepare("generated", manifest, tmp_path / "c", resolution=16, chunk_size=5, progress=False)
+    assert Image.open(tmp_path / "c" / "images" / "generated000000_w1.png").size == (16, 16)
+
+    write_site(tmp_path / "b.tif", image.astype(np.uint16))
+    pd.DataFrame({"Metadata_condition": ["RPE:1"], "Metadata_image_path": [str(tmp_path / "b.tif")]}).to_parquet(manifest)
+    with pytest.raises(InputError, match="row 0: image .*b.tif is uint16"):
+        prepare("generated", manifest, tmp_path / "d", resolution=16, chunk_size=5, progress=False)
+    pd.DataFrame({"Metadata_condition": ["RPE:1"]}).to_parquet(manifest)
+    with pytest.raises(InputError, match="Metadata_image_path"):
+        prepare("generated", manifest, tmp_path / "e", resolution=16, chunk_size=5, progress=False)
+
+
+def _image_csv(keys, seed=0):
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({"ImageNumber": range(1, len(keys) + 1), "Metadata_SiteKey": keys,
+                          "Metadata_FileLocation": "x", "Count_Nuclei": rng.integers(1, 30, len(keys))})
+    for column in QC_COLUMNS:
+        table[column] = rng.normal(size=len(keys))
+    return table
+
+
+def test_merge_joins_manifest_metadata_and_checks_every_site(tmp_path):
+    manifest, stacks = _real_inputs(tmp_path)
+    out = tmp_path / "chunks"
+    sites = prepare("real", manifest, out, resolution=16, chunk_size=4, stacks_dir=stacks, progress=False)
+    keys = sites["Metadata_SiteKey"].tolist()
+    _image_csv(keys[1::2]).to_csv(tmp_path / "c2.csv", index=False)
+    _image_csv(keys[0::2], seed=1).to_csv(tmp_path / "c1.csv", index=False)
+    table = merge(out / "sites.parquet", [tmp_path / "c1.csv", tmp_path / "c2.csv"], tmp_path / "real.parquet")
+    assert table["Metadata_site_id"].tolist() == sites["Metadata_site_id"].tolist()  # manifest order
+    assert "Metadata_SiteKey" not in table and "Metadata_FileLocation" not in table  # CellProfiler's own dropped
+    assert table["Metadata_split"].tolist() == sites["Metadata_split"].tolist()
+    expected = pd.concat([_image_csv(keys[0::2], seed=1), _image_csv(keys[1::2])]).set_index("Metadata_SiteKey")
+    assert np.array_equal(table["Count_Nuclei"], expected.loc[keys, "Count_Nuclei"])
+
+    _image_csv(keys[1::2][:-1]).to_csv(tmp_path / "c3.csv", index=False)  # the last odd site is lost
+    with pytest.raises(InputError, match="1 missing"):
+        merge(out / "sites.parquet", [tmp_path / "c1.csv", tmp_path / "c3.csv"], tmp_path / "x.parquet")
+    with pytest.raises(InputError, match="duplicated"):
+        merge(out / "sites.parquet", [tmp_path / "c1.csv", tmp_path / "c2.csv", tmp_path / "c2.csv"],
+              tmp_path / "x.parquet")
+    _image_csv(keys[1::2]).drop(columns=QC_COLUMNS[0]).to_csv(tmp_path / "c4.csv", index=False)
+    with pytest.raises(InputError, match="image-quality"):
+        merge(out / "sites.parquet", [tmp_path / "c1.csv", tmp_path / "c4.csv"], tmp_path / "x.parquet")
+
+
+def test_missing_executable_says_how_to_install(tmp_path):
+    with pytest.raises(InputError, match="install_cellprofiler.sh"):
+        resolve_executable(str(tmp_path / "nope" / "cellprofiler"))
+    with pytest.raises(InputError, match="not on PATH"):
+        resolve_executable("surely-no-such-cellprofiler")
+
+
+# --------------------------------------------------------------------------------------------------
+# feature cleaning
+
+
+def _tables(n_real=60, n_gen=20, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def table(n, offset):
+        return pd.DataFrame({
+            "Metadata_site_id": [f"s{offset + i}" for i in range(n)],
+            "ImageNumber": np.arange(n), "FileName_DNA": "a.png", "URL_DNA": "file:a", "Group_Index": 1,
+            "ExecutionTime_01LoadData": rng.uniform(0, 1, n), "ModuleError_01LoadData": 0.0,
+            "Series_DNA": 0, "Frame_DNA": 0,
+            "MD5Digest_DNA": "abc",                                  # non-numeric, not metadata-like
+            "Count_Nuclei": rng.normal(20, 5, n),                   # kept
+            "Mean_Nuclei_AreaShape_Area": rng.normal(30, 3, n),      # kept
+            "Width_DNA": np.full(n, 64.0),                           # zero variance
+            "Tiny": rng.normal(0, 0.002, n),                         # variance 4e-6 <= 1e-5
+            "JustAbove": rng.choice([-0.004, 0.004], n),             # variance 1.6e-5 > 1e-5: kept
+            "Spiky": np.r_[np.zeros(n - 1), 1.0],                    # one real row at |z| = sqrt(n - 1) > 5
+        })
+
+    real, generated = table(n_real, 0), table(n_gen, 1000)
+    return real, generated
+
+
+def test_metadata_like_names():
+    for name in ("Metadata_plate", "FileName_DNA", "PathName_ER", "ImageNumber", "ObjectNumber",
+                 "ExecutionTime_03IdentifyPrimaryObjects", "ModuleError_02MeasureImageQuality", "Series_DNA",
+                 "Frame_RNA", "Group_Index", "Group_Number", "URL_Mito"):
+        assert is_metadata_like(name), name
+    for name in ("Count_Nuclei", "Mean_Cells_Texture_Contrast_DNA_1_00_64", "ImageQuality_PowerLogLogSlope_DNA"):
+        assert not is_metadata_like(name), name
+
+
+def test_cleaner_drop_rules_and_kept_count():
+    real, _ = _tables()
+    real.loc[3, "Count_Nuclei"] = np.nan  # one incomplete real row
+    cleaner = FeatureCleaner.fit(real)
+    assert cleaner.columns == ["Count_Nuclei", "Mean_Nuclei_AreaShape_Area", "JustAbove"]
+    report = cleaner.report
+    assert report["kept_features"] == 3
+    assert report["dropped_columns"] == {"metadata_like": 9, "non_numeric": 1, "low_variance": 2, "outlier_z": 1}
+    assert set(cleaner.dropped["low_variance"]) == {"Width_DNA", "Tiny"}
+    assert cleaner.dropped["outlier_z"] == ["Spiky"]
+    assert report["n_real_rows_dropped_nan"] == 1 and report["n_real_rows_used"] == 59
+    # the scaler is scikit-learn's StandardScaler fitted on the complete real rows
+    complete = real.drop(index=3)[cleaner.columns]
+    scaler = StandardScaler().fit(complete)
+    assert np.allclose(cleaner.mean, scaler.mean_) and np.allclose(cleaner.scale, scaler.scale_)
+
+
+def test_outlier_rule_needs_enough_rows():
+    # with 20 real rows one spike is at |z| = sqrt(19) = 4.36 <= 5: kept (the count is measured, not assumed)
+    real, _ = _tables(n_real=20)
+    assert "Spiky" in FeatureCleaner.fit(real).columns
+
+
+def test_cleaner_is_fitted_on_real_only_and_reused_for_generated():
+    real, generated = _tables()
+    generated["Count_Nuclei"] += 1000.0  # far-off generated rows must not move the real fit
+    generated.loc[2, "JustAbove"] = np.inf
+    cleaner = FeatureCleaner.fit(real)
+    assert cleaner.columns == FeatureCleaner.fit(real.iloc[::-1]).columns
+    assert np.allclose(cleaner.mean, real[cleaner.columns].mean())
+    clean_gen, dropped = cleaner.transform(generated)
+    assert list(dropped) == [2]
+    assert len(clean_gen) == len(generated) - 1
+    expected = StandardScaler().fit(real[cleaner.columns]).transform(generated.drop(index=2)[cleaner.columns])
+    assert np.allclose(clean_gen[cleaner.columns].to_numpy(), expected)
+    assert clean_gen["Metadata_site_id"].tolist() == generated.drop(index=2)["Metadata_site_id"].tolist()
+    clean_real, _ = cleaner.transform(real)
+    assert np.allclose(clean_real[cleaner.columns].mean(), 0) and np.allclose(clean_real[cleaner.columns].std(ddof=0), 1)
+
+
+def test_cleaner_saves_without_pickle_and_clean_writes_report(tmp_path):
+    real, generated = _tables()
+    generated.loc[5, "Count_Nuclei"] = np.nan
+    real.to_parquet(tmp_path / "real.parquet")
+    generated.to_parquet(tmp_path / "gen.parquet")
+    report = clean(tmp_path / "real.parquet", tmp_path / "gen.parquet", tmp_path / "out")
+    assert report["kept_features"] == 3 and report["generated_rows_dropped_nan"] == ["s1005"]
+    with np.load(tmp_path / "out" / "cleaner.npz", allow_pickle=False) as arrays:
+        assert arrays["columns"].dtype.kind == "U" and arrays["mean"].shape == (3,)
+    loaded = FeatureCleaner.load(tmp_path / "out" / "cleaner.npz", tmp_path / "out" / "cleaner.json")
+    fitted = FeatureCleaner.fit(real)
+    assert loaded.columns == fitted.columns and np.array_equal(loaded.mean, fitted.mean)
+    saved = pd.read_parquet(tmp_path / "out" / "generated_clean.parquet")
+    assert len(saved) == 19 and list(saved.columns[-3:]) == fitted.columns
+    on_disk = json.loads((tmp_path / "out" / "cleaning_report.json").read_text())
+    assert on_disk["kept_features"] == 3 and on_disk["n_generated_rows_dropped_nan"] == 1
+    with pytest.raises(InputError, match="missing"):
+        loaded.transform(generated.drop(columns="JustAbove"))
+
+
+def test_cleaner_refuses_when_every_real_row_has_nan():
+    real, _ = _tables()
+    real["Mean_Cytoplasm_X"] = np.nan
+    with pytest.raises(InputError, match="Mean_Cytoplasm_X"):
+        FeatureCleaner.fit(real)
+
+
+# --------------------------------------------------------------------------------------------------
+# real CellProfiler
+
+needs_cellprofiler = pytest.mark.skipif(
+    not os.access(CELLPROFILER, os.X_OK),
+    reason=f"CellProfiler not installed at {CELLPROFILER}: run scripts/install_cellprofiler.sh "
+           "(or set MORPHOTRUST_CELLPROFILER)")
+
+
+def _run_all(chunks_dir, pipeline, out_dir):
+    tables = []
+    for data_file in sorted(Path(chunks_dir).glob("chunk_*.csv")):
+        out = Path(out_dir) / data_file.name
+        run_chunk(CELLPROFILER, pipeline, data_file, out, Path(out_dir) / f"{data_file.stem}.log")
+        tables.append(out)
+    return tables
+
+
+@pytest.fixture(scope="module")
+def demo_sites(tmp_path_factory):
+    """Four demo sites (one per cell type) rendered by morphotrust.data at 128 px, stored at 64 px."""
+    from morphotrust.data.demo import render_site
+    from morphotrust.images import resize_site
+
+    work = tmp_path_factory.mktemp("demo")
+    rows = []
+    for i, cell_type in enumerate(("HEPG2", "HUVEC", "RPE", "U2OS")):
+        site = resize_site(render_site(cell_type, 1138, f"{cell_type}-01_1_B02_{i}", f"{cell_type}-01", 1), 64)
+        path = work / f"{cell_type}.tif"
+        write_site(path, site)
+        rows.append({"Metadata_sample_id": f"demo-{cell_type}", "Metadata_cell_type": cell_type,
+                     "Metadata_condition": f"{cell_type}:1138", "Metadata_image_path": str(path)})
+    manifest = work / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(manifest)
+    pipeline = work / "pipeline.cppipe"
+    write_pipeline(PIPELINE, pipeline, resolution=64, pipeline_resolution=64)
+    return work, manifest, pipeline
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_cellprofiler_on_demo_sites_in_chunks(demo_sites):
+    work, manifest, pipeline = demo_sites
+    prepare("generated", manifest, work / "chunks", resolution=64, chunk_size=2, progress=False)
+    tables = _run_all(work / "chunks", pipeline, work / "out")
+    assert len(tables) == 2
+    table = merge(work / "chunks" / "sites.parquet", tables, work / "generated_image.parquet")
+    assert table["Metadata_sample_id"].tolist() == [f"demo-{c}" for c in ("HEPG2", "HUVEC", "RPE", "U2OS")]
+    for column in QC_COLUMNS:
+        assert table[column].notna().all(), column
+    assert (table["ImageQuality_PercentMaximal_DNA"] < 5).all()
+    features = [c for c in table.columns if c.startswith(("Mean_", "Median_", "StDev_"))]
+    assert len(features) > 2000
+    for family in ("Intensity", "AreaShape", "Texture", "RadialDistribution", "Neighbors"):
+        assert any(f"_{family}_" in c for c in features), family
+    assert any(c.startswith("Granularity_") for c in table.columns)
+    assert any(c.startswith("AreaOccupied_") for c in table.columns)
+    for stain in STAIN_NAMES:
+        assert f"Mean_Cells_Intensity_MeanIntensity_{stain}" in table.columns
+    counts = dict(zip(table["Metadata_cell_type"], table["Count_Nuclei"]))
+    # dense small HEPG2 nuclei vs sparse large U2OS cells (44 vs 7 cells per demo field)
+    assert counts["HEPG2"] > 2 * counts["U2OS"] > 0
+    assert (table["Count_Cells"] == table["Count_Nuclei"]).all()
+    assert (table["Mean_Cells_AreaShape_Area"] > table["Mean_Nuclei_AreaShape_Area"]).all()
+
+    # splitting into chunks does not change any measurement
+    prepare("generated", manifest, work / "whole", resolution=64, chunk_size=4, progress=False)
+    whole = merge(work / "whole" / "sites.parquet", _run_all(work / "whole", pipeline, work / "out_whole"),
+                  work / "whole.parquet")
+    numeric = [c for c in features + ["Count_Nuclei"]]
+    assert np.allclose(table[numeric].to_numpy(float), whole[numeric].to_numpy(float), rtol=1e-6, atol=1e-9,
+                       equal_nan=True)
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_cellprofiler_counts_real_nuclei_against_ground_truth(tmp_path):
+    """DSB2018 fluorescence nuclei (512 px) in all six channels; nuclei diameter set for this image.
+
+    Ground truth: the labelled mask has 125 nuclei, 112 of them not touching the border. The pipeline
+    discards border-touching nuclei, so its count is compared with 112, within +-15%.
+    """
+    image = np.array(Image.open(DATA / "dsb2018_nuclei.png"))
+    mask = np.array(Image.open(DATA / "dsb2018_nuclei_mask.png"))
+    labels = set(np.unique(mask)) - {0}
+    border = set(np.unique(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]))) - {0}
+    truth = len(labels - border)
+    assert (len(labels), truth) == (125, 112)
+
+    write_site(tmp_path / "dsb.tif", np.stack([image] * 6))
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"Metadata_sample_id": ["dsb2018"], "Metadata_condition": ["-"],
+                  "Metadata_image_path": [str(tmp_path / "dsb.tif")]}).to_parquet(manifest)
+    pipeline = tmp_path / "p.cppipe"
+    write_pipeline(PIPELINE, pipeline, resolution=512, pipeline_resolution=64, nuclei_diameter=(8, 40))
+    prepare("generated", manifest, tmp_path / "chunks", resolution=512, chunk_size=1, progress=False)
+    table = merge(tmp_path / "chunks" / "sites.parquet", _run_all(tmp_path / "chunks", pipeline, tmp_path / "out"),
+                  tmp_path / "t.parquet")
+    count = int(table.loc[0, "Count_Nuclei"])
+    assert abs(count - truth) <= 0.15 * truth, (count, truth)
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_cellprofiler_failure_fails_the_job_with_its_log(demo_sites, tmp_path):
+    """A chunk with an unreadable image: `morphotrust morphology run-chunk` exits 1 and prints the end of
+    CellProfiler's log. Run under CellProfiler's own Python 3.9 (no pandas/numpy from morphotrust's env), as
+    the chunk jobs run inside envs/cellprofiler.yaml with --use-conda."""
+    work, manifest, pipeline = demo_sites
+    chunks = tmp_path / "chunks"
+    sites = prepare("generated", manifest, chunks, resolution=64, chunk_size=4, progress=False)
+    (chunks / "images" / f"{sites['Metadata_SiteKey'][0]}_w3.png").write_bytes(b"not a png")
+    out, log = tmp_path / "out" / "chunk_001.csv", tmp_path / "chunk.log"
+    python = Path(CELLPROFILER).parent / "python"
+    result = subprocess.run(
+        [str(python), "-m", "morphotrust", "morphology", "run-chunk", "--cellprofiler", CELLPROFILER,
+         "--pipeline", str(pipeline), "--data-file", str(chunks / "chunk_001.csv"), "--out", str(out),
+         "--log", str(log)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 1, result.stderr
+    assert "CellProfiler failed" in result.stderr and "exit status" in result.stderr
+    assert "Could not load the file" in result.stderr  # CellProfiler's own words, from the log tail
+    assert f"full log: {log}" in result.stderr and "Could not load the file" in log.read_text()
+    assert not out.exists() and not list(out.parent.glob(".*cellprofiler"))
+    with pytest.raises(CellProfilerError, match="exit status"):
+        run_chunk(CELLPROFILER, pipeline, chunks / "chunk_001.csv", out, log)
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_pipeline_is_what_the_pinned_cellprofiler_writes(tmp_path):
+    """The committed .cppipe loads in CellProfiler's own Pipeline class without errors, every module's
+    settings validate, and saving it again gives the same file (so the GUI opens it as is)."""
+    python = Path(CELLPROFILER).parent / "python"
+    # LoadData's validation reads its CSV to learn the image names the other modules use
+    columns = [f"{kind}_{stain}" for stain in STAIN_NAMES for kind in ("FileName", "PathName")]
+    (tmp_path / "load_data.csv").write_text(",".join(columns + ["Metadata_SiteKey"]) + "\n"
+                                            + ",".join(["a.png", "images"] * 6 + ["s1"]) + "\n")
+    script = f"""
+import io, sys
+import cellprofiler_core.preferences as prefs
+prefs.set_headless()
+prefs.set_default_image_directory({str(tmp_path)!r})
+from cellprofiler_core.pipeline import Pipeline
+errors = []
+pipeline = Pipeline()
+pipeline.add_listener(lambda p, e: errors.append(e) if type(e).__name__ == "LoadException" else None)
+pipeline.load({str(PIPELINE)!r})
+assert not errors, errors
+for module in pipeline.modules():
+    module.test_valid(pipeline)
+out = io.StringIO()
+pipeline.dump(out)
+sys.stdout.write(out.getvalue())
+"""
+    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == PIPELINE.read_text()

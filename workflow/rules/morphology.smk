@@ -1,0 +1,166 @@
+# CellProfiler morphology (morphotrust.morphology): headless CellProfiler on the six stains of the real subset
+# sites and the generated images, per chunk of sites in parallel jobs, merged into one per-image table per
+# source, then feature cleaning fitted on real rows only.
+#
+#   morphology_pipeline   resources/cellprofiler/*.cppipe -> results/morphology/pipeline.cppipe (sizes scaled)
+#   morphology_prepare    (checkpoint) manifest -> PNGs + chunk_NNN.csv (LoadData) + sites.parquet
+#   morphology_chunk      cellprofiler -c -r on one chunk -> its Image.csv (log: the full CellProfiler output)
+#   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet
+#   morphology_clean      -> cleaner.npz/.json, real_clean.parquet, generated_clean.parquet, cleaning_report.json
+#
+# The number of chunks (ceil(sites / chunk_size)) is known only once the manifest exists, so prepare is a
+# checkpoint and the merge asks it for the chunk list. Shell commands spell out `python -m morphotrust`
+# (`snakemake --lint` flags globals in shell commands).
+
+MORPHOLOGY = config["morphology"]
+MORPHOLOGY_SOURCES = ["real", "generated"]
+# The pipeline and a relative CellProfiler path are looked up in the working directory first, then in the
+# repository (where scripts/install_cellprofiler.sh puts .venv-cellprofiler/), so `--directory` runs work.
+MORPHOLOGY_REPO = os.path.dirname(os.path.abspath(workflow.basedir))
+MORPHOLOGY_PIPELINE, MORPHOLOGY_CELLPROFILER = (
+    path if os.path.isabs(path) or os.path.exists(path) else os.path.join(MORPHOLOGY_REPO, path)
+    for path in (MORPHOLOGY["pipeline"], MORPHOLOGY["cellprofiler"])
+)
+if os.sep not in MORPHOLOGY["cellprofiler"]:  # a bare name is looked up on PATH by the job
+    MORPHOLOGY_CELLPROFILER = MORPHOLOGY["cellprofiler"]
+MORPHOLOGY_INPUTS = {
+    "real": {
+        "manifest": "results/subsets/manifest.parquet",
+        "stacks": expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+    },
+    "generated": {
+        "manifest": f"results/generated/{config['generated']['source']}/manifest.parquet",
+        "stacks": [],
+    },
+}
+
+
+rule morphology_pipeline:
+    input:
+        MORPHOLOGY_PIPELINE,
+    output:
+        "results/morphology/pipeline.cppipe",
+    params:
+        resolution=config["subsets"]["resolution"],
+        reference=MORPHOLOGY["pipeline_resolution"],
+        diameter=(
+            "--nuclei-diameter {},{}".format(*MORPHOLOGY["nuclei_diameter_px"])
+            if MORPHOLOGY["nuclei_diameter_px"]
+            else ""
+        ),
+    threads: 1
+    log:
+        "results/logs/morphology/pipeline.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology pipeline --template {input:q} --resolution {params.resolution}"
+        " --pipeline-resolution {params.reference} {params.diameter} --out {output} > {log} 2>&1"
+
+
+checkpoint morphology_prepare:
+    input:
+        manifest=lambda wildcards: MORPHOLOGY_INPUTS[wildcards.source]["manifest"],
+        stacks=lambda wildcards: MORPHOLOGY_INPUTS[wildcards.source]["stacks"],
+    output:
+        directory("results/morphology/{source}/chunks"),
+    wildcard_constraints:
+        source="|".join(MORPHOLOGY_SOURCES),
+    params:
+        resolution=config["subsets"]["resolution"],
+        chunk_size=MORPHOLOGY["chunk_size"],
+        cap=(
+            f"--max-sites-per-condition {MORPHOLOGY['max_sites_per_condition']}"
+            if MORPHOLOGY["max_sites_per_condition"]
+            else ""
+        ),
+        seed=MORPHOLOGY["seed"],
+    threads: 1
+    log:
+        "results/logs/morphology/{source}/prepare.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"
+        " --stacks-dir results/subsets/stacks --resolution {params.resolution} --chunk-size {params.chunk_size}"
+        " {params.cap} --seed {params.seed} --out-dir {output} > {log} 2>&1"
+
+
+# The wrapper writes CellProfiler's whole output to {log}; on failure it exits 1 and prints the end of that
+# log to the terminal (so no `> {log}` here: CellProfiler failures are never hidden).
+rule morphology_chunk:
+    input:
+        data="results/morphology/{source}/chunks/chunk_{chunk}.csv",
+        pipeline="results/morphology/pipeline.cppipe",
+    output:
+        "results/morphology/{source}/image/chunk_{chunk}.csv",
+    wildcard_constraints:
+        source="|".join(MORPHOLOGY_SOURCES),
+        chunk=r"\d+",
+    params:
+        cellprofiler=MORPHOLOGY_CELLPROFILER,
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/morphology/{source}/chunk_{chunk}.log",
+    conda:
+        "../../envs/cellprofiler.yaml"
+    shell:
+        "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
+        " --pipeline {input.pipeline} --data-file {input.data} --out {output} --log {log}"
+
+
+rule morphology_merge:
+    input:
+        chunks_dir="results/morphology/{source}/chunks",
+        # the chunks that the checkpoint wrote: chunk_001.csv ... (known once it has run)
+        tables=lambda wildcards: expand(
+            "results/morphology/{source}/image/chunk_{chunk}.csv",
+            source=wildcards.source,
+            chunk=sorted(
+                glob_wildcards(
+                    os.path.join(checkpoints.morphology_prepare.get(**wildcards).output[0], "chunk_{chunk}.csv")
+                ).chunk
+            ),
+        ),
+    output:
+        "results/morphology/{source}_image.parquet",
+    wildcard_constraints:
+        source="|".join(MORPHOLOGY_SOURCES),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/morphology/{source}/merge.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology merge --sites {input.chunks_dir}/sites.parquet --out {output}"
+        " {input.tables} > {log} 2>&1"
+
+
+rule morphology_clean:
+    input:
+        real="results/morphology/real_image.parquet",
+        generated="results/morphology/generated_image.parquet",
+    output:
+        cleaner="results/morphology/cleaner.npz",
+        cleaner_json="results/morphology/cleaner.json",
+        real="results/morphology/real_clean.parquet",
+        generated="results/morphology/generated_clean.parquet",
+        report="results/morphology/cleaning_report.json",
+    params:
+        variance_threshold=MORPHOLOGY["variance_threshold"],
+        max_abs_z=MORPHOLOGY["max_abs_z"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/morphology/clean.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology clean --real {input.real} --generated {input.generated}"
+        " --variance-threshold {params.variance_threshold} --max-abs-z {params.max_abs_z}"
+        " --out-dir results/morphology > {log} 2>&1"
