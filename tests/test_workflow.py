@@ -1,13 +1,17 @@
 """The Snakemake workflow itself: lint, the complete DAG, conda envs, bad config, and the demo end to end."""
 
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import REPO, make_workdir, run_snakemake
+from workflow_helpers import REPO, SNAKEMAKE, TINY_DEMO, make_workdir, run_snakemake
 
 
 def test_lint(tmp_path):
@@ -65,12 +69,22 @@ def test_bad_config_key_stops(tmp_path):
     assert "max_sites_per_conditon" in result.stdout + result.stderr
 
 
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    """The whole workflow on a small demo, then a rerun that has nothing left to do."""
-    workdir = make_workdir(tmp_path)
+FINAL_TABLES = ["results/subsets/manifest.parquet", "results/trust/generated_scores.parquet",
+                "results/morphology/real_clean.parquet", "results/morphology/generated_clean.parquet",
+                "results/validation/centroid_per_condition.csv", "results/validation/kid_per_condition.csv"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The whole workflow on a small demo, uninterrupted."""
+    workdir = make_workdir(tmp_path_factory.mktemp("demo"), **TINY_DEMO)
     run_snakemake(workdir, "--cores", "2")
-    results = workdir / "results"
+    return workdir
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(demo_run):
+    results = demo_run / "results"
     manifest = pd.read_parquet(results / "subsets" / "manifest.parquet")
     assert set(manifest["Metadata_arm"]) >= {"seen", "unseen"}
     train = manifest[manifest["Metadata_split"] == "train"]
@@ -78,8 +92,43 @@ def test_demo_end_to_end(tmp_path):
     assert (results / "data" / "demo_grid.png").stat().st_size > 10_000
     sites = pd.read_parquet(results / "data" / "sites.parquet")
     assert sites["Metadata_synthetic"].all()
-    rerun = run_snakemake(workdir, "--cores", "2", "-n")
+    scores = pd.read_parquet(results / "trust" / "generated_scores.parquet")
+    assert set(scores["Metadata_arm"]) == {"seen", "unseen"}
+    assert set(scores["Metadata_generator"]) == {"morphotrust-sit-tiny"}
+    summary = (results / "report" / "summary.html").read_text()
+    assert "SYNTHETIC" in summary
+    rerun = run_snakemake(demo_run, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_tables(tmp_path):
+    """Kill the workflow while the generator trains, rerun: only the unfinished work is redone (training resumes
+    from its checkpoint) and the final tables equal the uninterrupted run's."""
+    overrides = {**TINY_DEMO, "generator.steps": 300, "generator.checkpoint_every": 25}
+    workdir = make_workdir(tmp_path, **overrides)
+    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = workdir / "results" / "generator" / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 900
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert process.poll() is None and checkpoint.exists(), "training never wrote a checkpoint"
+    sites_before = (workdir / "results" / "data" / "sites.parquet").stat().st_mtime_ns
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=300)
+    assert not (workdir / "results" / "generator" / "checkpoint.pt").exists(), "training finished before the kill"
+
+    run_snakemake(workdir, "--cores", "2", "--rerun-incomplete")
+    assert (workdir / "results" / "data" / "sites.parquet").stat().st_mtime_ns == sites_before
+    train_log = (workdir / "results" / "logs" / "generator" / "train.log").read_text()
+    assert "resum" in train_log.lower(), train_log[-2000:]
+
+    uninterrupted = make_workdir(tmp_path / "uninterrupted", **overrides)
+    run_snakemake(uninterrupted, "--cores", "2")
+    for table in FINAL_TABLES:
+        read = pd.read_csv if table.endswith(".csv") else pd.read_parquet
+        pd.testing.assert_frame_equal(read(workdir / table), read(uninterrupted / table), obj=table)
 
 
 def test_every_config_key_is_documented():

@@ -34,3 +34,14 @@ def make_workdir(tmp_path, **overrides):
         section[key] = value
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path
+
+
+# A smaller, quicker demo for the end-to-end tests: the science is tested elsewhere, these tests are about the
+# workflow running, resuming and routing jobs. (The defaults in config/config.yaml are the README's demo.)
+TINY_DEMO = {
+    "data.demo.experiments_per_cell_type": 1, "data.demo.plates_per_experiment": 2,
+    "features.image_size": 96,
+    "morphology.max_sites_per_condition": 2, "morphology.chunk_size": 200,
+    "validation.n_random_seeds": 2, "validation.deciles.max_iter": 100, "validation.centroid.n_bootstrap": 200,
+    "generator.steps": 20, "generator.translator.steps": 50,
+}

@@ -17,7 +17,7 @@ rule subsets:
     conda:
         "../../envs/core.yaml"
     shell:
-        "{MT} subsets manifest --sites {input.sites} --conditions {input.conditions}"
+        "python -m morphotrust subsets manifest --sites {input.sites} --conditions {input.conditions}"
         " --config {params.cfg} --out-dir results/subsets > {log} 2>&1"
 
 
@@ -35,5 +35,5 @@ rule subset_stack:
     conda:
         "../../envs/core.yaml"
     shell:
-        "{MT} subsets stack --manifest {input} --split {wildcards.split}"
+        "python -m morphotrust subsets stack --manifest {input} --split {wildcards.split}"
         " --resolution {params.resolution} --out {output} > {log} 2>&1"

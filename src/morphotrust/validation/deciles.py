@@ -56,7 +56,7 @@ def fit_and_score(X_train, y_train, X_test, y_test, test_groups: dict, C: float,
 
 
 def decile_classifiers(generated: Table, real_train: Table, real_test: Table, n_bins: int = 10,
-                       n_seeds: int = 5, seed: int = 0, C: float = 1.0, max_iter: int = 1000) -> pd.DataFrame:
+                       n_seeds: int = 5, seed: int = 0, C: float = 1.0, max_iter: int = 200) -> pd.DataFrame:
     """One row per (target, test arm, decile): balanced accuracy of the trust-ranked decile, of the random
     ranking (mean and SD over seeds), and the real ceiling. Deciles are numbered 1 (most trusted) .. n_bins.
 
