@@ -106,7 +106,7 @@ rule data_demo_grid:
         sites="results/data/sites.parquet",
         effects=f"{DEMO_DIR}/demo_effects.json",
     output:
-        "results/data/demo_grid.png",
+        report("results/data/demo_grid.png", caption="../report/demo_grid.rst", category="Data"),
     log:
         "results/logs/data/demo_grid.log",
     conda:

@@ -67,7 +67,7 @@ rule train:
     output:
         checkpoint="results/generator/checkpoint.pt",
         loss_csv="results/generator/loss.csv",
-        loss_png="results/generator/loss.png",
+        loss_png=report("results/generator/loss.png", caption="../report/generator_loss.rst", category="Generator"),
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
@@ -93,7 +93,7 @@ rule sample:
         checkpoint="results/generator/checkpoint.pt",
     output:
         manifest="results/generated/generator/manifest.parquet",
-        grid="results/generated/generator/grid.png",
+        grid=report("results/generated/generator/grid.png", caption="../report/generator_grid.rst", category="Generator"),
         summary="results/generated/generator/summary.json",
     params:
         cfg=cli_json(GENERATOR),

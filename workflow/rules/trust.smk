@@ -42,7 +42,7 @@ rule trust_score:
         scores="results/trust/generated_scores.parquet",
         scores_csv="results/trust/generated_scores.csv",
         summary="results/trust/condition_summary.csv",
-        histogram="results/trust/trust_histogram.png",
+        histogram=report("results/trust/trust_histogram.png", caption="../report/trust_histogram.rst", category="Trust score"),
     threads: 2
     resources:
         mem_mb=4000,

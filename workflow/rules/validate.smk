@@ -27,7 +27,7 @@ rule validation_centroid:
         table="results/validation/centroid.csv",
         per_condition="results/validation/centroid_per_condition.csv",
         per_sample="results/validation/centroid_per_sample.csv",
-        plot="results/validation/centroid.png",
+        plot=report("results/validation/centroid.png", caption="../report/centroid.rst", category="Validation", subcategory="Centroid distance"),
         headline="results/validation/centroid.json",
     params:
         cfg=cli_json(config["validation"]),
@@ -50,7 +50,7 @@ rule validation_deciles:
         trust=VALIDATION_TRUST,
     output:
         table="results/validation/deciles_{space}.csv",
-        plot="results/validation/deciles_{space}.png",
+        plot=report("results/validation/deciles_{space}.png", caption="../report/deciles.rst", category="Validation", subcategory="Decile classifiers", labels={"space": "{space}"}),
         headline="results/validation/deciles_{space}.json",
     wildcard_constraints:
         space="|".join(VALIDATION_SPACES),
@@ -77,7 +77,7 @@ rule validation_correlations:
     output:
         table="results/validation/correlations.csv",
         top_bottom="results/validation/correlations_top_bottom.csv",
-        plot="results/validation/correlations.png",
+        plot=report("results/validation/correlations.png", caption="../report/correlations.rst", category="Validation", subcategory="Per-feature correlations"),
         headline="results/validation/correlations.json",
     params:
         cfg=cli_json(config["validation"]),
@@ -103,9 +103,9 @@ rule validation_kid:
         selection="results/validation/kid_selection.csv",
         ranking="results/validation/kid_ranking.csv",
         deciles="results/validation/kid_deciles.csv",
-        ranking_plot="results/validation/kid_ranking.png",
-        selection_plot="results/validation/kid_selection.png",
-        deciles_plot="results/validation/kid_deciles.png",
+        ranking_plot=report("results/validation/kid_ranking.png", caption="../report/kid_ranking.rst", category="Validation", subcategory="KID"),
+        selection_plot=report("results/validation/kid_selection.png", caption="../report/kid_selection.rst", category="Validation", subcategory="KID"),
+        deciles_plot=report("results/validation/kid_deciles.png", caption="../report/kid_deciles.rst", category="Validation", subcategory="KID"),
         headline="results/validation/kid.json",
     params:
         cfg=cli_json(config["validation"]),
@@ -128,9 +128,9 @@ rule validation_distances:
         trust=VALIDATION_TRUST,
     output:
         per_condition="results/validation/distances_{space}.csv",
-        per_condition_plot="results/validation/distances_{space}.png",
+        per_condition_plot=report("results/validation/distances_{space}.png", caption="../report/distances.rst", category="Validation", subcategory="Distances", labels={"space": "{space}", "figure": "distances"}),
         discrimination="results/validation/discrimination_{space}.csv",
-        discrimination_plot="results/validation/discrimination_{space}.png",
+        discrimination_plot=report("results/validation/discrimination_{space}.png", caption="../report/discrimination.rst", category="Validation", subcategory="Discrimination", labels={"space": "{space}"}),
         headline="results/validation/distances_{space}.json",
     wildcard_constraints:
         space="|".join(VALIDATION_SPACES),
@@ -155,7 +155,7 @@ rule validation_shift:
         trust=VALIDATION_TRUST,
     output:
         table="results/validation/graded_shift.csv",
-        plot="results/validation/graded_shift.png",
+        plot=report("results/validation/graded_shift.png", caption="../report/graded_shift.rst", category="Validation", subcategory="Graded shift"),
         headline="results/validation/graded_shift.json",
     threads: 1
     log:
