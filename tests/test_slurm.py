@@ -1,0 +1,157 @@
+"""The SLURM profile (workflow/profiles/slurm): GPU rules on the GPU partition, everything else on the CPU one;
+and the demo workflow end to end through a real single-node SLURM cluster (scripts/local_slurm.sh)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_helpers import TINY_DEMO, make_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+
+
+def load_profile():
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def partitions(profile):
+    """(CPU partition, GPU partition) as the profile names them."""
+    return profile["default-resources"]["slurm_partition"], profile["set-resources"]["train"]["slurm_partition"]
+
+
+def workflow_rules():
+    """{rule name: its text} for every rule and checkpoint in workflow/rules/*.smk."""
+    rules = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        pattern = r"^(?:rule|checkpoint) (\w+):\n(.*?)(?=^rule |^checkpoint |\Z)"
+        for match in re.finditer(pattern, smk.read_text(), flags=re.M | re.S):
+            rules[match.group(1)] = match.group(2)
+    return rules
+
+
+def test_profile_names_only_rules_that_exist():
+    profile = load_profile()
+    named = set(profile["set-resources"]) | set(profile["set-threads"])
+    assert named - set(workflow_rules()) == set(), "the SLURM profile names rules the workflow does not have"
+
+
+def test_gpu_rules_and_only_they_go_to_the_gpu_partition():
+    profile = load_profile()
+    cpu, gpu = partitions(profile)
+    assert cpu != gpu
+    declares_gpu = {name for name, body in workflow_rules().items() if re.search(r"\bgpu\s*=", body)}
+    assert {"train", "sample"} <= declares_gpu, "the generator rules must declare resources: gpu=1"
+    for name, resources in profile["set-resources"].items():
+        on_gpu = resources.get("slurm_partition", cpu) == gpu
+        assert on_gpu == (name in declares_gpu), f"rule {name}: partition and GPU request disagree"
+        assert (resources.get("gpu", 0) == 1) == on_gpu, f"rule {name}: GPU partition without gpu: 1, or vice versa"
+    assert declares_gpu <= set(profile["set-resources"]), "a GPU rule is missing from the SLURM profile"
+
+
+def test_profile_routes_every_job_of_the_dag(tmp_path):
+    """A dry run through the profile: what snakemake itself resolves as each job's partition and GPUs."""
+    cpu, gpu = partitions(load_profile())
+    workdir = make_workdir(tmp_path)
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(PROFILE.parent),
+                             "--forceall", "-n"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, flags=re.M)
+    assert jobs, result.stdout[-4000:]
+    for rule, resources in jobs:
+        values = dict(item.split("=", 1) for item in resources.split(", "))
+        wants_gpu = int(values.get("gpu", 0)) > 0
+        assert values["slurm_partition"] == (gpu if wants_gpu else cpu), f"rule {rule}: {resources}"
+
+
+# --- the demo through a real SLURM cluster ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running local cluster; stopped afterwards unless it was already running before the tests."""
+    was_running = subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True).returncode == 0
+    started = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode == 2:
+        pytest.skip(f"SLURM cannot be installed or started on this machine: {started.stderr.strip()}")
+    assert started.returncode == 0, f"scripts/local_slurm.sh start failed:\n{started.stdout}\n{started.stderr}"
+    yield
+    if not was_running:
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, timeout=120)
+
+
+def small_profile(directory):
+    """The SLURM profile as it is, with memory and threads cut down to fit this machine's single node."""
+    profile = load_profile()
+    profile["default-resources"]["mem_mb"] = 1000
+    for resources in profile["set-resources"].values():
+        if "mem_mb" in resources:
+            resources["mem_mb"] = 1000
+    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
+    directory.mkdir()
+    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return directory
+
+
+def slurm_jobs(workdir):
+    """SLURM's own record of every job started in `workdir` (rule, partition, state, GPUs), and the environment
+    each job saw, from its log (the executor prints it with --verbose; --slurm-keep-successful-logs keeps it)."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True)
+    jobs = []
+    for line in shown.stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if Path(fields.get("WorkDir", "")).resolve() != workdir.resolve():
+            continue
+        gres = re.search(r"\bTresPer(?:Job|Node)=\S*gres:gpu(?::\w+)?:(\d+)", line)  # the GPUs it asked for
+        logs = list((workdir / ".snakemake" / "slurm_logs").rglob(f"{fields['JobId']}.log"))
+        environment = dict(re.findall(r"'(SLURM_JOB_PARTITION|CUDA_VISIBLE_DEVICES)': '([^']*)'",
+                                      logs[0].read_text())) if logs else None
+        jobs.append({
+            "id": fields["JobId"],
+            "rule": re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", fields["Comment"]).group(1),
+            "partition": fields["Partition"],
+            "state": fields["JobState"],
+            "gpus": int(gres.group(1)) if gres else 0,
+            "environment": environment,
+        })
+    return jobs
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_demo_through_slurm(slurm_cluster, tmp_path):
+    cpu, gpu = partitions(load_profile())
+    workdir = make_workdir(tmp_path / "work", **TINY_DEMO)
+    profile = small_profile(tmp_path / "profile")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(profile),
+         # poll every few seconds, not every 40 s: a real cluster wants the profile's gentler default
+         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+         "--verbose", "--slurm-keep-successful-logs"],
+        capture_output=True, text=True, timeout=1500, env=env)
+    log = run.stdout[-8000:] + run.stderr[-8000:]
+    assert run.returncode == 0, f"the workflow failed through SLURM:\n{log}"
+    assert "Nothing to be done" not in log
+
+    jobs = slurm_jobs(workdir)
+    submitted_rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):$", run.stdout + run.stderr, flags=re.M))
+    assert submitted_rules and {job["rule"] for job in jobs} == submitted_rules, log
+    for job in jobs:
+        assert job["state"] == "COMPLETED", job
+        assert job["partition"] == (gpu if job["gpus"] else cpu), job
+        # Inside the job: the partition, and the node's one (fake) GPU for GPU jobs only.
+        expected = {"SLURM_JOB_PARTITION": job["partition"], **({"CUDA_VISIBLE_DEVICES": "0"} if job["gpus"] else {})}
+        assert job["environment"] == expected, job
+
+    gpu_rules = {name for name, res in load_profile()["set-resources"].items() if res.get("gpu")}
+    ran_on_gpu = {job["rule"] for job in jobs if job["gpus"]}
+    assert "train" in ran_on_gpu and ran_on_gpu == submitted_rules & gpu_rules, ran_on_gpu
+    assert (workdir / "results" / "validation" / "summary.json").is_file()
