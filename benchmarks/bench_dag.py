@@ -17,42 +17,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 
+from morphotrust.data.demo import rxrx1_shaped_metadata
+
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = {"HEPG2": 11, "HUVEC": 24, "RPE": 11, "U2OS": 5}
-N_SITES = 125_510
-
-
-def full_size_metadata() -> pd.DataFrame:
-    rows = []
-    wells = [f"{r}{c:02d}" for r in "BCDEFGHIJKLMNO" for c in range(2, 24)]  # 308 inner wells of a 384 plate
-    treatments = np.arange(1108)
-    for cell_type, n_experiments in EXPERIMENTS.items():
-        for e in range(1, n_experiments + 1):
-            experiment = f"{cell_type}-{e:02d}"
-            order = np.random.default_rng(e).permutation(treatments)
-            for plate in range(1, 5):
-                sirnas = list(order[(plate - 1) * 277: plate * 277]) + list(range(1108, 1138))[:30] + [1138]
-                for well, sirna_id in zip(wells, sirnas):
-                    for site in (1, 2):
-                        rows.append((f"{experiment}_{plate}_{well}_{site}", f"{experiment}_{plate}_{well}",
-                                     cell_type, "train", experiment, plate, well, site, int(sirna_id)))
-    df = pd.DataFrame(rows, columns=["site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well",
-                                     "site", "sirna_id"])
-    df = df.iloc[:N_SITES]
-    df["well_type"] = np.where(df["sirna_id"] == 1138, "negative_control",
-                               np.where(df["sirna_id"] >= 1108, "positive_control", "treatment"))
-    df["sirna"] = np.where(df["sirna_id"] == 1138, "EMPTY", "s" + df["sirna_id"].astype(str).str.zfill(5))
-    return df[["site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well", "site", "well_type",
-               "sirna", "sirna_id"]]
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="morphotrust-bench-dag-"))
     try:
-        metadata = full_size_metadata()
+        metadata = rxrx1_shaped_metadata()
         (work / "rxrx1").mkdir()
         metadata.to_csv(work / "rxrx1" / "metadata.csv", index=False)
         pairs = metadata.groupby(["cell_type", "sirna_id"]).size()

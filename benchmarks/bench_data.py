@@ -62,21 +62,12 @@ def run_demo(root: Path, cfg: dict) -> list[tuple[str, int, float]]:
 
 def plan_full_rxrx1(root: Path) -> tuple[str, int, float]:
     """plan_metadata on a metadata.csv the size of RxRx1's (125,510 rows)."""
-    n = 125_510
-    experiments = [f"{c}-{i:02d}" for c in demo.CELL_TYPES for i in range(1, 14)][:51]
-    grid = pd.MultiIndex.from_product([experiments, [1, 2, 3, 4], demo.INTERIOR_WELLS, [1, 2]],
-                                      names=["experiment", "plate", "well", "site"]).to_frame(index=False)[:n]
-    well_id = grid["experiment"] + "_" + grid["plate"].astype(str) + "_" + grid["well"]
-    table = pd.DataFrame({"site_id": well_id + "_" + grid["site"].astype(str), "well_id": well_id,
-                          "cell_type": grid["experiment"].str.split("-").str[0], "dataset": "train",
-                          "experiment": grid["experiment"], "plate": grid["plate"], "well": grid["well"],
-                          "site": grid["site"], "well_type": "treatment", "sirna": "s21721",
-                          "sirna_id": np.arange(n) % 1108})
+    table = demo.rxrx1_shaped_metadata()
     folder = root / "rxrx1"
     folder.mkdir()
     table.to_csv(folder / "metadata.csv", index=False)
     _, seconds = timed(plan_metadata, {"rxrx1_path": str(folder)})
-    return ("plan_metadata, RxRx1-sized metadata.csv", n, seconds)
+    return ("plan_metadata, RxRx1-sized metadata.csv", len(table), seconds)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
     def train_step():
         t = torch.rand(batch, device=device)
         x_t, v = interpolate(x, torch.randn_like(x), t)
-        with autocast(device):
+        with autocast(device, cfg["precision"]):
             loss = torch.nn.functional.mse_loss(model(x_t, t, labels, labels).float(), v)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -69,7 +69,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
 
     @torch.no_grad()
     def forward():
-        with autocast(device):
+        with autocast(device, cfg["precision"]):
             model(xf, tf, lf, lf)
 
     forward_s = timed(forward, device, repeats)
@@ -78,7 +78,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
 
     def sample():
         integrate(model, noise, ls, ls, steps=cfg["sampling_steps"], method=cfg["sampler"],
-                  guidance=cfg["guidance_scale"])
+                  guidance=cfg["guidance_scale"], precision=cfg["precision"])
 
     sample_s = timed(sample, device, max(1, repeats // 3))
     forward_rate = forward_batch / forward_s
@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--sampler", default=cfg["sampler"])
     parser.add_argument("--sampling-steps", type=int, default=cfg["sampling_steps"])
     parser.add_argument("--guidance-scale", type=float, default=cfg["guidance_scale"])
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU) | bf16 | fp32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -118,7 +119,8 @@ def main():
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    run_cfg = dict(sampler=args.sampler, sampling_steps=args.sampling_steps, guidance_scale=args.guidance_scale)
+    run_cfg = dict(sampler=args.sampler, sampling_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
+                   precision=args.precision)
     rows = [bench(p, args.resolution, device, args.batch_size, args.sample_batch, run_cfg, args.repeats)
             for p in args.presets]
     columns = ["preset", "resolution", "device", "parameters_M", "train_images_per_s", "forward_images_per_s",

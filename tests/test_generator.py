@@ -18,7 +18,7 @@ from morphotrust.errors import InputError
 from morphotrust.generator import generation_trust as gt
 from morphotrust.generator.data import (EpochBatches, TrainingImages, build_vocabularies, encode, read_manifest,
                                         training_rows)
-from morphotrust.generator.model import SiT, model_config
+from morphotrust.generator.model import SiT, interpolate, model_config
 from morphotrust.generator.sample import integrate, run_sampling
 from morphotrust.generator.train import load_checkpoint, train
 from morphotrust.generator.translator import fit_translator, noised_hidden
@@ -100,6 +100,54 @@ def test_null_token_is_never_a_real_value(toy):
     assert not torch.equal(table[vocab["sirna_id"].index(1138)], table[model.null_index("sirna_id")])
 
 
+def test_prediction_override_and_both_parametrisations_return_a_velocity():
+    """At initialisation the network's output layer is zero: a velocity network then predicts v = 0, a data
+    network x̂ = 0 and so v = (0 - x_t) / (1 - t), with 1 - t clipped at 0.05."""
+    vocab = {"cell_type": 2, "sirna_id": 3}
+    assert model_config("tiny", RES, vocab)["prediction"] == "data"
+    assert model_config("S/2", RES, vocab)["prediction"] == "velocity"
+    velocity = SiT(model_config("tiny", RES, vocab, prediction="velocity"))
+    data = SiT(model_config("tiny", RES, vocab, prediction="data"))
+    x = torch.randn(3, 6, RES, RES)
+    t = torch.tensor([0.0, 0.5, 0.99])
+    codes = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(velocity(x, t, codes, codes), torch.zeros_like(x))
+        expected = -x / torch.tensor([1.0, 0.5, 0.05]).view(-1, 1, 1, 1)
+        assert torch.allclose(data(x, t, codes, codes), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        model_config("tiny", RES, vocab, prediction="noise")
+
+
+@pytest.mark.parametrize("preset, parameters_M", [("S/2", 33), ("B/2", 130)])
+def test_hpc_presets_build_train_and_sample_at_toy_size(preset, parameters_M):
+    """S/2 and B/2 (meant for a GPU) at 16 px: SiT's sizes, one training step under bf16 autocast lowers the
+    loss on a fixed batch, and the sampler returns finite images of the right shape."""
+    vocab = {"cell_type": 4, "sirna_id": 1139}
+    torch.manual_seed(0)
+    model = SiT(model_config(preset, RES, vocab))
+    n_parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(n_parameters - parameters_M) / parameters_M < 0.1, n_parameters
+    assert model.grid == RES // 2 and model.config["prediction"] == "velocity"
+    x = torch.rand(2, 6, RES, RES) * 2 - 1
+    noise = torch.randn_like(x)
+    t = torch.tensor([0.3, 0.7])
+    labels = torch.tensor([0, 1138])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x_t, v = interpolate(x, noise, t)
+    losses = []
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.mse_loss(model(x_t, t, labels % 4, labels).float(), v)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    images = integrate(model.eval(), noise, labels % 4, labels, steps=2, guidance=2.0)[0]
+    assert images.shape == x.shape and torch.isfinite(images).all()
+
+
 def test_unseen_conditions_never_reach_the_training_loader(toy, tmp_path):
     manifest = read_manifest(toy / "manifest.parquet")
     # a stray unseen-arm row in the train split must not be picked up
@@ -150,6 +198,33 @@ def test_checkpoints_load_with_weights_only(trained):
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 300 and state["vocabularies"]["sirna_id"] == [1, 1138]
     assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["step"] == 300
+
+
+def test_bf16_autocast_path_runs_on_cpu_and_keeps_float32_weights(trained, toy, tmp_path):
+    """The GPU's number path (bf16 autocast) exercised on CPU: training, sampling and the translator's hidden
+    states run under it, weights and outputs stay float32, and the results stay close to float32 runs."""
+    cfg = config(steps=6, precision="bf16")
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "bf16", cfg, RES)
+    state = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert np.isfinite(pd.read_csv(tmp_path / "bf16" / "loss.csv")["loss"]).all()
+    out, trained_cfg = trained
+    model = SiT(load_checkpoint(out / "checkpoint.pt")["model_config"])
+    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["ema"])
+    model.eval()
+    noise, labels = torch.randn(4, 6, RES, RES, generator=torch.Generator().manual_seed(0)), torch.zeros(4).long()
+    images = {p: integrate(model, noise, labels, labels, steps=4, guidance=2.0, precision=p)[0]
+              for p in ("fp32", "bf16")}
+    assert images["bf16"].dtype == torch.float32
+    assert not torch.equal(images["bf16"], images["fp32"])  # autocast was on
+    assert (images["bf16"] - images["fp32"]).abs().mean() < 0.05 * images["fp32"].abs().mean()
+    rows = training_rows(read_manifest(toy / "manifest.parquet"))
+    stack = np.load(toy / "stacks" / "train.npy")[rows["Metadata_stack_index"]]
+    codes = encode(rows, load_checkpoint(out / "checkpoint.pt")["vocabularies"])
+    hidden = {p: noised_hidden(model, stack, codes["cell_type"], codes["sirna_id"], 0.5, 1, seed=0, precision=p)
+              for p in ("fp32", "bf16")}
+    assert hidden["bf16"].dtype == np.float32
+    assert np.corrcoef(hidden["bf16"].ravel(), hidden["fp32"].ravel())[0, 1] > 0.99
 
 
 def test_killed_and_resumed_training_equals_uninterrupted(toy, tmp_path):
@@ -327,6 +402,34 @@ def test_translator_learns_and_its_scores_track_post_generation_scores(trained, 
     assert summary["agreement"] > 0.7
 
 
+def test_selection_gain_compares_kept_samples_with_matched_random_ones():
+    """Samples kept early that lie closer to real cells (lower z) give a negative Δz whose interval excludes 0;
+    a selection unrelated to z gives an interval around 0. Samples without z are left out, not counted."""
+    rng = np.random.default_rng(0)
+    n_conditions, per_condition = 12, 8
+    ids = [f"gen_c{c}_{k}" for c in range(n_conditions) for k in range(per_condition)]
+    kept = rng.random(len(ids)) < 0.5
+    z = np.where(kept, -1.0, 1.0) + rng.normal(0, 0.5, len(ids))
+    per_sample = pd.DataFrame({"sample_id": ids, "condition": [i.rsplit("_", 1)[0] for i in ids],
+                               "arm": np.where(np.arange(len(ids)) < 48, "seen", "unseen"), "z": z,
+                               "distance": z + 5, "excess_distance": z, "accepted": rng.random(len(ids)) < 0.5})
+    per_sample.loc[:3, "z"] = np.nan  # CellProfiler found no cell there
+    decisions = pd.DataFrame({"Metadata_sample_id": ids, "early_accept": kept})
+    gain = gt.selection_gain(decisions, per_sample, {"n_bootstrap": 500, "n_random_seeds": 5})
+    assert gain["n_samples_with_z"] == len(ids) - 4
+    early, post = gain["by_selection"]["during_generation"], gain["by_selection"]["post_generation"]
+    assert set(early) == {"all", "seen", "unseen"}
+    assert early["all"]["n_selected"] == int(kept[4:].sum())
+    assert early["all"]["delta_z"] < -0.5 and early["all"]["ci_high"] < 0
+    assert early["all"]["mean_z_selected"] == pytest.approx(z[4:][kept[4:]].mean())
+    assert post["all"]["ci_low"] < 0 < post["all"]["ci_high"]
+    # samples of another generator in the table are ignored; a table without z is refused
+    other = per_sample.assign(sample_id="other_" + per_sample["sample_id"])
+    assert gt.selection_gain(decisions, pd.concat([per_sample, other]), None)["n_samples_with_z"] == len(ids) - 4
+    with pytest.raises(InputError, match="no z column"):
+        gt.selection_gain(decisions, per_sample.drop(columns="z"), None)
+
+
 def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
     """The commands the rules run: sample via the CLI, then translator and generation-trust against a real
     TrustScorer fitted on toy features (the encoder stage is replaced by toy_encoder)."""
@@ -365,10 +468,19 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
               "--checkpoint", str(out / "checkpoint.pt"), "--config", json.dumps(cfg)]
     cli(["translator", *common, "--features", str(tmp_path / "real_train.parquet"),
          "--out", str(tmp_path / "gt" / "translator")])
+    # the validation stage's per-sample centroid table (here z is a stand-in quality: the post-generation T)
+    pd.DataFrame({"sample_id": post["Metadata_sample_id"], "condition": post["Metadata_condition"],
+                  "arm": post["Metadata_arm"], "T": post["T"], "accepted": post["accepted"],
+                  "z": post["T"], "distance": post["T"], "excess_distance": post["T"]}).to_csv(
+        tmp_path / "centroid_per_sample.csv", index=False)
     cli(["generation-trust", *common, "--translator", str(tmp_path / "gt" / "translator"),
          "--scorer", str(tmp_path / "scorer"), "--generated-scores", str(tmp_path / "generated_scores.parquet"),
+         "--centroid", str(tmp_path / "centroid_per_sample.csv"), "--validation-config", '{"n_bootstrap": 200}',
          "--out-dir", str(tmp_path / "gt")])
     summary = json.loads((tmp_path / "gt" / "summary.json").read_text())
+    assert summary["selection_gain"]["n_samples_with_z"] == len(generated)
+    kept = summary["selection_gain"]["by_selection"]["during_generation"]["all"]
+    assert kept["n_selected"] == int(pd.read_parquet(tmp_path / "gt" / "decisions.parquet")["early_accept"].sum())
     decisions = pd.read_parquet(tmp_path / "gt" / "decisions.parquet")
     assert sorted(decisions["Metadata_sample_id"]) == sorted(generated["Metadata_sample_id"])
     assert summary["n_with_post_decision"] == len(generated) and summary["n_without_post_decision"] == 0

@@ -407,6 +407,28 @@ def test_summary_lists_trusted_conditions_failed_qc_encoder_versions_and_files(w
     assert acceptance[:4] == b"\x89PNG"
 
 
+def test_summary_shows_what_stopping_during_generation_saved_and_kept(world, tmp_path):
+    """Only with results/generation_trust/summary.json (generated.source generator) is the panel shown."""
+    gain = {"n_selected": 7, "mean_z_selected": 0.25, "mean_z_random": 1.5, "delta_z": -1.25, "ci_low": -2.0,
+            "ci_high": -0.5}
+    summary = {"n_samples": 40, "check_steps": [5, 10], "sampling_steps": 20, "abandoned_fraction": 0.4,
+               "steps_skipped_fraction": 0.35, "agreement": 0.9, "post_accepted_kept_fraction": 0.95,
+               "post_abstained_abandoned_fraction": 0.8,
+               "selection_gain": {"n_samples_with_z": 20, "by_selection": {
+                   "during_generation": {"all": gain}, "post_generation": {"all": dict(gain, n_selected=0)}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    out_dir = world / "results" / "report"
+    without = build_summary(_inputs(world), {}, [(EXPERIMENT, 1)], out_dir, results_dir=world / "results")[0]
+    assert "Stopping hopeless samples during generation" not in Page(without).headings
+    inputs = _inputs(world)
+    inputs.generation_trust = tmp_path / "summary.json"
+    page = Page(build_summary(inputs, {}, [(EXPERIMENT, 1)], out_dir, results_dir=world / "results")[0])
+    assert "Stopping hopeless samples during generation" in page.headings
+    for shown in ("35%", "90%", "-1.25", "[-2, -0.5]", "kept during generation", "20 samples with a centroid",
+                  "accepted after generation: none of the samples with a centroid distance"):
+        assert shown in page.all_text, shown
+
+
 def test_cli_writes_the_three_reports(world):
     r = "results"
     common = ["--manifest", f"{r}/subsets/manifest.parquet", "--stacks-dir", f"{r}/subsets/stacks",
@@ -492,6 +514,7 @@ METADATA = pd.read_parquet("metadata.parquet")
 CONDITIONS = pd.DataFrame({{"condition": ["HUVEC:1", "HUVEC:2"], "cell_type": ["HUVEC", "HUVEC"], "sirna_id": [1, 2]}})
 def cli_json(section):
     return shlex.quote(json.dumps(section, sort_keys=True))
+GENERATION_TRUST_SUMMARY = []
 include: {rules!r}
 rule all:
     input: "results/report/summary.html"

@@ -19,3 +19,9 @@ except InputError as error:
 def cli_json(section):
     """A config section as one shell-quoted JSON argument for `python -m morphotrust ...`."""
     return shlex.quote(json.dumps(section, sort_keys=True))
+
+
+# During-generation trust runs only for the workflow's own generator; the run summary and `all` ask for it then.
+GENERATION_TRUST_SUMMARY = (
+    ["results/generation_trust/summary.json"] if config["generated"]["source"] == "generator" else []
+)

@@ -114,7 +114,8 @@ rule sample:
 
 # During-generation trust: a translator from the generator's hidden state to encoder features, per-step
 # thresholds, and early abandonment compared with the post-generation decisions of the same samples (which
-# exist when generated.source is generator).
+# exist when generated.source is generator) and, through the validation stage's CellProfiler centroid
+# distances, with random choices of the same size (the selection gain).
 rule generation_translator:
     input:
         manifest="results/subsets/manifest.parquet",
@@ -151,6 +152,7 @@ rule generation_trust:
         scorer="results/trust/scorer.npz",
         scorer_meta="results/trust/scorer.json",
         generated_scores="results/trust/generated_scores.parquet",
+        centroid="results/validation/centroid_per_sample.csv",
     output:
         summary="results/generation_trust/summary.json",
         thresholds="results/generation_trust/thresholds.csv",
@@ -159,6 +161,7 @@ rule generation_trust:
         decisions_csv="results/generation_trust/decisions.csv",
     params:
         cfg=cli_json(GENERATOR),
+        validation_cfg=cli_json(config["validation"]),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         translator=lambda wildcards, input: os.path.splitext(input.translator)[0],
         scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
@@ -173,5 +176,6 @@ rule generation_trust:
     shell:
         "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
-        " --generated-scores {input.generated_scores} --out-dir {params.out_dir} --config {params.cfg}"
+        " --generated-scores {input.generated_scores} --centroid {input.centroid}"
+        " --validation-config {params.validation_cfg} --out-dir {params.out_dir} --config {params.cfg}"
         " --threads {threads} > {log} 2>&1"

@@ -113,6 +113,7 @@ rule report_summary:
         plates=expand("results/report/plates/{experiment}_Plate{plate}.html", zip, **REPORT_PLATES),
         generated_report="results/report/generated.html",
         sidecars=expand("results/features/{name}.json", name=[f"real_{s}" for s in SPLITS] + ["generated"]),
+        generation_trust=GENERATION_TRUST_SUMMARY,
     output:
         html=report(
             "results/report/summary.html",
@@ -139,6 +140,7 @@ rule report_summary:
         features_dir=lambda wildcards, input: os.path.dirname(input.sidecars[0]),
         snakemake_version=SNAKEMAKE_VERSION,
         cellprofiler=config["morphology"]["cellprofiler"],
+        generation_trust=lambda wildcards, input: f"--generation-trust {input.generation_trust} " if input.generation_trust else "",
     threads: 1
     resources:
         mem_mb=2000,
@@ -150,6 +152,6 @@ rule report_summary:
         "python -m morphotrust report summary --plate-reports {input.plates}"
         " --generated-report {input.generated_report}"
         " --features-dir {params.features_dir} --results-dir results --snakemake-version {params.snakemake_version}"
-        " --cellprofiler {params.cellprofiler:q} "
+        " --cellprofiler {params.cellprofiler:q} {params.generation_trust}"
         + REPORT_OPTIONS
         + " --out {output.html} --acceptance {output.acceptance} --flags {output.flags} > {log} 2>&1"

@@ -207,6 +207,40 @@ def demo_metadata(demo: dict | None = None) -> pd.DataFrame:
     return table
 
 
+# RxRx1's shape: 51 experiments (one cell type each), 4 plates of 308 inner wells, 2 sites per well.
+RXRX1_EXPERIMENTS = {"HEPG2": 11, "HUVEC": 24, "RPE": 11, "U2OS": 5}
+RXRX1_SITES = 125_510
+RXRX1_TREATMENTS = 1108
+
+
+def rxrx1_shaped_metadata() -> pd.DataFrame:
+    """A metadata table with the shape of RxRx1's (125,510 sites, 1,139 siRNA ids), for scale benchmarks.
+
+    Only the table: no image exists. Like RxRx1, each plate holds a quarter of the 1,108 treatment siRNAs (a
+    different order per experiment) plus the 30 positive controls and the negative control.
+    """
+    controls = list(range(RXRX1_TREATMENTS, NEGATIVE_CONTROL_ID))[:30] + [NEGATIVE_CONTROL_ID]
+    per_plate = len(INTERIOR_WELLS) - len(controls)
+    rows = []
+    for cell_type, n_experiments in RXRX1_EXPERIMENTS.items():
+        for e in range(1, n_experiments + 1):
+            experiment = f"{cell_type}-{e:02d}"
+            order = np.random.default_rng(e).permutation(RXRX1_TREATMENTS)
+            for plate in range(1, 5):
+                sirnas = list(order[(plate - 1) * per_plate: plate * per_plate]) + controls
+                for well, sirna_id in zip(INTERIOR_WELLS, sirnas):
+                    for site in (1, 2):
+                        rows.append((f"{experiment}_{plate}_{well}_{site}", f"{experiment}_{plate}_{well}",
+                                     cell_type, "train", experiment, plate, well, site, int(sirna_id)))
+    table = pd.DataFrame(rows[:RXRX1_SITES], columns=["site_id", "well_id", "cell_type", "dataset", "experiment",
+                                                      "plate", "well", "site", "sirna_id"])
+    table["well_type"] = np.where(table["sirna_id"] == NEGATIVE_CONTROL_ID, "negative_control",
+                                  np.where(table["sirna_id"] >= RXRX1_TREATMENTS, "positive_control", "treatment"))
+    table["sirna"] = np.where(table["sirna_id"] == NEGATIVE_CONTROL_ID, "EMPTY",
+                              "s" + table["sirna_id"].astype(str).str.zfill(5))
+    return table[list(METADATA_COLUMNS)]
+
+
 def batch_effects(seed: int, experiment: str, plate: int) -> dict:
     """Acquisition differences of one plate: per-experiment and per-plate channel gain and offset,
     uneven illumination and slight blur (blur in pixels of a 128-pixel field)."""

@@ -13,6 +13,7 @@ sample. Compute saved = the fraction of sampler steps (and of model evaluations)
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def translator_stage(manifest_path, stacks_dir, checkpoint_path, features_path, 
     hidden, t_column, target_rows, image_ids = [], [], [], []
     for j, t in enumerate(times):
         hidden.append(noised_hidden(model, images, codes["cell_type"], codes["sirna_id"], t, block, cfg["seed"],
-                                    key=TRANSLATOR_NOISE_KEY + j, progress=True))
+                                    key=TRANSLATOR_NOISE_KEY + j, progress=True,
+                                    precision=cfg["precision"]))
         t_column.append(np.full(len(rows), t))
         target_rows.append(targets)
         image_ids.append(np.arange(len(rows)))
@@ -99,12 +101,13 @@ def translator_stage(manifest_path, stacks_dir, checkpoint_path, features_path, 
 # ----------------------------------------------------------------------------------------------- thresholds
 
 def calibrate_thresholds(model, translator, block: int, images: np.ndarray, rows: pd.DataFrame, codes: dict,
-                         sampling_steps: int, check_steps, score_fn, quantile: float, seed: int) -> pd.DataFrame:
+                         sampling_steps: int, check_steps, score_fn, quantile: float, seed: int,
+                         precision: str = "auto") -> pd.DataFrame:
     """κ_τ per checked step: quantile q of T over real images noised to t_τ and sent through g."""
     records = []
     for step, t in zip(check_steps, check_times(sampling_steps, check_steps)):
         pooled = noised_hidden(model, images, codes["cell_type"], codes["sirna_id"], t, block, seed,
-                               key=CALIBRATION_NOISE_KEY + step, progress=True)
+                               key=CALIBRATION_NOISE_KEY + step, progress=True, precision=precision)
         scores = score_fn(translate(translator, torch.from_numpy(pooled), t), attribute_values(rows))
         total = scores["T"].to_numpy()
         records.append(dict(step=int(step), t=float(t), threshold=float(np.quantile(total, quantile)),
@@ -149,7 +152,7 @@ def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, c
             model, noise, torch.tensor(chunk["cell"].to_numpy()), torch.tensor(chunk["sirna"].to_numpy()),
             steps=steps, method=cfg["sampler"], guidance=cfg["guidance_scale"],
             check_steps=cfg["generation_trust"]["check_steps"], hidden_block=block,
-            on_check=on_check)
+            on_check=on_check, precision=cfg["precision"])
         sample_records.append(pd.DataFrame({
             "Metadata_sample_id": chunk["Metadata_sample_id"], "Metadata_condition": chunk["Metadata_condition"],
             "Metadata_arm": chunk_requested["Metadata_arm"], "abandoned_at_step": abandoned_at,
@@ -199,12 +202,57 @@ def summarise(decisions: pd.DataFrame, step_scores: pd.DataFrame, thresholds: pd
                       agreement=float((g["early_accept"] == g["post_accept"].astype(bool)).mean()),
                       post_accept_rate=float(g["post_accept"].astype(bool).mean()))
             for arm, g in known.groupby("Metadata_arm")}
-    summary["selection_gain"] = None  # needs the validation stage's per-sample quality; not wired yet
     return summary
 
 
+def selection_gain(decisions: pd.DataFrame, centroid_per_sample: pd.DataFrame, validation_cfg: dict | None,
+                   source="the centroid per-sample table") -> dict:
+    """What early abandonment buys in CellProfiler space, independent of the encoder.
+
+    On the samples whose real-spread-normalised centroid distance z is known (the validation stage's
+    centroid_per_sample table), the samples kept by during-generation trust are compared with
+    condition-matched random subsets of the same per-condition sizes: Δz = mean z(kept) − mean z(random),
+    with a bootstrap 95% interval, per arm, exactly as the validation stage compares post-generation
+    acceptance with random (whose figures on the same samples are given beside it). Negative Δz: the kept
+    samples look more like real cells of their condition than a random choice would.
+    """
+    from ..validation.centroid import accepted_vs_random
+    from ..validation.common import settings
+
+    cfg = settings(validation_cfg)
+    for column in ("sample_id", "condition", "arm", "z", "distance", "excess_distance", "accepted"):
+        if column not in centroid_per_sample.columns:
+            raise InputError(f"no {column} column", file=source,
+                             expected="results/validation/centroid_per_sample.csv of the validation stage")
+    early = decisions.set_index("Metadata_sample_id")["early_accept"]
+    rows = centroid_per_sample[centroid_per_sample["sample_id"].isin(early.index)].reset_index(drop=True)
+    out = dict(n_samples_with_z=int(np.isfinite(rows["z"].to_numpy(dtype=float)).sum()),
+               quality_measure="CellProfiler centroid distance z (validation stage; 0 = as close as real cells)")
+    if not out["n_samples_with_z"]:
+        return {**out, "by_selection": None, "note": "no sample of this generator has a defined z"}
+    by_selection = {}
+    for name, selected in (("during_generation", early.loc[rows["sample_id"]].to_numpy(dtype=bool)),
+                           ("post_generation", rows["accepted"].to_numpy(dtype=bool))):
+        table, _ = accepted_vs_random(rows.assign(accepted=selected), cfg["n_random_seeds"],
+                                      cfg["centroid"]["n_bootstrap"], cfg["seed"])
+        z = table[table["metric"] == "z"]
+        by_selection[name] = {
+            row.arm: dict(n_selected=int(row.n_accepted), mean_z_selected=_finite(row.mean_accepted),
+                          mean_z_random=_finite(row.mean_random), delta_z=_finite(row.delta),
+                          ci_low=_finite(row.ci_low), ci_high=_finite(row.ci_high))
+            for row in z.itertuples()}
+    return {**out, "by_selection": by_selection}
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translator_path, scorer_path,
-                           generated_scores_path, out_dir, cfg: dict, device: str = "cpu") -> dict:
+                           generated_scores_path, out_dir, cfg: dict, device: str = "cpu",
+                           centroid_path=None, validation_cfg: dict | None = None) -> dict:
+    """Per-step thresholds, early abandonment of every sample, and its comparison with the post-generation
+    decisions; with `centroid_path` (the validation stage's centroid_per_sample.csv) also its selection gain."""
     from ..trust import TrustScorer
 
     device = resolve_device(device)
@@ -234,7 +282,7 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
     thresholds = calibrate_thresholds(
         model, translator, block, read_images(stacks_dir, calibration, resolution), calibration,
         encode(calibration, state["vocabularies"], manifest_path), cfg["sampling_steps"], cgcfg["check_steps"],
-        score_fn, scorer.quantile, cfg["seed"])
+        score_fn, scorer.quantile, cfg["seed"], precision=cfg["precision"])
     thresholds["calibration_split"] = calibration["Metadata_split"].iloc[0]
 
     conditions = conditions_to_sample(manifest)
@@ -258,6 +306,9 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
                    translator=dict(block=tmeta["block"], t_values=tmeta["t_values"],
                                    held_out_loss_before=tmeta["held_out_before"],
                                    held_out_loss_after=tmeta["held_out_after"]))
+    summary["selection_gain"] = None
+    if centroid_path:
+        summary["selection_gain"] = selection_gain(decisions, pd.read_csv(centroid_path), validation_cfg, centroid_path)
     write_table(thresholds, out_dir / "thresholds.csv")
     write_parquet(step_scores, out_dir / "step_scores.parquet")
     write_parquet(decisions, out_dir / "decisions.parquet")
@@ -303,10 +354,13 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--translator", required=True, help="results/generation_trust/translator")
     parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json)")
     parser.add_argument("--generated-scores", required=True, help="results/trust/generated_scores.parquet")
+    parser.add_argument("--centroid", help="results/validation/centroid_per_sample.csv (for the selection gain)")
+    parser.add_argument("--validation-config", default="{}", help="the `validation` config section as JSON")
     parser.add_argument("--out-dir", required=True, help="results/generation_trust")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
     generation_trust_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer,
-                           args.generated_scores, args.out_dir, cfg, cfg["device"])
+                           args.generated_scores, args.out_dir, cfg, cfg["device"],
+                           centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config))

@@ -31,6 +31,7 @@ ATTRIBUTES = ("cell_type", "sirna_id")
 # x_data - noise cannot pass the noise through and its samples keep patch-shaped noise. tiny therefore
 # outputs the clean image x̂ and turns it into the velocity of the same interpolant, v = (x̂ - x_t) / (1 - t)
 # ("data" parametrisation, as JiT, Li & He 2025); the loss is still the velocity MSE and the samplers the same.
+# Config generator.prediction overrides the preset's choice (e.g. velocity for tiny, as SiT).
 PRESETS = {
     "tiny": dict(depth=4, hidden=128, heads=4, patch=8, prediction="data"),
     "S/2": dict(depth=12, hidden=384, heads=6, patch=2, prediction="velocity"),
@@ -40,11 +41,20 @@ PRESETS = {
 MIN_ONE_MINUS_T = 0.05
 
 
-def model_config(preset: str, resolution: int, vocab_sizes: dict[str, int], channels: int = 6) -> dict:
-    """Everything needed to rebuild the model: preset sizes, resolution, vocabulary sizes (plain types only)."""
+PREDICTIONS = ("velocity", "data")
+
+
+def model_config(preset: str, resolution: int, vocab_sizes: dict[str, int], channels: int = 6,
+                 prediction: str = "preset") -> dict:
+    """Everything needed to rebuild the model: preset sizes, resolution, vocabulary sizes (plain types only).
+    `prediction` overrides the preset's output parametrisation ("velocity" or "data"; "preset" keeps it)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
-    sizes = PRESETS[preset]
+    sizes = dict(PRESETS[preset])
+    if prediction != "preset":
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected preset or one of {PREDICTIONS}")
+        sizes["prediction"] = prediction
     if resolution % sizes["patch"]:
         raise ValueError(f"resolution {resolution} is not a multiple of the {preset} patch size {sizes['patch']}")
     return dict(preset=preset, resolution=int(resolution), channels=int(channels),

@@ -66,7 +66,7 @@ def guided_velocity(model, x, t, cell, sirna, guidance: float, hidden_block=None
 
 @torch.no_grad()
 def integrate(model, noise, cell, sirna, *, steps: int, method: str = "euler", guidance: float = 1.0,
-              check_steps=(), hidden_block: int | None = None, on_check=None):
+              check_steps=(), hidden_block: int | None = None, on_check=None, precision: str = "auto"):
     """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 with `steps` uniform steps.
 
     At every step i in `check_steps`, `on_check(i, t_i, pooled_hidden, alive_indices)` returns a boolean
@@ -87,7 +87,7 @@ def integrate(model, noise, cell, sirna, *, steps: int, method: str = "euler", g
         t0, dt = times[i], times[i + 1] - times[i]
         check = i in checks
         tt = torch.full((len(alive),), t0, device=device)
-        with autocast(device):
+        with autocast(device, precision):
             v, pooled = guided_velocity(model, x, tt, cell, sirna, guidance, hidden_block if check else None)
         evaluations[alive] += 1
         if check:
@@ -102,7 +102,7 @@ def integrate(model, noise, cell, sirna, *, steps: int, method: str = "euler", g
             x = x + dt * v
         else:  # Heun: average the slopes at both ends of the step
             x_end = x + dt * v
-            with autocast(device):
+            with autocast(device, precision):
                 v_end, _ = guided_velocity(model, x_end, torch.full((len(alive),), times[i + 1], device=device), cell, sirna,
                                            guidance)
             evaluations[alive] += 1
@@ -143,7 +143,8 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
     parts_dir = out_dir / "parts"
     settings = dict(checkpoint=state["fingerprint"], checkpoint_step=int(state["step"]), sampler=cfg["sampler"],
                     sampling_steps=cfg["sampling_steps"], guidance_scale=cfg["guidance_scale"], seed=cfg["seed"],
-                    samples_per_condition=n, sampling_batch_size=cfg["sampling_batch_size"])
+                    samples_per_condition=n, sampling_batch_size=cfg["sampling_batch_size"],
+                    precision=cfg["precision"])
     settings_path = parts_dir / "settings.json"
     if settings_path.exists() and read_json(settings_path) != settings:
         print("sampling settings or checkpoint changed: discarding earlier samples", file=sys.stderr)
@@ -163,7 +164,8 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
         noise = initial_noise(chunk["seed"].tolist(), (6, resolution, resolution))
         images, _, _, _ = integrate(model, noise, torch.tensor(chunk["cell"].to_numpy()),
                                     torch.tensor(chunk["sirna"].to_numpy()), steps=cfg["sampling_steps"],
-                                    method=cfg["sampler"], guidance=cfg["guidance_scale"])
+                                    method=cfg["sampler"], guidance=cfg["guidance_scale"],
+                                    precision=cfg["precision"])
         images = to_uint8(images).cpu().numpy()
         for row, image in zip(chunk.itertuples(index=False), images):
             write_site(image_path(out_dir, name, row.Metadata_condition, row.k), image)

@@ -44,11 +44,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; full precision on CPU (bf16 matmuls are slow there and change results)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """auto: bf16 autocast on a GPU, full precision on CPU (bf16 matmuls are slow there and change results).
+    bf16 forces bf16 autocast, on CPU too (a cheap check of the GPU's number path); fp32 turns it off (GPUs
+    without bf16, e.g. V100)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def seeded_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
@@ -113,7 +118,8 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     manifest = read_manifest(manifest_path)
     rows = training_rows(manifest, manifest_path)
     vocabularies = build_vocabularies(rows)
-    config = model_config(cfg["preset"], resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES})
+    config = model_config(cfg["preset"], resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES},
+                          prediction=cfg["prediction"])
     dataset = TrainingImages(stacks_dir, rows, vocabularies, resolution)
     fingerprint = training_fingerprint(cfg, config, vocabularies, data_fingerprint(rows))
 
@@ -133,6 +139,9 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
             losses = state["losses"].tolist()
             start = int(state["step"])
             print(f"resuming from {latest} at step {start}", file=sys.stderr)
+            if start > cfg["steps"]:
+                print(f"the checkpoint is already past generator.steps = {cfg['steps']}: keeping its {start} steps "
+                      f"(delete {latest.parent} to train a shorter model from scratch)", file=sys.stderr)
         else:
             print(f"{latest} was written with other settings or data: training from scratch", file=sys.stderr)
 
@@ -193,7 +202,7 @@ def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, dev
     x_t, velocity = interpolate(x, noise, t)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    with autocast(device):
+    with autocast(device, cfg["precision"]):
         predicted = model(x_t, t, cell, sirna)
     loss = F.mse_loss(predicted.float(), velocity)
     optimizer.zero_grad(set_to_none=True)
@@ -230,14 +239,15 @@ def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
-REQUIRED_KEYS = ("preset", "steps", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop",
-                 "guidance_scale", "sampler", "sampling_steps", "samples_per_condition", "sampling_batch_size", "seed",
-                 "checkpoint_every", "num_workers", "device", "translator", "generation_trust")
+REQUIRED_KEYS = ("preset", "prediction", "precision", "steps", "lr", "warmup", "batch_size", "grad_clip",
+                 "ema_decay", "weight_decay", "p_drop", "guidance_scale", "sampler", "sampling_steps",
+                 "samples_per_condition", "sampling_batch_size", "seed", "checkpoint_every", "num_workers", "device",
+                 "translator", "generation_trust")
 
 
 def parse_config(text: str) -> dict:
     """The `generator` config section, passed as JSON by the rules (defaults filled by the workflow schema)."""
-    from .model import PRESETS
+    from .model import PREDICTIONS, PRESETS
 
     try:
         cfg = json.loads(text)
@@ -249,6 +259,12 @@ def parse_config(text: str) -> dict:
                          expected="every key of workflow/schemas/config.schema.yaml, generator section")
     if cfg["preset"] not in PRESETS:
         raise InputError(f"preset {cfg['preset']!r}", where="config generator.preset", expected=" | ".join(PRESETS))
+    if cfg["prediction"] not in ("preset", *PREDICTIONS):
+        raise InputError(f"prediction {cfg['prediction']!r}", where="config generator.prediction",
+                         expected="preset | " + " | ".join(PREDICTIONS))
+    if cfg["precision"] not in PRECISIONS:
+        raise InputError(f"precision {cfg['precision']!r}", where="config generator.precision",
+                         expected=" | ".join(PRECISIONS))
     if cfg["sampler"] not in ("euler", "heun"):
         raise InputError(f"sampler {cfg['sampler']!r}", where="config generator.sampler", expected="euler | heun")
     return cfg

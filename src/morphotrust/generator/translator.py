@@ -47,7 +47,8 @@ def normalise(features: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def noised_hidden(model, images_uint8: np.ndarray, cell: np.ndarray, sirna: np.ndarray, t: float, block: int,
-                  seed: int, key: int = 0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+                  seed: int, key: int = 0, batch_size: int = 64, progress: bool = False,
+                  precision: str = "auto") -> np.ndarray:
     """Pooled block-`block` hidden states of real images noised to time t (the training interpolant), with
     their own condition. Noise of image i is drawn with seed (seed, key, i), so results do not depend on
     the batch size."""
@@ -60,7 +61,7 @@ def noised_hidden(model, images_uint8: np.ndarray, cell: np.ndarray, sirna: np.n
                              for i in range(len(x))]).to(device)
         tt = torch.full((len(x),), float(t), device=device)
         x_t, _ = interpolate(x, noise, tt)
-        with autocast(device):
+        with autocast(device, precision):
             _, pooled = model(x_t, tt, torch.as_tensor(cell[s: s + batch_size], device=device),
                               torch.as_tensor(sirna[s: s + batch_size], device=device), hidden_block=block)
         out.append(pooled.float().cpu().numpy())

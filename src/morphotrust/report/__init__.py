@@ -6,8 +6,9 @@
                sites, validation numbers of the plate's conditions (`plate.py`).
 - `generated`  the same for the generated set, per condition instead of per well (`generated.py`).
 - `summary`    the run across plates and conditions: trusted conditions (seen / unseen, acceptance, selection
-               gain, ρ), plates and wells that failed QC, encoder and weights, software versions, where every
-               table is (`summary.py`); also writes `qc_flags.csv`.
+               gain, ρ), what stopping hopeless samples during generation saved and kept, plates and wells
+               that failed QC, encoder and weights, software versions, where every table is (`summary.py`);
+               also writes `qc_flags.csv`.
 
 QC rules: `qc.py` (config `report.qc`); page pieces: `html.py`; pictures: `figures.py`; shared panels:
 `sections.py`; reading the other stages' outputs: `inputs.py`.
@@ -41,6 +42,7 @@ INPUT_OPTIONS = {
     "morphology_generated": "results/morphology/generated_image.parquet",
     "validation_dir": "results/validation",
     "features_dir": "results/features (the *.json sidecars)",
+    "generation_trust": "results/generation_trust/summary.json (summary only; generated.source generator)",
 }
 
 

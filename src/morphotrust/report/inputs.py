@@ -33,6 +33,7 @@ class Inputs:
     morphology_generated: Path | None = None  # results/morphology/generated_image.parquet
     validation_dir: Path | None = None       # results/validation/
     features_dir: Path | None = None         # results/features/ (*.json sidecars)
+    generation_trust: Path | None = None     # results/generation_trust/summary.json
 
     def __post_init__(self):
         for field in fields(self):

@@ -273,6 +273,46 @@ def catalogue(results_dir: Path, out_dir: Path) -> str:
 
 # --- the page ----------------------------------------------------------------------------------------------------
 
+def generation_trust_section(inputs: Inputs) -> str:
+    """Early abandonment during generation: compute saved against quality kept (results/generation_trust/)."""
+    summary = read_json_optional(inputs.generation_trust) if inputs.has("generation_trust") else None
+    if not summary:
+        return ""
+    head = [("samples", summary.get("n_samples")),
+            ("checked at sampler steps", f"{summary.get('check_steps')} of {summary.get('sampling_steps')}"),
+            ("abandoned early", percent(summary.get("abandoned_fraction"))),
+            ("sampler steps saved", percent(summary.get("steps_skipped_fraction"))),
+            ("agreement with the post-generation decision", percent(summary.get("agreement"))),
+            ("post-generation accepted samples kept", percent(summary.get("post_accepted_kept_fraction"))),
+            ("post-generation abstained samples abandoned", percent(summary.get("post_abstained_abandoned_fraction")))]
+    body = facts(head)
+    gain = summary.get("selection_gain") or {}
+    rows, empty = [], []
+    for selection, label in (("during_generation", "kept during generation"),
+                             ("post_generation", "accepted after generation")):
+        by_arm = {arm: r for arm, r in ((gain.get("by_selection") or {}).get(selection) or {}).items()
+                  if r["n_selected"]}
+        empty += [] if by_arm else [label]
+        rows += [{"selection": label, "arm": arm, "n": r["n_selected"], "mean z": r["mean_z_selected"],
+                  "random mean z": r["mean_z_random"], "Δz": r["delta_z"],
+                  "95% interval": f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"} for arm, r in by_arm.items()]
+    if gain.get("n_samples_with_z"):
+        body += (f"<h3>Selection gain in CellProfiler space ({gain['n_samples_with_z']} samples with a centroid "
+                 "distance)</h3>" + (table(pd.DataFrame(rows)) if rows else "")
+                 + "".join(note(f"{esc(label)}: none of the samples with a centroid distance.") for label in empty))
+    else:
+        body += missing("Selection gain not available: no generated sample has a CellProfiler centroid distance.")
+    return section(
+        "generation", "Stopping hopeless samples during generation",
+        "Part-way through sampling, each image's trust score is estimated from the generator's internal state; "
+        "images already above the per-step threshold are abandoned, saving the remaining sampler steps. Below: the "
+        "compute saved, how often the early decision matches the decision on the finished image, and how close the "
+        "kept images are to real cells of their condition (centroid distance z) compared with random picks of the "
+        "same size.",
+        "many steps saved while agreement stays high; kept images with Δz below 0, as for the post-generation "
+        "selection.", body)
+
+
 def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]], out_dir, *,
                   results_dir="results", generated_html=None, plates_dir=None, snakemake_version: str | None = None,
                   cellprofiler: str | None = None) -> tuple[str, pd.DataFrame, bytes | None]:
@@ -411,9 +451,11 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     "Every output of the run, relative to the working directory; links open the files.", None,
                     catalogue(results_dir, out_dir))
 
-    nav = [("overview", "Overview"), ("conditions", "Conditions"), ("validation", "Validation"), ("qc", "QC"),
-           ("encoder", "Encoder"), ("versions", "Versions"), ("files", "Files")]
-    body = "".join([overview, trust_conditions, validation, qc_section, encoder, versions, files])
+    generation = generation_trust_section(inputs)
+    nav = [("overview", "Overview"), ("conditions", "Conditions"), ("validation", "Validation"),
+           *([("generation", "During generation")] if generation else []), ("qc", "QC"), ("encoder", "Encoder"),
+           ("versions", "Versions"), ("files", "Files")]
+    body = "".join([overview, trust_conditions, validation, generation, qc_section, encoder, versions, files])
     document = page("morphotrust run summary", "Which generated cell images to trust: across plates and conditions",
                     banners, nav, body)
     return document, flags, acceptance_png
