@@ -219,7 +219,7 @@ def rxrx1_shaped_metadata() -> pd.DataFrame:
     Only the table: no image exists. Like RxRx1, each plate holds a quarter of the 1,108 treatment siRNAs (a
     different order per experiment) plus the 30 positive controls and the negative control.
     """
-    controls = list(range(RXRX1_TREATMENTS, NEGATIVE_CONTROL_ID))[:30] + [NEGATIVE_CONTROL_ID]
+    controls = list(range(POSITIVE_CONTROL_ID, NEGATIVE_CONTROL_ID)) + [NEGATIVE_CONTROL_ID]  # 30 + 1
     per_plate = len(INTERIOR_WELLS) - len(controls)
     rows = []
     for cell_type, n_experiments in RXRX1_EXPERIMENTS.items():
@@ -235,7 +235,7 @@ def rxrx1_shaped_metadata() -> pd.DataFrame:
     table = pd.DataFrame(rows[:RXRX1_SITES], columns=["site_id", "well_id", "cell_type", "dataset", "experiment",
                                                       "plate", "well", "site", "sirna_id"])
     table["well_type"] = np.where(table["sirna_id"] == NEGATIVE_CONTROL_ID, "negative_control",
-                                  np.where(table["sirna_id"] >= RXRX1_TREATMENTS, "positive_control", "treatment"))
+                                  np.where(table["sirna_id"] >= POSITIVE_CONTROL_ID, "positive_control", "treatment"))
     table["sirna"] = np.where(table["sirna_id"] == NEGATIVE_CONTROL_ID, "EMPTY",
                               "s" + table["sirna_id"].astype(str).str.zfill(5))
     return table[list(METADATA_COLUMNS)]
