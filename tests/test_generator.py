@@ -20,7 +20,7 @@ from morphotrust.generator.data import (EpochBatches, TrainingImages, build_voca
                                         training_rows)
 from morphotrust.generator.model import SiT, interpolate, model_config
 from morphotrust.generator.sample import integrate, run_sampling
-from morphotrust.generator.train import load_checkpoint, train
+from morphotrust.generator.train import build_model, load_checkpoint, train
 from morphotrust.generator.translator import fit_translator, noised_hidden
 from morphotrust.images import read_site
 
@@ -208,10 +208,9 @@ def test_bf16_autocast_path_runs_on_cpu_and_keeps_float32_weights(trained, toy, 
     state = load_checkpoint(tmp_path / "bf16" / "checkpoint.pt")
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     assert np.isfinite(pd.read_csv(tmp_path / "bf16" / "loss.csv")["loss"]).all()
-    out, trained_cfg = trained
-    model = SiT(load_checkpoint(out / "checkpoint.pt")["model_config"])
-    model.load_state_dict(load_checkpoint(out / "checkpoint.pt")["ema"])
-    model.eval()
+    out, _ = trained
+    trained_state = load_checkpoint(out / "checkpoint.pt")
+    model = build_model(trained_state).eval()
     noise, labels = torch.randn(4, 6, RES, RES, generator=torch.Generator().manual_seed(0)), torch.zeros(4).long()
     images = {p: integrate(model, noise, labels, labels, steps=4, guidance=2.0, precision=p)[0]
               for p in ("fp32", "bf16")}
@@ -220,7 +219,7 @@ def test_bf16_autocast_path_runs_on_cpu_and_keeps_float32_weights(trained, toy, 
     assert (images["bf16"] - images["fp32"]).abs().mean() < 0.05 * images["fp32"].abs().mean()
     rows = training_rows(read_manifest(toy / "manifest.parquet"))
     stack = np.load(toy / "stacks" / "train.npy")[rows["Metadata_stack_index"]]
-    codes = encode(rows, load_checkpoint(out / "checkpoint.pt")["vocabularies"])
+    codes = encode(rows, trained_state["vocabularies"])
     hidden = {p: noised_hidden(model, stack, codes["cell_type"], codes["sirna_id"], 0.5, 1, seed=0, precision=p)
               for p in ("fp32", "bf16")}
     assert hidden["bf16"].dtype == np.float32
