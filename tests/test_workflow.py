@@ -19,6 +19,14 @@ def test_lint(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_snakefmt_check():
+    """The Snakefile and rule files are formatted by snakefmt (line length in pyproject.toml)."""
+    snakefmt = os.path.join(os.path.dirname(sys.executable), "snakefmt")
+    result = subprocess.run([snakefmt, "--check", "--diff", str(REPO / "workflow")], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
 def test_dry_run_builds_complete_dag(tmp_path):
     result = run_snakemake(make_workdir(tmp_path), "-n", "--quiet", "rules")
     assert "all" in result.stdout
