@@ -10,7 +10,8 @@ image is re-encoded), and two things are measured on the unseen conditions:
 
 - faithfulness AUROC: held-out real sites of each unseen condition (evaluation split) scored with their TRUE
   condition against the same sites scored with each WRONG siRNA of the same cell type; AUROC of -F (1 = F
-  always prefers the true label, 0.5 = chance). It needs no generator.
+  always prefers the true label, 0.5 = chance). It needs no generator. The same on the held-out sites of the
+  seen conditions still in training is the reference (`faithfulness_auroc_seen`): what the encoder can do at all.
 - selection gain: ΔKID (encoder space) of the trust-accepted generated images of the unseen conditions vs
   condition-matched random picks of the same size (morphotrust.validation.kid; positive = trust helps). Undefined
   (NaN, with the reason) when no generated image of an unseen condition is accepted: then there is nothing to
@@ -37,7 +38,7 @@ from .io import atomic_path, write_csv, write_json
 ATTRIBUTES = ("cell_type", "sirna_id")
 DEFAULTS = {"levels": [3, 2, 1]}
 COLUMNS = ["level", "max_contexts_kept", "mean_contexts_kept", "seen_conditions_dropped", "n_fit", "n_calibration",
-           "threshold", "faithfulness_auroc", "n_true", "n_wrong", "n_generated_unseen", "acceptance_unseen",
+           "threshold", "faithfulness_auroc", "faithfulness_auroc_seen", "n_true", "n_wrong", "n_generated_unseen", "acceptance_unseen",
            "selection_gain", "selection_gain_note"]
 
 
@@ -161,12 +162,14 @@ def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.Dat
         else:
             scorer.fit(X_fit[fit_rows], _attrs(fit_meta[fit_rows]))
         auroc, n_true, n_wrong = faithfulness_auroc(scorer, X_ev[ev_unseen], ev_meta[ev_unseen])
+        ev_seen = keep(ev_meta)  # reference: held-out sites of the seen conditions still in training
+        auroc_seen = faithfulness_auroc(scorer, X_ev[ev_seen], ev_meta[ev_seen])[0]
         acceptance, gain, note = selection_gain(scorer, X_gen[gen_unseen], gen_meta[gen_unseen], X_ev[ev_unseen],
                                                 ev_meta[ev_unseen], cfg.get("kid", {}), int(cfg.get("seed", 0)))
         rows.append({"level": level, "max_contexts_kept": max(kept), "mean_contexts_kept": float(np.mean(kept)),
                      "seen_conditions_dropped": len(drop), "n_fit": scorer.n_fit_samples_,
                      "n_calibration": scorer.n_calibration_samples_, "threshold": scorer.threshold_,
-                     "faithfulness_auroc": auroc, "n_true": n_true, "n_wrong": n_wrong,
+                     "faithfulness_auroc": auroc, "faithfulness_auroc_seen": auroc_seen, "n_true": n_true, "n_wrong": n_wrong,
                      "n_generated_unseen": int(gen_unseen.sum()), "acceptance_unseen": acceptance,
                      "selection_gain": gain, "selection_gain_note": note})
         print(f"level {level}: dropped {len(drop)} seen condition(s), fitted on {scorer.n_fit_samples_} sites; "
@@ -175,7 +178,9 @@ def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.Dat
     table = pd.DataFrame(rows, columns=COLUMNS)
     out_dir = Path(out_dir)
     write_csv(table, out_dir / "coverage_experiment.csv")
-    source = str(gen_meta["Metadata_generator"].iloc[0]) if "Metadata_generator" in gen_meta and len(gen_meta) else "?"
+    names = sorted(gen_meta["Metadata_generator"].astype(str).unique()) if "Metadata_generator" in gen_meta else []
+    source = ("STAND-INS from held-out real sites, not a generator" if names and all(n.startswith("standin:")
+              for n in names) else ", ".join(names) or "unknown")
     write_json({"levels": levels, "unseen_conditions": unseen["condition"].tolist(), "generated": source,
                 "rows": json.loads(table.to_json(orient="records"))}, out_dir / "coverage_experiment.json")
     plot(table, source, out_dir / "coverage_experiment.png")
@@ -191,7 +196,8 @@ def plot(table: pd.DataFrame, source: str, path) -> None:
 
     x = table["max_contexts_kept"].to_numpy()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    axes[0].plot(x, table["faithfulness_auroc"], "o-")
+    axes[0].plot(x, table["faithfulness_auroc"], "o-", label="unseen conditions")
+    axes[0].plot(x, table["faithfulness_auroc_seen"], "s--", color="grey", label="seen (reference)")
     axes[0].axhline(0.5, color="grey", linestyle=":", label="chance")
     axes[0].set_ylabel("faithfulness AUROC\n(true vs wrong siRNA, held-out real sites)")
     axes[0].set_ylim(0, 1.05)
