@@ -21,6 +21,13 @@ rule coverage_experiment:
             caption="../report/coverage_experiment.rst",
             category="Coverage experiment",
         ),
+    log:
+        "results/logs/coverage_experiment/run.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
     params:
         cfg=cli_json(
             {
@@ -30,13 +37,6 @@ rule coverage_experiment:
                 "seed": config["validation"]["seed"],
             }
         ),
-    threads: 1
-    resources:
-        mem_mb=4000,
-    log:
-        "results/logs/coverage_experiment/run.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "python -m morphotrust coverage_experiment --train {input.train} --calibration {input.calibration}"
         " --evaluation {input.evaluation} --generated {input.generated} --config {params.cfg}"
