@@ -128,4 +128,9 @@ def test_run_summary_flags_low_coverage_in_the_verdict_and_shows_the_table(tmp_p
     assert "Are the unseen conditions covered by training?" in html
     assert "HEPG2|RPE|U2OS" in html and "2 of 2 unseen" in html
     assert coverage_section(tmp_path / "nothing") == ""
+    (tmp_path / "coverage_experiment").mkdir()
+    pd.DataFrame({"level": [3, 1], "faithfulness_auroc": [0.61, 0.493]}).to_csv(
+        tmp_path / "coverage_experiment" / "coverage_experiment.csv", index=False)
+    html = coverage_section(tmp_path)
+    assert "Controlled coverage violation (this run's experiment)" in html and "0.493" in html
     assert np.isfinite(verdicts["acceptance"]).all()
