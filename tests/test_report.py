@@ -515,6 +515,7 @@ CONDITIONS = pd.DataFrame({{"condition": ["HUVEC:1", "HUVEC:2"], "cell_type": ["
 def cli_json(section):
     return shlex.quote(json.dumps(section, sort_keys=True))
 GENERATION_TRUST_SUMMARY = []
+COVERAGE_EXPERIMENT = []
 include: {rules!r}
 rule all:
     input: "results/report/summary.html"

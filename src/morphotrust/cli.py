@@ -11,7 +11,8 @@ import sys
 
 from .errors import InputError
 
-STAGES = ("data", "subsets", "generator", "features", "trust", "morphology", "validation", "report")
+STAGES = ("data", "subsets", "generator", "features", "trust", "morphology", "validation", "report",
+          "coverage_experiment")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from . import coverage
 from .conditions import NEGATIVE_CONTROL_ID, POSITIVE_CONTROL_IDS, load_conditions
 from .errors import InputError
 from .images import N_CHANNELS, read_site, resize_site
@@ -192,6 +193,7 @@ def cli(argv: list[str]) -> None:
         write_csv(summarise(manifest), out / "summary.csv")
         write_csv(manifest, out / "manifest.csv")
         write_parquet(manifest, out / "manifest.parquet")
+        coverage.write(conditions, manifest, cfg.get("coverage"), out / "coverage.csv")
         print(f"{len(manifest)} sites: " + ", ".join(
             f"{s} {n}" for s, n in manifest["Metadata_split"].value_counts().reindex(SPLITS).items()))
     else:

@@ -743,7 +743,8 @@ def plot_histogram(real_t: np.ndarray, table: pd.DataFrame, threshold: float, ti
     plt.close(fig)
 
 
-def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = True) -> pd.DataFrame:
+def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = True,
+                coverage_path=None) -> pd.DataFrame:
     """Score generated features with their requested condition; write the table, summary and histogram."""
     from .features import read_features
 
@@ -766,6 +767,10 @@ def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = Tr
     except InputError as error:
         raise _with_file(error, features) from None
     table = _scores_table(meta, scores, scorer)
+    if coverage_path is not None:  # flag samples of unseen conditions whose values the seen arm covers thinly
+        from . import coverage
+
+        table = coverage.annotate(table, coverage.read(coverage_path))
     write_table(table, out_dir / "generated_scores.parquet")
     write_table(table, out_dir / "generated_scores.csv")
     write_table(condition_summary(table, scorer.attributes_), out_dir / "condition_summary.csv")
@@ -792,6 +797,8 @@ def cli(argv: list[str]) -> None:
     score.add_argument("--real-scores", required=True, help="results/trust/real_scores.parquet")
     score.add_argument("--out-dir", required=True,
                        help="writes generated_scores.parquet/.csv, condition_summary.csv, trust_histogram.png")
+    score.add_argument("--coverage", default=None, help="results/subsets/coverage.csv: adds columns coverage_low, "
+                       "coverage_note")
     fit.add_argument("--config", default="{}", help="the `trust` config section as JSON")
     fit.add_argument("--attributes", nargs="+", default=["cell_type", "sirna_id"],
                      help="attributes, read from the Metadata_<attribute> columns")
@@ -804,4 +811,4 @@ def cli(argv: list[str]) -> None:
             calibration = args.calibration if cfg["calibration_source"] == "calibration_split" else None
             fit_stage(args.train, calibration, cfg, args.out_dir, tuple(args.attributes))
         else:
-            score_stage(args.scorer, args.features, args.real_scores, args.out_dir)
+            score_stage(args.scorer, args.features, args.real_scores, args.out_dir, coverage_path=args.coverage)

@@ -10,6 +10,7 @@ rule subsets:
         manifest_csv="results/subsets/manifest.csv",
         summary="results/subsets/summary.csv",
         conditions="results/subsets/conditions.csv",
+        coverage="results/subsets/coverage.csv",
     params:
         cfg=cli_json(config["subsets"]),
     log:

@@ -38,6 +38,7 @@ rule trust_score:
         real_scores="results/trust/real_scores.parquet",
         features="results/features/generated.parquet",
         sidecar="results/features/generated.json",
+        coverage="results/subsets/coverage.csv",
     output:
         scores="results/trust/generated_scores.parquet",
         scores_csv="results/trust/generated_scores.csv",
@@ -52,4 +53,5 @@ rule trust_score:
         "../../envs/core.yaml"
     shell:
         "python -m morphotrust trust score --scorer results/trust/scorer --features {input.features}"
-        " --real-scores {input.real_scores} --threads {threads} --out-dir results/trust > {log} 2>&1"
+        " --real-scores {input.real_scores} --coverage {input.coverage} --threads {threads}"
+        " --out-dir results/trust > {log} 2>&1"

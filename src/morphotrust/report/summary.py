@@ -67,6 +67,8 @@ KEY_FIGURES = [
     ("validation/deciles_cp.png", "Decile classifiers (CellProfiler features)"),
     ("validation/deciles_encoder.png", "Decile classifiers (encoder features)"),
     ("validation/graded_shift.png", "Trust vs distance of a condition from the training support"),
+    ("coverage_experiment/coverage_experiment.png",
+     "Controlled coverage violation: faithfulness AUROC and selection gain as an siRNA loses seen cell types"),
 ]
 PACKAGES = ["numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "matplotlib", "tifffile", "pillow", "torch",
             "timm"]
@@ -82,6 +84,8 @@ def verdict(row, rules: dict) -> str:
     z = row.get("z accepted", np.nan)
     if rules["max_centroid_z"] is not None and np.isfinite(z) and z > rules["max_centroid_z"]:
         return "check: accepted images far from real cells"
+    if str(row.get("coverage", "ok")).startswith("low"):
+        return "check: low coverage of its cell type or siRNA in training"
     return "trusted"
 
 
@@ -98,6 +102,11 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
         if frame is not None:
             keep = {k: v for k, v in columns.items() if k in frame.columns}
             base = base.merge(frame[["condition", *keep]].rename(columns=keep), on="condition", how="left")
+    if "coverage_low" in generated.columns:  # results/subsets/coverage.csv, joined by the trust stage
+        flags = generated.groupby("Metadata_condition").agg(low=("coverage_low", "any"),
+                                                            note=("coverage_note", "first"))
+        low = base["condition"].map(flags["low"]).fillna(False).astype(bool)
+        base["coverage"] = np.where(low, "low: " + base["condition"].map(flags["note"]).fillna("").astype(str), "ok")
     base["verdict"] = [verdict(row, rules) for _, row in base.iterrows()]
     return base
 
@@ -148,6 +157,37 @@ def decile_table(inputs: Inputs) -> pd.DataFrame | None:
                              "random ranking": values.get("random_ranking_mean"),
                              "real ceiling": values.get("real_ceiling"), "chance": values.get("chance")})
     return pd.DataFrame(rows) if rows else None
+
+
+def coverage_section(results_dir: Path) -> str:
+    """Per unseen condition and attribute: how often its value was seen in training (results/subsets/coverage.csv)."""
+    from .. import coverage
+
+    path = Path(results_dir) / "subsets" / "coverage.csv"
+    if not path.is_file():
+        return ""
+    cov = coverage.read(path)
+    if cov.empty:
+        return ""
+    shown = cov[["condition", "attribute", "value", "n_seen_conditions", "n_train_sites", "n_contexts", "contexts",
+                 "reason"]].rename(columns={"n_seen_conditions": "seen conditions", "n_train_sites": "training sites",
+                                            "n_contexts": "other contexts", "contexts": "seen with",
+                                            "reason": "flag"})
+    low = cov["low"].to_numpy()
+    body = table(shown, row_class=lambda row: "bad" if row["flag"] else "good")
+    body += (f'<p class="small">{int(cov.loc[low, "condition"].nunique())} of {cov["condition"].nunique()} unseen '
+             "condition(s) below the minimums of config subsets.coverage. Table: "
+             '<code>results/subsets/coverage.csv</code>.</p>')
+    experiment = Path(results_dir) / "coverage_experiment" / "coverage_experiment.csv"
+    if experiment.is_file():
+        body += "<h3>Controlled coverage violation (this run's experiment)</h3>" + table(pd.read_csv(experiment))
+    return section(
+        "coverage", "Are the unseen conditions covered by training?",
+        "The trust score can judge a new combination only if each of its values was seen in training, in enough "
+        "different contexts. Per unseen condition and attribute: in how many seen conditions and training sites its "
+        "value occurs, and with which other values (e.g. the siRNA seen with 1 vs 3 cell types).",
+        "every row green: each siRNA seen with several cell types and each cell type with several siRNAs. A red row "
+        "does not stop the run, but its condition's trust scores rest on thin evidence.", body)
 
 
 # --- QC across plates --------------------------------------------------------------------------------------------
@@ -387,6 +427,7 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
         "most conditions trusted; unseen conditions are harder, so lower acceptance there is expected. Accepted "
         "images closer to real cells than random picks (lower z and ΔKID).", body)
 
+    coverage_html = coverage_section(results_dir)
     arms = arm_table(inputs)
     deciles = decile_table(inputs)
     body = ""
@@ -452,10 +493,12 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     catalogue(results_dir, out_dir))
 
     generation = generation_trust_section(inputs)
-    nav = [("overview", "Overview"), ("conditions", "Conditions"), ("validation", "Validation"),
+    nav = [("overview", "Overview"), ("conditions", "Conditions"),
+           *([("coverage", "Coverage")] if coverage_html else []), ("validation", "Validation"),
            *([("generation", "During generation")] if generation else []), ("qc", "QC"), ("encoder", "Encoder"),
            ("versions", "Versions"), ("files", "Files")]
-    body = "".join([overview, trust_conditions, validation, generation, qc_section, encoder, versions, files])
+    body = "".join([overview, trust_conditions, coverage_html, validation, generation, qc_section, encoder, versions,
+                    files])
     document = page("morphotrust run summary", "Which generated cell images to trust: across plates and conditions",
                     banners, nav, body)
     return document, flags, acceptance_png
