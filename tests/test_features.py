@@ -173,6 +173,43 @@ def test_missing_or_wrong_weights_are_input_errors(tmp_path):
         F.load_encoder(channels="rgb")
 
 
+def test_bad_weight_files_name_the_key_the_file_and_the_cause(tmp_path):
+    """Real bad files: a pickle, another architecture's state dict, a truncated safetensors, a foreign
+    checkpoint. Each is one InputError naming features.weights and the file, never a torch traceback."""
+    import pickle
+
+    import timm
+    from safetensors.torch import save_file
+
+    pickled = tmp_path / "pickled.pth"
+    pickled.write_bytes(pickle.dumps({"model": {"a": 1}}))
+    resnet = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18", num_classes=0).state_dict().items()},
+              str(resnet))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(resnet.read_bytes()[: resnet.stat().st_size // 2])
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "step": torch.tensor(3)}, checkpoint)
+
+    cases = {pickled: "features.weights: not a tensor file: refused to unpickle",
+             resnet: "features.weights: weights of another architecture: resnet18-like keys, 120 tensors",
+             truncated: "features.weights: truncated safetensors file: its tensors need",
+             checkpoint: "features.weights: weights of another architecture"}
+    for file, expected in cases.items():
+        with pytest.raises(InputError) as caught:
+            F.build_model("tf_efficientnet_lite0", str(file))
+        message = str(caught.value)
+        assert message.startswith(f"{file}: {expected}"), message
+        assert "weights_only" not in message and "Traceback" not in message
+    with pytest.raises(InputError, match=r"expects 294 tensors \(conv_stem.weight \(32, 3, 3, 3\)"):
+        F.build_model("tf_efficientnet_lite0", str(resnet))
+    # a file of the right architecture still loads
+    right = tmp_path / "lite0.safetensors"
+    save_file(timm.create_model("tf_efficientnet_lite0", num_classes=0).state_dict(), str(right))
+    model, info = F.build_model("tf_efficientnet_lite0", str(right))
+    assert info["weights_file"] == str(right)
+
+
 # --- pooling, channels, streaming -----------------------------------------------------------------------
 
 

@@ -126,8 +126,19 @@ def write_pngs(prefix, image):
         Image.fromarray(plane).save(f"{prefix}_w{c}.png")
 
 
+def _with_seen_rpe(paths, manifest, tmp_path):
+    """The fixture's manifest plus a seen RPE condition, so the trust scorer's vocabulary knows RPE."""
+    extra = manifest[manifest["Metadata_condition"] == "HUVEC:3"].assign(
+        Metadata_cell_type="RPE", Metadata_condition="RPE:3",
+        Metadata_site_id=lambda t: "RPE" + t["Metadata_site_id"].str.removeprefix("HUVEC"))
+    path = tmp_path / "manifest_rpe.parquet"
+    pd.concat([manifest, extra[extra["Metadata_split"] == "train"]], ignore_index=True).to_parquet(path)
+    return dict(paths, manifest=path)
+
+
 def test_external_good_folder_in_both_layouts(subsets, tmp_path):
-    paths, _, _ = subsets
+    paths, manifest, _ = subsets
+    paths = _with_seen_rpe(paths, manifest, tmp_path)
     folder = tmp_path / "gen"
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (6, 40, 40), dtype=np.uint8) for _ in range(4)]
@@ -137,14 +148,14 @@ def test_external_good_folder_in_both_layouts(subsets, tmp_path):
     write_pngs(folder / "sub" / "c", images[2])
     write_pngs(folder / "d", images[3])
     pd.DataFrame({"path": ["a.tif", "b.tiff", "sub/c", "d"], "cell_type": ["HUVEC", "RPE", "RPE", "HUVEC"],
-                  "sirna_id": ["1", "1", "", "1138"], "sirna": ["", "s1", "s2", "EMPTY"]}).to_csv(
+                  "sirna_id": ["1", "1", "", "3"], "sirna": ["", "s1", "s2", "s3"]}).to_csv(
         tmp_path / "gen.csv", index=False)
     table = external.convert_external(folder, tmp_path / "gen.csv", paths["sites"], paths["manifest"], 32,
                                       tmp_path / "out")
-    assert list(table["Metadata_condition"]) == ["HUVEC:1", "RPE:1", "RPE:2", "HUVEC:1138"]
-    # listed seen / listed unseen / not listed, no training sites / control with training sites
+    assert list(table["Metadata_condition"]) == ["HUVEC:1", "RPE:1", "RPE:2", "HUVEC:3"]
+    # listed seen / listed unseen / not listed, no training sites (its values are fitted) / listed seen
     assert list(table["Metadata_arm"]) == ["seen", "unseen", "unseen", "seen"]
-    assert list(table["Metadata_sirna"]) == ["s1", "s1", "s2", "EMPTY"]
+    assert list(table["Metadata_sirna"]) == ["s1", "s1", "s2", "s3"]
     assert list(table["Metadata_external_line"]) == [2, 3, 4, 5]
     assert set(table["Metadata_generator"]) == {"external"} and set(table["Metadata_source"]) == {"generated"}
     for path, original in zip(table["Metadata_image_path"], images):
@@ -206,6 +217,35 @@ def test_external_bad_inputs_are_reported_together_by_line(subsets, tmp_path):
     assert not any(p.startswith("line 2:") for p in caught.value.problems)
     assert str(tmp_path / "bad.csv") in message and "nothing was converted" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_external_values_without_fitting_data_are_reported_by_line(subsets, tmp_path):
+    """Values the trust scorer never saw (controls, cell types only in the unseen arm or only in the sites
+    table) stop the conversion, every row and both attributes at once, by the user's CSV line."""
+    paths, manifest, _ = subsets
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    tifffile.imwrite(folder / "ok.tif", np.zeros((6, 16, 16), np.uint8))
+    rows = [("ok.tif", "HUVEC", "1"), ("ok.tif", "U2OS", "1138"), ("ok.tif", "HUVEC", "1138"),
+            ("ok.tif", "RPE", "2"), ("ok.tif", "U2OS", "3")]
+    pd.DataFrame([(f"{i}.tif", c, s) for i, (_, c, s) in enumerate(rows)],
+                 columns=["path", "cell_type", "sirna_id"]).to_csv(tmp_path / "m.csv", index=False)
+    for i in range(len(rows)):
+        tifffile.imwrite(folder / f"{i}.tif", np.zeros((6, 16, 16), np.uint8))
+    with pytest.raises(InputErrors) as caught:
+        external.convert_external(folder, tmp_path / "m.csv", paths["sites"], paths["manifest"], 16, tmp_path / "o")
+    problems = caught.value.problems
+    assert [p.split(":")[0] for p in problems] == ["line 3", "line 3", "line 4", "line 5", "line 6"], problems
+    assert "cell type `U2OS` has no real training sites of the seen arm" in problems[0]
+    assert "siRNA 1138 (EMPTY) has no real training sites of the seen arm" in problems[1]
+    assert "expected one of 1, 2, 3;" in problems[1]
+    assert "siRNA 1138 (EMPTY)" in problems[2]
+    assert "cell type `RPE`" in problems[3]  # RPE is only in the unseen arm
+    assert "cell type `U2OS`" in problems[4]
+    # The same vocabulary the trust scorer is fitted on: seen-arm rows of the train split.
+    from morphotrust.trust import fitting_vocabulary
+    assert fitting_vocabulary(manifest) == {"cell_type": {"HUVEC": 6}, "sirna_id": {1: 2, 2: 2, 3: 2}}
+    assert not (tmp_path / "o").exists()
 
 
 def test_external_dtype_and_manifest_shape_errors(subsets, tmp_path):

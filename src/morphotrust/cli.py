@@ -1,7 +1,9 @@
 """Command line: `morphotrust <stage> <command> [options]` (also `python -m morphotrust ...`).
 
 Each stage module defines `cli(argv)`; modules are imported lazily so a data job never imports torch.
-Input problems (`InputError`) are printed as one plain message and exit with status 2.
+Input problems (`InputError`) are printed as one plain message and exit with status 2; an output that cannot be
+written, or any other file-system error (read-only or full disk, no permission), as one line naming the path,
+exit status 1.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 STAGES = ("data", "subsets", "generator", "features", "trust", "morphology", "validation", "report",
           "coverage_experiment")
@@ -26,6 +28,17 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         print(f"morphotrust: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # OutputError from morphotrust.io, or a library's own write (torch.save, PIL, ...)
+        print(f"morphotrust: error: {describe_os_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line: `cannot write PATH: reason`, or the file and reason of any other file-system error."""
+    if isinstance(error, OutputError) or not error.filename:
+        return str(error)
+    target = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+    return f"{target}: {error.strerror or error}"
 
 
 if __name__ == "__main__":

@@ -28,3 +28,21 @@ class InputErrors(InputError):
         shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
         more = f"\n  ... and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
         super().__init__(f"{summary} ({len(self.problems)} problem(s)):\n{shown}{more}", file=file)
+
+
+class OutputError(OSError):
+    """An output could not be written (read-only or missing folder, full disk, a file where a folder should be):
+    one line naming the output path and the system's reason."""
+
+    def __init__(self, path, error: OSError):
+        reason = error.strerror or str(error)
+        hint = {28: " (the disk is full)", 30: " (the file system is read-only)",
+                27: " (larger than this file system or a ulimit allows)"}.get(error.errno, "")
+        if error.errno in (17, 20):  # mkdir over a file: "File exists" / "Not a directory"
+            reason, hint = "a file stands where a folder is needed", ""
+        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+        super().__init__(error.errno, f"cannot write {path}: {reason}{hint}{where}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .weights import architecture_problem, read_tensors
 from .images import COMPOSITE_RANGES, N_CHANNELS, composite_rgb, read_site
 from .io import read_json, write_json, write_parquet
 
@@ -173,6 +174,39 @@ def _hf_cache_file(name: str, cache_dir: str | None) -> Path:
                      where="features.weights: hf-cache", expected=_obtain_hint(name))
 
 
+def _create_with_weights(timm, name: str, file: Path, kwargs: dict, model_name: str | None = None):
+    """timm model with the weights in `file`; a file it cannot load is an InputError naming features.weights,
+    the file and the likely cause (pickle, damaged safetensors, another architecture), not a torch traceback."""
+    import logging
+
+    # timm loads non-strictly once the classifier is dropped (num_classes=0) and only logs missing keys: a file
+    # of another model would silently leave random weights. Listen for that log record and treat it as failure.
+    missing = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: missing.append(record.getMessage()) if "Missing keys" in record.getMessage() else None
+    logger = logging.getLogger("timm.models._builder")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        if model_name:  # a local-dir: model folder
+            model = timm.create_model(model_name, pretrained=True, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+        if missing:
+            raise RuntimeError(missing[0][:200])
+        return model
+    except Exception as error:  # noqa: BLE001 - diagnosed below from the file itself
+        tensors = read_tensors(file, where="features.weights")  # raises for a pickle or a damaged file
+        expected = timm.create_model(name.split(".")[0], pretrained=False, **kwargs).state_dict()
+        problem = architecture_problem(tensors, expected) or f"timm could not load them ({str(error).splitlines()[0]})"
+        raise InputError(problem, file=file, where="features.weights",
+                         expected=f"weights for {name}") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def build_model(name: str, weights: str, image_size: int | None = None):
     """timm model `name` with the weights named by `weights` (see module doc). Returns (model, info dict)."""
     import timm
@@ -206,13 +240,13 @@ def build_model(name: str, weights: str, image_size: int | None = None):
         if architecture != arch:
             raise InputError(f"{folder}/config.json is for `{architecture}`, but features.encoder is `{name}`",
                              where="features.weights", expected=f"a model folder for {arch}")
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+        model = _create_with_weights(timm, name, file, kwargs, f"local-dir:{folder}")
         info = {"weights": weights, "weights_file": str(file),
                 "weights_description": f"{name} weights from the timm model folder {folder}"}
     elif weights == "hf-cache" or weights.startswith("hf-cache:"):
         cache_dir = weights.partition(":")[2] or None
         file = _hf_cache_file(name, cache_dir)
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+        model = _create_with_weights(timm, name, file, kwargs)
         info = {"weights": weights, "weights_file": str(file),
                 "weights_description": f"{name} weights from the Hugging Face cache ({file})"}
     else:
@@ -220,7 +254,7 @@ def build_model(name: str, weights: str, image_size: int | None = None):
         if not file.is_file():
             raise InputError(f"weights file {file} does not exist", where="features.weights",
                              expected=_obtain_hint(name))
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+        model = _create_with_weights(timm, name, file, kwargs)
         info = {"weights": weights, "weights_file": str(file),
                 "weights_description": f"{name} weights from the file {file}"}
     info["weights_sha256"] = sha256_file(file)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import OutputError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -22,17 +24,34 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
-    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
+
+    A failure to create, write or rename it (read-only or full disk, no permission, a file where a folder should
+    be) is an OutputError naming `path`, not a traceback; other errors of the block pass through unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
-        yield tmp
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as error:
+        raise OutputError(path, error) from None
+    tmp = Path(tmp)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
+        try:
+            yield tmp
+        except OSError as error:
+            # A write to the temporary file (no file name, or its own): the output's problem. An error naming
+            # another file (an input read inside the block) is passed on as it is.
+            if error.filename is None or Path(error.filename) == tmp:
+                raise OutputError(path, error) from None
+            raise
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise OutputError(path, error) from None
     finally:
         if tmp.exists():
             tmp.unlink()

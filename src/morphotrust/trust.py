@@ -584,6 +584,18 @@ def _encoder_name(info: dict) -> str:
     return str(info.get("encoder", "unknown encoder"))
 
 
+def fitting_vocabulary(subset_manifest: pd.DataFrame, attributes=("cell_type", "sirna_id")) -> dict[str, dict]:
+    """{attribute: {value: n}} of the real samples the trust scorer is fitted on, from the subset manifest.
+
+    `fit_stage` fits on the seen-arm rows of results/features/real_train.parquet, i.e. the subset manifest's rows
+    with Metadata_split == train and Metadata_arm == seen (controls and the unseen arm are never fitted on).
+    A requested value absent from here cannot be scored: check generations against it before extracting features.
+    """
+    rows = subset_manifest[(subset_manifest["Metadata_split"] == "train") & (subset_manifest["Metadata_arm"] == "seen")]
+    return {a: {_python(v): int(n) for v, n in rows[METADATA_ATTRIBUTE.format(a)].value_counts().items()}
+            for a in attributes}
+
+
 def _read_real(path, attributes: tuple) -> tuple[pd.DataFrame, np.ndarray, dict, list]:
     """Seen-arm rows (training support) of a real feature table: metadata, features, sidecar, feature columns."""
     from .features import read_features

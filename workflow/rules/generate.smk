@@ -24,9 +24,7 @@ rule standins:
 
 
 EXTERNAL = config["generated"]["external"]
-if config["generated"]["source"] == "external" and not (EXTERNAL["folder"] and EXTERNAL["manifest"]):
-    raise WorkflowError("morphotrust: generated.source is external: set generated.external.folder (the images) "
-                        "and generated.external.manifest (CSV: path, cell_type, sirna_id or sirna)")
+# (generated.source external without folder / manifest is refused by morphotrust.config at parse time.)
 
 
 # Bring your own generations: a folder of images + a CSV manifest, checked and converted to canonical TIFFs.

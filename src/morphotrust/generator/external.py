@@ -13,7 +13,9 @@ per image and the columns
 Images must be 8-bit (uint8, like the RxRx1 PNGs) and square. Everything is checked before anything is
 written, and all problems are reported at once with their manifest line numbers: a path that leaves the
 folder (absolute, `..`, or a symlink pointing outside), missing files, duplicate paths, a cell type or siRNA
-absent from the real sites table, a wrong number of channels, an unreadable image.
+absent from the real sites table, a cell type or siRNA without real fitting data of the trust score (the seen
+arm's training split, `morphotrust.trust.fitting_vocabulary`: such a row could not be scored after its features
+were extracted), a wrong number of channels, an unreadable image.
 
 The arm of each requested condition: the arm the subset manifest gives it (i.e. its list in
 config/conditions.yaml); otherwise `seen` if the condition has real training sites in the subset manifest,
@@ -38,6 +40,7 @@ from ..conditions import condition_key
 from ..errors import InputError, InputErrors
 from ..images import N_CHANNELS, resize_site, write_site
 from ..io import write_parquet
+from ..trust import fitting_vocabulary
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -135,6 +138,14 @@ def _resolve_sirna(row: dict, sites: pd.DataFrame) -> tuple[int | None, str | No
     return (sirna_id if sirna_id is not None else name_id), None
 
 
+def _not_fitted(what: str, value: str, fitted: dict) -> str:
+    known = sorted(fitted, key=str)
+    shown = ", ".join(map(str, known[:12])) + (", ..." if len(known) > 12 else "")
+    return (f"{what} {value} has no real training sites of the seen arm, which the trust score is fitted on, so "
+            f"it cannot be scored (expected one of {shown}; or list a condition with it as seen in "
+            "config/conditions.yaml)")
+
+
 def condition_arms(subset_manifest: pd.DataFrame) -> tuple[dict, set]:
     """({condition: listed arm}, {conditions with real training sites}) from the subset manifest."""
     listed = subset_manifest[subset_manifest["Metadata_arm"].isin(["seen", "unseen"])]
@@ -170,6 +181,7 @@ def validate_external(folder, manifest_path, sites: pd.DataFrame, subset_manifes
     cell_types = set(sites["Metadata_cell_type"].astype(str))
     sirna_names = dict(zip(sites["Metadata_sirna_id"].astype(int), sites["Metadata_sirna"].astype(str)))
     arms, trained = condition_arms(subset_manifest)
+    fitted = fitting_vocabulary(subset_manifest)
     problems, rows, first_line = [], [], {}
     for index, raw in enumerate(tqdm(table.to_dict("records"), desc="check external", unit="img",
                                      mininterval=5)):
@@ -188,9 +200,13 @@ def validate_external(folder, manifest_path, sites: pd.DataFrame, subset_manifes
         if row["cell_type"] not in cell_types:
             row_problems.append(f"cell type `{row['cell_type']}` is not in the real sites table "
                                 f"(expected one of {', '.join(sorted(cell_types))})")
+        elif row["cell_type"] not in fitted["cell_type"]:
+            row_problems.append(_not_fitted("cell type", f"`{row['cell_type']}`", fitted["cell_type"]))
         sirna_id, sirna_problem = _resolve_sirna(row, sites)
         if sirna_problem:
             row_problems.append(sirna_problem)
+        elif sirna_id not in fitted["sirna_id"]:
+            row_problems.append(_not_fitted("siRNA", f"{sirna_id} ({sirna_names[sirna_id]})", fitted["sirna_id"]))
         if not path_problem:
             try:
                 read_image(folder, path)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..weights import PICKLE_CAUSE
 from ..io import atomic_path, write_csv
 from .data import (EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals,
                    read_manifest, training_rows)
@@ -92,7 +93,8 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file
-        raise InputError(f"cannot read the checkpoint ({error})", file=path,
+        cause = PICKLE_CAUSE if "Weights only load failed" in str(error) else str(error).splitlines()[0][:160]
+        raise InputError(f"cannot read the checkpoint: {cause}", file=path,
                          expected="a morphotrust generator checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError("not a morphotrust generator checkpoint", file=path, expected=f"format {CHECKPOINT_FORMAT}")

