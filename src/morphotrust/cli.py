@@ -11,7 +11,7 @@ import sys
 
 from .errors import InputError
 
-STAGES = ("data", "subsets", "generator", "features", "trust", "morphology", "validation", "report")
+STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "morphology", "validation", "report")
 
 
 def main(argv: list[str] | None = None) -> None:
