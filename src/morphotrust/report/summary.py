@@ -99,7 +99,28 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
             keep = {k: v for k, v in columns.items() if k in frame.columns}
             base = base.merge(frame[["condition", *keep]].rename(columns=keep), on="condition", how="left")
     base["verdict"] = [verdict(row, rules) for _, row in base.iterrows()]
+    flags = adequacy_flags(generated)
+    if flags is not None:
+        base = base.merge(flags, on="condition", how="left")
     return base
+
+
+def adequacy_flags(generated: pd.DataFrame) -> pd.DataFrame | None:
+    """Per condition, the attributes whose requested value the encoder cannot judge (trust stage, adequacy.csv):
+    e.g. "F sirna_id: not informative". Empty where every requested value is informative."""
+    columns = [c for c in generated.columns if c.startswith("F_") and c.endswith("_adequacy")]
+    if not columns:
+        return None
+    groups = generated.groupby("Metadata_condition", sort=False)
+    def describe(frame):
+        parts = []
+        for column in columns:
+            statuses = [str(v) for v in pd.unique(frame[column].dropna()) if str(v) != "informative"]
+            if statuses:
+                parts.append(f"F {column[2:-len('_adequacy')]}: {', '.join(statuses)}")
+        return "; ".join(parts)
+    return pd.DataFrame({"condition": list(groups.groups),
+                         "F adequacy": [describe(frame) for _, frame in groups]})
 
 
 def arm_table(inputs: Inputs) -> pd.DataFrame | None:
@@ -375,7 +396,10 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     "real cells (centroid distance)" if rules["max_centroid_z"] is not None else "")
                  + ". z: centroid distance in units of real-to-real spread (0 = as close as real sites are to each "
                    "other); ΔKID: excess kernel distance to real images (0 = indistinguishable); rank: 1 = the "
-                   "generated images are closest to their own condition among all real conditions.</p>")
+                   "generated images are closest to their own condition among all real conditions."
+                 + (" F adequacy: the requested value of this attribute is one the encoder does not separate from "
+                    "the others on held-out real sites (results/trust/adequacy.csv): its F, hence T, says little "
+                    "about faithfulness." if "F adequacy" in conditions.columns else "") + "</p>")
     else:
         body = missing("Not available: no trust scores (results/trust/generated_scores.parquet).")
     trust_conditions = section(
