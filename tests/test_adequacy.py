@@ -141,3 +141,10 @@ def test_stage_flags_reach_scores_and_verdict_table(split_sites, tmp_path):
     assert (scores["F_cell_type_adequacy"] == adequacy.INFORMATIVE).all()
     flags = adequacy_flags(scores).set_index("condition")["F adequacy"]
     assert flags["HEPG2:2"] == "F sirna_id: not informative" and flags["HEPG2:1"] == ""
+
+    # the run summary shows the table and names the values in warnings
+    from morphotrust.report.summary import adequacy_body
+
+    html = adequacy_body(tmp_path)
+    assert "Encoder adequacy" in html and "faithfulness for siRNA 2 is not informative" in html
+    assert adequacy_body(tmp_path / "nowhere") == ""

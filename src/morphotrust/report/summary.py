@@ -105,6 +105,24 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
     return base
 
 
+def adequacy_body(results_dir: Path) -> str:
+    """The encoder adequacy table of the trust stage (results/trust/adequacy.csv, .json) with its warnings."""
+    csv, warnings_json = results_dir / "trust" / "adequacy.csv", results_dir / "trust" / "adequacy.json"
+    if not csv.is_file():
+        return ""
+    frame = pd.read_csv(csv)
+    warnings = (read_json_optional(warnings_json) or {}).get("warnings", [])
+    body = ("<h3>Encoder adequacy (held-out real sites)</h3>"
+            '<p class="small">For every value: the share of held-out real sites of that value whose nearest '
+            "prototype (fitted precision) is that value, and the AUROC separating the faithfulness margins of sites "
+            "of other values from those of the value when it is requested (0.5 = chance). Values below "
+            f"{fmt(frame['min_auroc'].iloc[0]) if len(frame) else ''} are flagged: F cannot judge requests for them."
+            "</p>")
+    body += "".join(f'<p class="bad">{esc(line)}</p>' for line in warnings)
+    return body + table(frame.drop(columns=["min_auroc"]),
+                        row_class=lambda row: "" if row["status"] == "informative" else "bad")
+
+
 def adequacy_flags(generated: pd.DataFrame) -> pd.DataFrame | None:
     """Per condition, the attributes whose requested value the encoder cannot judge (trust stage, adequacy.csv):
     e.g. "F sirna_id: not informative". Empty where every requested value is informative."""
@@ -462,9 +480,11 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
             ("F standardisation", threshold.get("calibration")), ("realism R", threshold.get("realism")),
             ("real samples fitted / calibrated", f"{threshold.get('n_fit')} / {threshold.get('n_calibration')}"),
             ("values using per-attribute constants", len(threshold.get("fallback_values") or []))])
+    enc_body += adequacy_body(results_dir)
     encoder = section("encoder", "Encoder and weights",
-                      "The image encoder whose features the trust score uses, its weights (with checksum), and how the "
-                      "trust threshold was set.", None, enc_body)
+                      "The image encoder whose features the trust score uses, its weights (with checksum), how the "
+                      "trust threshold was set, and whether the encoder can tell each cell type and siRNA apart.",
+                      None, enc_body)
     if encoder_info and str(encoder_info.get("encoder", "")).startswith("tf_efficientnet_lite0"):
         encoder = encoder.replace("</section>", note("These are ImageNet features (EfficientNet-Lite0), not DINOv3: "
                                                      "the offline default. Set features.encoder and features.weights "
