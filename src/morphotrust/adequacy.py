@@ -62,8 +62,9 @@ def warnings(table: pd.DataFrame) -> list[str]:
     for row in table.itertuples():
         name = "siRNA" if row.attribute == "sirna_id" else row.attribute.replace("_", " ")
         if row.status == NOT_INFORMATIVE:
+            digits = 2 if round(row.margin_auroc, 2) < row.min_auroc else 4  # never print "0.75 (below 0.75)"
             lines.append(f"faithfulness for {name} {row.value} is not informative with this encoder: AUROC "
-                         f"{row.margin_auroc:.2f} (below {row.min_auroc:g}; nearest-prototype accuracy "
+                         f"{row.margin_auroc:.{digits}f} (below {row.min_auroc:g}; nearest-prototype accuracy "
                          f"{row.nearest_prototype_accuracy:.0%} on {row.n_heldout} held-out sites)")
         elif row.status == NOT_MEASURED:
             lines.append(f"faithfulness for {name} {row.value} could not be checked: no held-out real site "
