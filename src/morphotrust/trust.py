@@ -54,7 +54,8 @@ CALIBRATION_SOURCES = ("calibration_split", "fit_pool")
 SCORE_DTYPES = ("float64", "float32")
 FORMAT = "morphotrust.TrustScorer/1"
 DEFAULT_CONFIG = {"regularization": 1e-5, "calibration": "per_value", "min_samples_per_value": 5,
-                  "quantile": 0.95, "calibration_source": "calibration_split", "realism": "one_sided"}
+                  "quantile": 0.95, "calibration_source": "calibration_split", "realism": "one_sided",
+                  "adequacy_min_auroc": 0.75}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -573,7 +574,7 @@ class TrustScorer:
 # Workflow stage: `morphotrust trust fit|score`
 
 METADATA_ATTRIBUTE = "Metadata_{}"
-ENCODER_KEYS = ("encoder", "weights_sha256", "channels", "feature_dim", "image_size")
+ENCODER_KEYS = ("encoder", "weights_sha256", "channels", "feature_dim", "image_size", "reduction")
 
 
 def _encoder_identity(info: dict) -> dict:
@@ -755,9 +756,42 @@ def plot_histogram(real_t: np.ndarray, table: pd.DataFrame, threshold: float, ti
     plt.close(fig)
 
 
+def adequacy_stage(scorer_path, heldout, min_auroc: float, out_dir) -> pd.DataFrame:
+    """Encoder adequacy (morphotrust.adequacy) on the seen-arm rows of held-out real features."""
+    from . import adequacy
+
+    out_dir = Path(out_dir)
+    scorer = TrustScorer.load(scorer_path)
+    meta, X, info, columns = _read_real(heldout, scorer.attributes_)
+    trained_on = scorer.extra_.get("encoder", {})
+    if _encoder_identity(info) != _encoder_identity(trained_on) or columns != scorer.extra_.get("feature_columns",
+                                                                                                 columns):
+        raise InputError(f"features from encoder {_encoder_identity(info)}, but the scorer was fitted on "
+                         f"{_encoder_identity(trained_on)}", file=heldout,
+                         expected="held-out features from the encoder the scorer was fitted on")
+    try:
+        table = adequacy.adequacy_table(scorer, X, _attrs(meta, scorer.attributes_), min_auroc)
+    except InputError as error:
+        raise _with_file(error, heldout) from None
+    warnings = adequacy.warnings(table)
+    write_table(table, out_dir / "adequacy.csv")
+    write_json({"heldout": str(heldout), "n_heldout": int(len(X)), "min_auroc": float(min_auroc),
+                "encoder": _encoder_name(trained_on), "warnings": warnings,
+                "not_informative": table.loc[table["status"] != adequacy.INFORMATIVE,
+                                             ["attribute", "value", "margin_auroc", "status"]].to_dict("records")},
+               out_dir / "adequacy.json")
+    for line in warnings:
+        print(f"WARNING: {line}", flush=True)
+    print(f"encoder adequacy on {len(X)} held-out real sites: {(table['status'] == adequacy.INFORMATIVE).sum()} "
+          f"of {len(table)} attribute values informative (margin AUROC >= {min_auroc:g})", flush=True)
+    return table
+
+
 def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = True,
-                coverage_path=None) -> pd.DataFrame:
-    """Score generated features with their requested condition; write the table, summary and histogram."""
+                coverage_path=None, adequacy_csv=None) -> pd.DataFrame:
+    """Score generated features with their requested condition; write the table, summary and histogram.
+    With `adequacy_csv`, each F_<attribute> gets an `F_<attribute>_adequacy` column: the adequacy status of the
+    requested value (informative / not informative / not measured)."""
     from .features import read_features
 
     out_dir = Path(out_dir)
@@ -783,6 +817,15 @@ def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = Tr
         from . import coverage
 
         table = coverage.annotate(table, coverage.read(coverage_path))
+    if adequacy_csv is not None:
+        from . import adequacy
+
+        flags = adequacy.flag_columns(pd.read_csv(adequacy_csv), table, scorer.attributes_)
+        table = pd.concat([table, flags], axis=1)
+        flagged = (flags != adequacy.INFORMATIVE).any(axis=1)
+        if flagged.any():
+            print(f"WARNING: {int(flagged.sum())} generated sample(s) request a value whose faithfulness this "
+                  f"encoder cannot judge (see {adequacy_csv})", flush=True)
     write_table(table, out_dir / "generated_scores.parquet")
     write_table(table, out_dir / "generated_scores.csv")
     write_table(condition_summary(table, scorer.attributes_), out_dir / "condition_summary.csv")
@@ -811,10 +854,18 @@ def cli(argv: list[str]) -> None:
                        help="writes generated_scores.parquet/.csv, condition_summary.csv, trust_histogram.png")
     score.add_argument("--coverage", default=None, help="results/subsets/coverage.csv: adds columns coverage_low, "
                        "coverage_note")
+    score.add_argument("--adequacy", default=None, help="results/trust/adequacy.csv: flag F of such values")
+    adequacy = commands.add_parser("adequacy", help="how well the fitted scorer separates every attribute value "
+                                   "on held-out real sites")
+    adequacy.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json prefix)")
+    adequacy.add_argument("--heldout", required=True, help="results/reduction/real_evaluation.parquet")
+    adequacy.add_argument("--min-auroc", type=float, default=DEFAULT_CONFIG["adequacy_min_auroc"],
+                          help="margin AUROC below which a value is not informative")
+    adequacy.add_argument("--out-dir", required=True, help="writes adequacy.csv and adequacy.json")
     fit.add_argument("--config", default="{}", help="the `trust` config section as JSON")
     fit.add_argument("--attributes", nargs="+", default=["cell_type", "sirna_id"],
                      help="attributes, read from the Metadata_<attribute> columns")
-    for sub in (fit, score):
+    for sub in (fit, score, adequacy):
         sub.add_argument("--threads", type=int, default=None, help="BLAS threads")
     args = parser.parse_args(argv)
     with _blas_threads(args.threads):
@@ -822,5 +873,8 @@ def cli(argv: list[str]) -> None:
             cfg = trust_config(args.config)
             calibration = args.calibration if cfg["calibration_source"] == "calibration_split" else None
             fit_stage(args.train, calibration, cfg, args.out_dir, tuple(args.attributes))
+        elif args.command == "adequacy":
+            adequacy_stage(args.scorer, args.heldout, args.min_auroc, args.out_dir)
         else:
-            score_stage(args.scorer, args.features, args.real_scores, args.out_dir, coverage_path=args.coverage)
+            score_stage(args.scorer, args.features, args.real_scores, args.out_dir, coverage_path=args.coverage,
+                        adequacy_csv=args.adequacy)

@@ -119,7 +119,7 @@ rule generation_translator:
         manifest="results/subsets/manifest.parquet",
         stack="results/subsets/stacks/train.npy",
         checkpoint="results/generator/checkpoint.pt",
-        features="results/features/real_train.parquet",
+        features="results/reduction/real_train.parquet",
     output:
         weights="results/generation_trust/translator.safetensors",
         meta="results/generation_trust/translator.json",

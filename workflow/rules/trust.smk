@@ -1,5 +1,6 @@
-# Trust score (morphotrust.trust): fit T = R + F on the real seen-arm features, then score the generated
-# samples with their requested condition, accept (T <= threshold) or abstain, and summarise per condition.
+# Trust score (morphotrust.trust): fit T = R + F on the real seen-arm features (after the reduction stage),
+# measure on held-out real sites how well the encoder separates every attribute value (adequacy), then score the
+# generated samples with their requested condition, accept (T <= threshold) or abstain, and summarise.
 
 TRUST = config["trust"]
 TRUST_SPLIT = TRUST["calibration_source"] == "calibration_split"
@@ -7,10 +8,10 @@ TRUST_SPLIT = TRUST["calibration_source"] == "calibration_split"
 
 rule trust_fit:
     input:
-        train="results/features/real_train.parquet",
-        train_sidecar="results/features/real_train.json",
-        calibration="results/features/real_calibration.parquet" if TRUST_SPLIT else [],
-        calibration_sidecar="results/features/real_calibration.json" if TRUST_SPLIT else [],
+        train="results/reduction/real_train.parquet",
+        train_sidecar="results/reduction/real_train.json",
+        calibration="results/reduction/real_calibration.parquet" if TRUST_SPLIT else [],
+        calibration_sidecar="results/reduction/real_calibration.json" if TRUST_SPLIT else [],
     output:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
@@ -18,7 +19,7 @@ rule trust_fit:
         real_scores="results/trust/real_scores.parquet",
     params:
         cfg=cli_json(TRUST),
-        calibration="--calibration results/features/real_calibration.parquet" if TRUST_SPLIT else "",
+        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
     threads: 2
     resources:
         mem_mb=4000,
@@ -31,14 +32,36 @@ rule trust_fit:
         " --threads {threads} --out-dir results/trust > {log} 2>&1"
 
 
+rule trust_adequacy:
+    input:
+        scorer="results/trust/scorer.npz",
+        scorer_json="results/trust/scorer.json",
+        heldout="results/reduction/real_evaluation.parquet",
+        heldout_sidecar="results/reduction/real_evaluation.json",
+    output:
+        table="results/trust/adequacy.csv",
+        warnings="results/trust/adequacy.json",
+    params:
+        min_auroc=TRUST["adequacy_min_auroc"],
+    threads: 1
+    log:
+        "results/logs/trust/adequacy.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust trust adequacy --scorer results/trust/scorer --heldout {input.heldout}"
+        " --min-auroc {params.min_auroc} --out-dir results/trust > {log} 2>&1"
+
+
 rule trust_score:
     input:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
         real_scores="results/trust/real_scores.parquet",
-        features="results/features/generated.parquet",
-        sidecar="results/features/generated.json",
+        features="results/reduction/generated.parquet",
+        sidecar="results/reduction/generated.json",
         coverage="results/subsets/coverage.csv",
+        adequacy="results/trust/adequacy.csv",
     output:
         scores="results/trust/generated_scores.parquet",
         scores_csv="results/trust/generated_scores.csv",
@@ -53,5 +76,5 @@ rule trust_score:
         "../../envs/core.yaml"
     shell:
         "python -m morphotrust trust score --scorer results/trust/scorer --features {input.features}"
-        " --real-scores {input.real_scores} --coverage {input.coverage} --threads {threads}"
+        " --real-scores {input.real_scores} --coverage {input.coverage} --adequacy {input.adequacy} --threads {threads}"
         " --out-dir results/trust > {log} 2>&1"

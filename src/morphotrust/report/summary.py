@@ -108,7 +108,46 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
         low = base["condition"].map(flags["low"]).fillna(False).astype(bool)
         base["coverage"] = np.where(low, "low: " + base["condition"].map(flags["note"]).fillna("").astype(str), "ok")
     base["verdict"] = [verdict(row, rules) for _, row in base.iterrows()]
+    flags = adequacy_flags(generated)
+    if flags is not None:
+        base = base.merge(flags, on="condition", how="left")
     return base
+
+
+def adequacy_body(results_dir: Path) -> str:
+    """The encoder adequacy table of the trust stage (results/trust/adequacy.csv, .json) with its warnings."""
+    csv, warnings_json = results_dir / "trust" / "adequacy.csv", results_dir / "trust" / "adequacy.json"
+    if not csv.is_file():
+        return ""
+    frame = pd.read_csv(csv)
+    warnings = (read_json_optional(warnings_json) or {}).get("warnings", [])
+    body = ("<h3>Encoder adequacy (held-out real sites)</h3>"
+            '<p class="small">For every value: the share of held-out real sites of that value whose nearest '
+            "prototype (fitted precision) is that value, and the AUROC separating the faithfulness margins of sites "
+            "of other values from those of the value when it is requested (0.5 = chance). Values below "
+            f"{fmt(frame['min_auroc'].iloc[0]) if len(frame) else ''} are flagged: F cannot judge requests for them."
+            "</p>")
+    body += "".join(f'<p class="bad">{esc(line)}</p>' for line in warnings)
+    return body + table(frame.drop(columns=["min_auroc"]),
+                        row_class=lambda row: "" if row["status"] == "informative" else "bad")
+
+
+def adequacy_flags(generated: pd.DataFrame) -> pd.DataFrame | None:
+    """Per condition, the attributes whose requested value the encoder cannot judge (trust stage, adequacy.csv):
+    e.g. "F sirna_id: not informative". Empty where every requested value is informative."""
+    columns = [c for c in generated.columns if c.startswith("F_") and c.endswith("_adequacy")]
+    if not columns:
+        return None
+    groups = generated.groupby("Metadata_condition", sort=False)
+    def describe(frame):
+        parts = []
+        for column in columns:
+            statuses = [str(v) for v in pd.unique(frame[column].dropna()) if str(v) != "informative"]
+            if statuses:
+                parts.append(f"F {column[2:-len('_adequacy')]}: {', '.join(statuses)}")
+        return "; ".join(parts)
+    return pd.DataFrame({"condition": list(groups.groups),
+                         "F adequacy": [describe(frame) for _, frame in groups]})
 
 
 def arm_table(inputs: Inputs) -> pd.DataFrame | None:
@@ -415,7 +454,10 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     "real cells (centroid distance)" if rules["max_centroid_z"] is not None else "")
                  + ". z: centroid distance in units of real-to-real spread (0 = as close as real sites are to each "
                    "other); ΔKID: excess kernel distance to real images (0 = indistinguishable); rank: 1 = the "
-                   "generated images are closest to their own condition among all real conditions.</p>")
+                   "generated images are closest to their own condition among all real conditions."
+                 + (" F adequacy: the requested value of this attribute is one the encoder does not separate from "
+                    "the others on held-out real sites (results/trust/adequacy.csv): its F, hence T, says little "
+                    "about faithfulness." if "F adequacy" in conditions.columns else "") + "</p>")
     else:
         body = missing("Not available: no trust scores (results/trust/generated_scores.parquet).")
     trust_conditions = section(
@@ -479,9 +521,11 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
             ("F standardisation", threshold.get("calibration")), ("realism R", threshold.get("realism")),
             ("real samples fitted / calibrated", f"{threshold.get('n_fit')} / {threshold.get('n_calibration')}"),
             ("values using per-attribute constants", len(threshold.get("fallback_values") or []))])
+    enc_body += adequacy_body(results_dir)
     encoder = section("encoder", "Encoder and weights",
-                      "The image encoder whose features the trust score uses, its weights (with checksum), and how the "
-                      "trust threshold was set.", None, enc_body)
+                      "The image encoder whose features the trust score uses, its weights (with checksum), how the "
+                      "trust threshold was set, and whether the encoder can tell each cell type and siRNA apart.",
+                      None, enc_body)
     if encoder_info and str(encoder_info.get("encoder", "")).startswith("tf_efficientnet_lite0"):
         encoder = encoder.replace("</section>", note("These are ImageNet features (EfficientNet-Lite0), not DINOv3: "
                                                      "the offline default. Set features.encoder and features.weights "

@@ -1,0 +1,43 @@
+# Feature reduction (morphotrust.reduction) between the encoder features and the trust score: fitted on the
+# real seen-arm training features only, then applied unchanged to every real split and to the generated features
+# (config `reduction`; method none passes the features through). The trust score reads results/reduction/.
+
+REDUCTION = config["reduction"]
+
+
+rule reduction_fit:
+    input:
+        train="results/features/real_train.parquet",
+        train_sidecar="results/features/real_train.json",
+    output:
+        npz="results/reduction/reduction.npz",
+        json="results/reduction/reduction.json",
+    params:
+        cfg=cli_json(REDUCTION),
+    log:
+        "results/logs/reduction/fit.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust reduction fit --train {input.train} --config {params.cfg}"
+        " --out results/reduction/reduction > {log} 2>&1"
+
+
+rule reduction_transform:
+    input:
+        npz="results/reduction/reduction.npz",
+        json="results/reduction/reduction.json",
+        table="results/features/{name}.parquet",
+        sidecar="results/features/{name}.json",
+    output:
+        table="results/reduction/{name}.parquet",
+        sidecar="results/reduction/{name}.json",
+    wildcard_constraints:
+        name="|".join([f"real_{s}" for s in SPLITS] + ["generated"]),
+    log:
+        "results/logs/reduction/{name}.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust reduction transform --reduction results/reduction/reduction"
+        " --features {input.table} --out {output.table} > {log} 2>&1"
