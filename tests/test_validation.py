@@ -160,6 +160,35 @@ def test_held_out_real_copies_score_z_near_zero_and_shift_scores_large():
     assert per_sample["z"].mean() > 3.0
 
 
+def _perfect_generator(n_real, dims=2500, n_conditions=20, n_generated=10, seed=0):
+    """Real and generated samples of each condition drawn from one Gaussian: the right answer is mean z = 0."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_conditions, dims))
+    names = [f"c{i:02d}" for i in range(n_conditions)]
+
+    def draw(n):
+        meta = pd.DataFrame({"Metadata_condition": np.repeat(names, n), "Metadata_arm": "seen",
+                             "Metadata_sample_id": [f"s{i}" for i in range(n * n_conditions)],
+                             "T": 0.0, "accepted": True})
+        return Table(meta, np.repeat(means, n, axis=0) + rng.normal(size=(n * n_conditions, dims)), [])
+
+    return draw(n_real), draw(n_generated)
+
+
+@pytest.mark.parametrize("n_real", [4, 24, 100])
+def test_perfect_generator_gets_mean_z_near_zero_at_any_number_of_real_samples(n_real):
+    """~2,500 dimensions: the default leave-one-out z is unbiased; the spec's half-split z is biased low."""
+    default, half_split = [], []
+    for seed in range(3):
+        real, generated = _perfect_generator(n_real, seed=seed)
+        default.append(centroid.centroid_z(real, generated, seed=seed)[0]["z"].mean())
+        half_split.append(centroid.centroid_z(real, generated, seed=seed, method="half_split")[0]["z"].mean())
+    print(f"n_real={n_real}: mean z leave-one-out {np.mean(default):+.2f}, half-split {np.mean(half_split):+.2f}")
+    assert abs(np.mean(default)) < 0.3
+    if n_real <= 24:  # the bias the default removes (it shrinks as 1/n)
+        assert np.mean(half_split) < -1.0
+
+
 def test_trust_accepted_beats_random_when_corrupted_samples_rank_worst():
     real, gen, _, rng = make_world()
     gen, bad = corrupt(gen, rng)
