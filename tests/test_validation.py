@@ -340,6 +340,32 @@ def test_average_treated_cell_ranks_at_chance_level():
     assert (ranks["rank_energy"] == 1).sum() <= 2 and ranks["rank_energy"].mean() > 3
 
 
+def test_copairs_average_precision_of_a_hand_ranked_query():
+    """One generated query of A; by cosine similarity the real samples rank A, B, A, B: AP = (1/1 + 2/3) / 2."""
+    angles = np.deg2rad([0.0, 30.0, 60.0, 90.0])  # real samples, most to least similar to the query at 0 degrees
+    real_meta = pd.DataFrame({"Metadata_condition": ["A", "B", "A", "B"], "Metadata_arm": "seen"})
+    real = Table(real_meta, np.stack([np.cos(angles), np.sin(angles)], axis=1), ["Cells_x", "Cells_y"])
+    query = pd.DataFrame({"Metadata_condition": ["A"], "Metadata_arm": "seen", "Metadata_sample_id": ["g0"],
+                          "T": [0.0], "accepted": [True]})
+    ap = distances.retrieval_average_precision(real, Table(query, np.array([[1.0, 0.0]]), real.features))
+    assert ap["average_precision"].iloc[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert (ap["n_pos_pairs"].iloc[0], ap["n_total_pairs"].iloc[0]) == (2, 4)
+
+
+def test_retrieval_map_accepted_beats_random_when_corrupted_samples_rank_worst():
+    real, gen, _, rng = make_world()
+    gen, bad = corrupt(gen, rng, fraction=0.5)
+    per_sample, per_condition, headline = distances.retrieval_map(real, gen, n_seeds=3, n_bootstrap=300,
+                                                                  null_size=200, seed=0)
+    ap = per_sample["average_precision"].to_numpy()
+    assert ap[~bad].mean() > 0.9 and ap[bad].mean() < 0.3  # chance is 1/12
+    assert headline["all"]["chance_map"] == pytest.approx(1 / 12)
+    assert headline["all"]["map_accepted"] > headline["all"]["map_random"] + 0.2
+    assert headline["all"]["delta_map_ci"][0] > 0
+    assert len(per_condition) == 12 and per_condition["below_corrected_p"].all()
+    assert set(headline) >= {"all", "seen", "unseen"}
+
+
 # --- graded shift ------------------------------------------------------------------------------------------
 
 def test_hamming_distance_to_training_support():

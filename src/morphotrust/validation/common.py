@@ -41,7 +41,7 @@ DEFAULTS = {
     "deciles": {"n_bins": 10, "C": 1.0, "max_iter": 200},
     "correlations": {"n_top": 20, "near_zero_r": 0.1},
     "kid": {"max_subset": 500, "n_subsets": 10, "min_subset": 20},
-    "distances": {"max_per_set": 500},
+    "distances": {"max_per_set": 500, "map_null_size": 1000, "n_bootstrap": 2000},
 }
 
 
