@@ -210,6 +210,19 @@ def test_trust_accepted_beats_random_when_corrupted_samples_rank_worst():
     assert row["ci_low"] < 0 < row["ci_high"]
 
 
+def test_two_real_samples_per_condition_leave_z_undefined_and_flagged_not_fatal(tmp_path):
+    real, gen, _, rng = make_world()
+    gen = score(gen, rng.normal(size=len(gen)))
+    two = real.subset((real.meta.groupby("Metadata_condition").cumcount() < 2).to_numpy())
+    per_sample, per_condition = centroid.centroid_z(two, gen)
+    assert per_sample["z"].isna().all() and per_condition["flag"].str.contains("two real samples").all()
+    summary, masks = centroid.accepted_vs_random(per_sample, n_bootstrap=100)
+    assert summary.empty and "delta" in summary.columns
+    centroid.plot_centroid(per_sample, masks, summary, tmp_path / "centroid.png")
+    assert (tmp_path / "centroid.png").read_bytes()[:4] == b"\x89PNG"
+    assert centroid.headline(summary, per_condition)["n_flagged_conditions"] == 12
+
+
 def test_small_conditions_are_flagged_not_fatal():
     real, gen, _, rng = make_world()
     gen = score(gen, rng.normal(size=len(gen)))

@@ -41,6 +41,9 @@ OUTPUTS = {
 
 
 METHODS = ("leave_one_out", "half_split")
+SUMMARY_COLUMNS = ["arm", "metric", "n_conditions", "n_accepted", "n_random_pooled", "mean_accepted", "mean_random",
+                   "delta", "ci_low", "ci_high", "excess_accepted", "excess_random", "relative_reduction",
+                   "n_undefined_z"]
 
 
 def real_spread(X: np.ndarray, n_splits: int, min_real: int, rng: np.random.Generator) -> tuple[float, float, str]:
@@ -180,7 +183,7 @@ def accepted_vs_random(per_sample: pd.DataFrame, n_seeds: int = 5, n_bootstrap: 
                                        if excess_random > 0 else np.nan),
                 "n_undefined_z": int((in_arm & ~valid).sum()),
             })
-    return pd.DataFrame(rows), masks
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS), masks  # no rows when no z is defined
 
 
 def per_condition_comparison(per_sample: pd.DataFrame, per_condition: pd.DataFrame,
@@ -233,6 +236,9 @@ def plot_centroid(per_sample: pd.DataFrame, masks: np.ndarray, summary: pd.DataF
                    "(trust-accepted vs random subsets of the same size per condition)", fontsize=10)
     left.legend(loc="upper right", fontsize=8)
     rows = summary[summary["metric"] == "z"]
+    if not len(rows):
+        right.text(0.5, 0.5, "z undefined for every condition\n(see the flags in centroid_per_condition.csv)",
+                   ha="center", va="center", transform=right.transAxes)
     y = np.arange(len(rows))
     right.errorbar(rows["delta"], y, xerr=[rows["delta"] - rows["ci_low"], rows["ci_high"] - rows["delta"]],
                    fmt="o", color="tab:blue", capsize=4)
