@@ -178,7 +178,7 @@ def retrieval_map(reference: Table, generated: Table, n_seeds: int = 5, n_bootst
         per_condition = mean_average_precision(per_sample[valid].rename(columns={"condition": "Metadata_condition"}),
                                                ["Metadata_condition"], null_size=null_size, threshold=0.05,
                                                seed=seed, progress_bar=False)
-        per_condition = per_condition.rename(columns={"Metadata_condition": "condition"})
+        per_condition = per_condition.rename(columns={"Metadata_condition": "condition"}).drop(columns="indices")
     else:
         per_condition = pd.DataFrame(columns=["condition", "mean_average_precision", "p_value", "corrected_p_value",
                                               "below_corrected_p"])
