@@ -17,6 +17,7 @@ from morphotrust.errors import InputError
 from morphotrust.images import write_site
 from morphotrust.morphology.cellprofiler import CellProfilerError, resolve_executable, run_chunk
 from morphotrust.morphology.cleaning import FeatureCleaner, clean, is_metadata_like
+from morphotrust.morphology.fields import field_name, image_feature, to_field_conventions
 from morphotrust.morphology.pipeline import rescale_pipeline, write_pipeline
 from morphotrust.morphology.sites import QC_COLUMNS, STAIN_NAMES, merge, prepare, select_sites
 
@@ -160,7 +161,10 @@ def test_merge_joins_manifest_metadata_and_checks_every_site(tmp_path):
     assert "Metadata_SiteKey" not in table and "Metadata_FileLocation" not in table  # CellProfiler's own dropped
     assert table["Metadata_split"].tolist() == sites["Metadata_split"].tolist()
     expected = pd.concat([_image_csv(keys[0::2], seed=1), _image_csv(keys[1::2])]).set_index("Metadata_SiteKey")
-    assert np.array_equal(table["Count_Nuclei"], expected.loc[keys, "Count_Nuclei"])
+    # columns in pycytominer's conventions: bookkeeping is metadata, image measurements are Image_
+    assert np.array_equal(table["Image_Count_Nuclei"], expected.loc[keys, "Count_Nuclei"])
+    assert "Metadata_ImageNumber" in table and "ImageNumber" not in table and "Count_Nuclei" not in table
+    assert all(image_feature(c) in table for c in QC_COLUMNS)
 
     _image_csv(keys[1::2][:-1]).to_csv(tmp_path / "c3.csv", index=False)  # the last odd site is lost
     with pytest.raises(InputError, match="1 missing"):
@@ -171,6 +175,24 @@ def test_merge_joins_manifest_metadata_and_checks_every_site(tmp_path):
     _image_csv(keys[1::2]).drop(columns=QC_COLUMNS[0]).to_csv(tmp_path / "c4.csv", index=False)
     with pytest.raises(InputError, match="image-quality"):
         merge(out / "sites.parquet", [tmp_path / "c1.csv", tmp_path / "c4.csv"], tmp_path / "x.parquet")
+
+
+def test_field_names_follow_pycytominer_conventions():
+    mapping = {
+        "Mean_Nuclei_AreaShape_Area": "Nuclei_AreaShape_Area_Mean",
+        "Median_Cells_Texture_Contrast_DNA_3_00_256": "Cells_Texture_Contrast_DNA_3_00_256_Median",
+        "StDev_Cytoplasm_Intensity_MeanIntensity_RNA": "Cytoplasm_Intensity_MeanIntensity_RNA_StDev",
+        "Count_Nuclei": "Image_Count_Nuclei", "ImageQuality_PowerLogLogSlope_DNA": "Image_ImageQuality_PowerLogLogSlope_DNA",
+        "Granularity_1_DNA": "Image_Granularity_1_DNA", "Threshold_FinalThreshold_Cells": "Image_Threshold_FinalThreshold_Cells",
+        "ImageNumber": "Metadata_ImageNumber", "Group_Index": "Metadata_Group_Index",
+        "ExecutionTime_08MeasureTexture": "Metadata_ExecutionTime_08MeasureTexture",
+        "FileName_DNA": "Metadata_FileName_DNA", "MD5Digest_DNA": "Metadata_MD5Digest_DNA", "Width_DNA": "Metadata_Width_DNA",
+        "Metadata_plate": "Metadata_Plate", "Metadata_well": "Metadata_Well", "Metadata_site": "Metadata_Site",
+        "Metadata_condition": "Metadata_condition",
+    }
+    assert {column: field_name(column) for column in mapping} == mapping
+    with pytest.raises(InputError, match="would both be named 'Metadata_Plate'"):
+        to_field_conventions(pd.DataFrame({"Metadata_plate": [1], "Metadata_Plate": [1]}), source="t.parquet")
 
 
 def test_missing_executable_says_how_to_install(tmp_path):
@@ -185,21 +207,25 @@ def test_missing_executable_says_how_to_install(tmp_path):
 
 
 def _tables(n_real=60, n_gen=20, seed=0):
+    """Per-image tables in pycytominer's conventions (as merge writes them), one column per cleaning rule."""
     rng = np.random.default_rng(seed)
 
     def table(n, offset):
         return pd.DataFrame({
             "Metadata_site_id": [f"s{offset + i}" for i in range(n)],
-            "ImageNumber": np.arange(n), "FileName_DNA": "a.png", "URL_DNA": "file:a", "Group_Index": 1,
-            "ExecutionTime_01LoadData": rng.uniform(0, 1, n), "ModuleError_01LoadData": 0.0,
-            "Series_DNA": 0, "Frame_DNA": 0,
-            "MD5Digest_DNA": "abc",                                  # non-numeric, not metadata-like
-            "Count_Nuclei": rng.normal(20, 5, n),                   # kept
-            "Mean_Nuclei_AreaShape_Area": rng.normal(30, 3, n),      # kept
-            "Width_DNA": np.full(n, 64.0),                           # zero variance
-            "Tiny": rng.normal(0, 0.002, n),                         # variance 4e-6 <= 1e-5
-            "JustAbove": rng.choice([-0.004, 0.004], n),             # variance 1.6e-5 > 1e-5: kept
-            "Spiky": np.r_[np.zeros(n - 1), 1.0],                    # one real row at |z| = sqrt(n - 1) > 5
+            "Metadata_ImageNumber": np.arange(n), "Metadata_FileName_DNA": "a.png",  # bookkeeping: not features
+            "Metadata_ExecutionTime_01LoadData": rng.uniform(0, 1, n),
+            "Unprefixed": rng.normal(size=n),                              # not a compartment: not a feature
+            "Image_Frame_DNA": 0.0,                                         # the spec's metadata-like names
+            "Nuclei_Neighbors_FirstClosestObjectNumber_2_Mean": rng.normal(3, 1, n),
+            "Cells_Label_Mean": "abc",                                      # non-numeric
+            "Image_Count_Nuclei": rng.normal(20, 5, n),                     # kept
+            "Nuclei_AreaShape_Area_Mean": rng.normal(30, 3, n),             # kept
+            "Image_Constant": np.full(n, 64.0),                             # zero variance: dropped by both
+            "Cells_Tiny": rng.normal(0.01, 0.002, n),                       # raw variance 4e-6 <= 1e-5, SD 20% of size
+            "Cells_JustAbove": rng.choice([-0.004, 0.004], n),              # raw variance 1.6e-5 > 1e-5: kept by both
+            "Image_Steady": rng.normal(1000.0, 1.0, n),                     # raw variance 1, SD 0.1% of size
+            "Cytoplasm_Spiky": np.r_[np.zeros(n - 1), 1.0],                 # one real row at |z| = sqrt(n - 1) > 5
         })
 
     real, generated = table(n_real, 0), table(n_gen, 1000)
@@ -217,15 +243,21 @@ def test_metadata_like_names():
 
 def test_cleaner_drop_rules_and_kept_count():
     real, _ = _tables()
-    real.loc[3, "Count_Nuclei"] = np.nan  # one incomplete real row
-    cleaner = FeatureCleaner.fit(real)
-    assert cleaner.columns == ["Count_Nuclei", "Mean_Nuclei_AreaShape_Area", "JustAbove"]
+    real.loc[3, "Image_Count_Nuclei"] = np.nan  # one incomplete real row
+    cleaner = FeatureCleaner.fit(real)  # the unit-free (relative) variance filter
+    assert cleaner.columns == ["Image_Count_Nuclei", "Nuclei_AreaShape_Area_Mean", "Cells_Tiny", "Cells_JustAbove"]
     report = cleaner.report
-    assert report["kept_features"] == 3
-    assert report["dropped_columns"] == {"metadata_like": 9, "non_numeric": 1, "low_variance": 2, "outlier_z": 1}
-    assert set(cleaner.dropped["low_variance"]) == {"Width_DNA", "Tiny"}
-    assert cleaner.dropped["outlier_z"] == ["Spiky"]
+    assert report["kept_features"] == 4 and report["n_inferred_features"] == 10
+    assert report["dropped_columns"] == {"metadata_like": 2, "non_numeric": 1, "low_variance": 2, "outlier_z": 1}
+    assert set(cleaner.dropped["low_variance"]) == {"Image_Constant", "Image_Steady"}
+    assert cleaner.dropped["outlier_z"] == ["Cytoplasm_Spiky"]
     assert report["n_real_rows_dropped_nan"] == 1 and report["n_real_rows_used"] == 59
+    # the paper's raw 1e-5 filter, kept as an option, drops the small-valued feature instead of the large one
+    raw = FeatureCleaner.fit(real, variance_filter="raw")
+    assert set(raw.dropped["low_variance"]) == {"Image_Constant", "Cells_Tiny"}
+    assert "Image_Steady" in raw.columns and "Cells_Tiny" not in raw.columns
+    assert report["kept_features_by_variance_filter"] == {"relative": 4, "raw": 4}
+    assert report["low_variance_by_variance_filter"] == {"relative": 2, "raw": 2}
     # the scaler is scikit-learn's StandardScaler fitted on the complete real rows
     complete = real.drop(index=3)[cleaner.columns]
     scaler = StandardScaler().fit(complete)
@@ -235,13 +267,13 @@ def test_cleaner_drop_rules_and_kept_count():
 def test_outlier_rule_needs_enough_rows():
     # with 20 real rows one spike is at |z| = sqrt(19) = 4.36 <= 5: kept (the count is measured, not assumed)
     real, _ = _tables(n_real=20)
-    assert "Spiky" in FeatureCleaner.fit(real).columns
+    assert "Cytoplasm_Spiky" in FeatureCleaner.fit(real).columns
 
 
 def test_cleaner_is_fitted_on_real_only_and_reused_for_generated():
     real, generated = _tables()
-    generated["Count_Nuclei"] += 1000.0  # far-off generated rows must not move the real fit
-    generated.loc[2, "JustAbove"] = np.inf
+    generated["Image_Count_Nuclei"] += 1000.0  # far-off generated rows must not move the real fit
+    generated.loc[2, "Cells_JustAbove"] = np.inf
     cleaner = FeatureCleaner.fit(real)
     assert cleaner.columns == FeatureCleaner.fit(real.iloc[::-1]).columns
     assert np.allclose(cleaner.mean, real[cleaner.columns].mean())
@@ -253,32 +285,48 @@ def test_cleaner_is_fitted_on_real_only_and_reused_for_generated():
     assert clean_gen["Metadata_site_id"].tolist() == generated.drop(index=2)["Metadata_site_id"].tolist()
     clean_real, _ = cleaner.transform(real)
     assert np.allclose(clean_real[cleaner.columns].mean(), 0) and np.allclose(clean_real[cleaner.columns].std(ddof=0), 1)
+    # the real rows come out as pycytominer's own standardize gives them; bookkeeping stays out of clean tables
+    from pycytominer import normalize
+
+    expected = normalize(real, features=cleaner.columns, meta_features="infer", method="standardize")
+    assert np.array_equal(clean_real[cleaner.columns].to_numpy(), expected[cleaner.columns].to_numpy())
+    assert [c for c in clean_real.columns if c.startswith("Metadata_")] == ["Metadata_site_id"]
+
+
+def test_cleaner_refuses_tables_outside_the_field_conventions():
+    real, _ = _tables()
+    old_style = real.rename(columns=lambda c: c if c.startswith("Metadata_") else c.split("_", 1)[-1])
+    with pytest.raises(InputError, match=r"real\.parquet.*no feature columns.*pycytominer"):
+        FeatureCleaner.fit(old_style, source="real.parquet")
+    with pytest.raises(InputError, match="morphology.variance_filter"):
+        FeatureCleaner.fit(real, variance_filter="cv")
 
 
 def test_cleaner_saves_without_pickle_and_clean_writes_report(tmp_path):
     real, generated = _tables()
-    generated.loc[5, "Count_Nuclei"] = np.nan
+    generated.loc[5, "Image_Count_Nuclei"] = np.nan
     real.to_parquet(tmp_path / "real.parquet")
     generated.to_parquet(tmp_path / "gen.parquet")
     report = clean(tmp_path / "real.parquet", tmp_path / "gen.parquet", tmp_path / "out")
-    assert report["kept_features"] == 3 and report["generated_rows_dropped_nan"] == ["s1005"]
+    assert report["kept_features"] == 4 and report["generated_rows_dropped_nan"] == ["s1005"]
     with np.load(tmp_path / "out" / "cleaner.npz", allow_pickle=False) as arrays:
-        assert arrays["columns"].dtype.kind == "U" and arrays["mean"].shape == (3,)
+        assert arrays["columns"].dtype.kind == "U" and arrays["mean"].shape == (4,)
     loaded = FeatureCleaner.load(tmp_path / "out" / "cleaner.npz", tmp_path / "out" / "cleaner.json")
     fitted = FeatureCleaner.fit(real)
     assert loaded.columns == fitted.columns and np.array_equal(loaded.mean, fitted.mean)
     saved = pd.read_parquet(tmp_path / "out" / "generated_clean.parquet")
-    assert len(saved) == 19 and list(saved.columns[-3:]) == fitted.columns
+    assert len(saved) == 19 and list(saved.columns[-4:]) == fitted.columns
     on_disk = json.loads((tmp_path / "out" / "cleaning_report.json").read_text())
-    assert on_disk["kept_features"] == 3 and on_disk["n_generated_rows_dropped_nan"] == 1
+    assert on_disk["kept_features"] == 4 and on_disk["n_generated_rows_dropped_nan"] == 1
+    assert on_disk["kept_features_by_variance_filter"] == {"relative": 4, "raw": 4}
     with pytest.raises(InputError, match="missing"):
-        loaded.transform(generated.drop(columns="JustAbove"))
+        loaded.transform(generated.drop(columns="Cells_JustAbove"))
 
 
 def test_cleaner_refuses_when_every_real_row_has_nan():
     real, _ = _tables()
-    real["Mean_Cytoplasm_X"] = np.nan
-    with pytest.raises(InputError, match="Mean_Cytoplasm_X"):
+    real["Cytoplasm_X_Mean"] = np.nan
+    with pytest.raises(InputError, match="Cytoplasm_X_Mean"):
         FeatureCleaner.fit(real)
 
 
@@ -313,12 +361,40 @@ def demo_sites(tmp_path_factory):
         path = work / f"{cell_type}.tif"
         write_site(path, site)
         rows.append({"Metadata_sample_id": f"demo-{cell_type}", "Metadata_cell_type": cell_type,
-                     "Metadata_condition": f"{cell_type}:1138", "Metadata_image_path": str(path)})
+                     "Metadata_condition": f"{cell_type}:1138", "Metadata_image_path": str(path),
+                     "Metadata_plate": 1, "Metadata_well": ("B02", "C03")[i % 2], "Metadata_site": i})
     manifest = work / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(manifest)
     pipeline = work / "pipeline.cppipe"
     write_pipeline(PIPELINE, pipeline, resolution=64, pipeline_resolution=64)
     return work, manifest, pipeline
+
+
+def _pycytominer_runs_on(table: pd.DataFrame, features: list) -> None:
+    """pycytominer's infer / aggregate / normalize / feature_select with their defaults on a merged table."""
+    from pycytominer import aggregate, feature_select, normalize
+    from pycytominer.cyto_utils import infer_cp_features
+
+    inferred = infer_cp_features(table)
+    assert set(inferred) == set(features) | {c for c in table.columns if c.startswith(("Cells_", "Nuclei_",
+                                                                                           "Cytoplasm_"))}
+    with_image = infer_cp_features(table, image_features=True)
+    assert "Image_Count_Nuclei" in with_image and "Image_ImageQuality_PowerLogLogSlope_DNA" in with_image
+    assert not any("ImageNumber" in c or "ExecutionTime" in c or "FileName" in c for c in with_image)
+    metadata = infer_cp_features(table, metadata=True)
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_ImageNumber", "Metadata_condition"} <= set(metadata)
+
+    wells = aggregate(table, operation="median")  # strata Metadata_Plate, Metadata_Well; features="infer"
+    assert len(wells) == table.groupby(["Metadata_Plate", "Metadata_Well"]).ngroups == 2
+    assert set(wells.columns) == {"Metadata_Plate", "Metadata_Well", *inferred}
+    normalized = normalize(table, features="infer", method="standardize")
+    assert set(metadata) <= set(normalized.columns)
+    varying = [c for c in inferred if table[c].std() > 1e-9]
+    assert np.allclose(normalized[varying].mean(), 0, atol=1e-9)
+    selected = feature_select(normalized, features="infer", operation=["variance_threshold", "drop_na_columns"])
+    kept = infer_cp_features(selected)
+    assert 1000 < len(kept) < len(inferred)  # constant features go, the rest stays
+    assert set(metadata) <= set(selected.columns)
 
 
 @pytest.mark.cellprofiler
@@ -331,27 +407,31 @@ def test_cellprofiler_on_demo_sites_in_chunks(demo_sites):
     table = merge(work / "chunks" / "sites.parquet", tables, work / "generated_image.parquet")
     assert table["Metadata_sample_id"].tolist() == [f"demo-{c}" for c in ("HEPG2", "HUVEC", "RPE", "U2OS")]
     for column in QC_COLUMNS:
-        assert table[column].notna().all(), column
-    assert (table["ImageQuality_PercentMaximal_DNA"] < 5).all()
-    features = [c for c in table.columns if c.startswith(("Mean_", "Median_", "StDev_"))]
+        assert table[image_feature(column)].notna().all(), column
+    assert (table["Image_ImageQuality_PercentMaximal_DNA"] < 5).all()
+    features = [c for c in table.columns if c.endswith(("_Mean", "_Median", "_StDev"))
+                and c.startswith(("Cells_", "Nuclei_", "Cytoplasm_"))]
     assert len(features) > 2000
     for family in ("Intensity", "AreaShape", "Texture", "RadialDistribution", "Neighbors"):
         assert any(f"_{family}_" in c for c in features), family
-    assert any(c.startswith("Granularity_") for c in table.columns)
-    assert any(c.startswith("AreaOccupied_") for c in table.columns)
+    assert any(c.startswith("Image_Granularity_") for c in table.columns)
+    assert any(c.startswith("Image_AreaOccupied_") for c in table.columns)
     for stain in STAIN_NAMES:
-        assert f"Mean_Cells_Intensity_MeanIntensity_{stain}" in table.columns
-    counts = dict(zip(table["Metadata_cell_type"], table["Count_Nuclei"]))
+        assert f"Cells_Intensity_MeanIntensity_{stain}_Mean" in table.columns
+    counts = dict(zip(table["Metadata_cell_type"], table["Image_Count_Nuclei"]))
     # dense small HEPG2 nuclei vs sparse large U2OS cells (44 vs 7 cells per demo field)
     assert counts["HEPG2"] > 2 * counts["U2OS"] > 0
-    assert (table["Count_Cells"] == table["Count_Nuclei"]).all()
-    assert (table["Mean_Cells_AreaShape_Area"] > table["Mean_Nuclei_AreaShape_Area"]).all()
+    assert (table["Image_Count_Cells"] == table["Image_Count_Nuclei"]).all()
+    assert (table["Cells_AreaShape_Area_Mean"] > table["Nuclei_AreaShape_Area_Mean"]).all()
+    # every column is a compartment or Image_ measurement or Metadata_, none CellProfiler's raw names
+    assert all(c.startswith(("Cells_", "Nuclei_", "Cytoplasm_", "Image_", "Metadata_")) for c in table.columns)
+    _pycytominer_runs_on(table, features)
 
     # splitting into chunks does not change any measurement
     prepare("generated", manifest, work / "whole", resolution=64, chunk_size=4, progress=False)
     whole = merge(work / "whole" / "sites.parquet", _run_all(work / "whole", pipeline, work / "out_whole"),
                   work / "whole.parquet")
-    numeric = [c for c in features + ["Count_Nuclei"]]
+    numeric = [c for c in features + ["Image_Count_Nuclei"]]
     assert np.allclose(table[numeric].to_numpy(float), whole[numeric].to_numpy(float), rtol=1e-6, atol=1e-9,
                        equal_nan=True)
 
@@ -380,7 +460,7 @@ def test_cellprofiler_counts_real_nuclei_against_ground_truth(tmp_path):
     prepare("generated", manifest, tmp_path / "chunks", resolution=512, chunk_size=1, progress=False)
     table = merge(tmp_path / "chunks" / "sites.parquet", _run_all(tmp_path / "chunks", pipeline, tmp_path / "out"),
                   tmp_path / "t.parquet")
-    count = int(table.loc[0, "Count_Nuclei"])
+    count = int(table.loc[0, "Image_Count_Nuclei"])
     assert abs(count - truth) <= 0.15 * truth, (count, truth)
 
 

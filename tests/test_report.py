@@ -21,6 +21,7 @@ from PIL import Image
 from morphotrust.data import SYNTHETIC_LABEL
 from morphotrust.errors import InputError
 from morphotrust.images import write_site
+from morphotrust.morphology.fields import to_field_conventions
 from morphotrust.morphology.sites import STAIN_NAMES
 from morphotrust.report import DEFAULTS, Inputs, cli, plates_with_conditions, report_settings
 from morphotrust.report.figures import well_position
@@ -156,7 +157,7 @@ def world(tmp_path_factory):
     real_cp.loc[plate1 & (real_cp["Metadata_site_id"] == f"{EXPERIMENT}_1_E05_2"),
                 "ImageQuality_PercentMaximal_Mito"] = 4.0
     real_cp.loc[plate1 & (real_cp["Metadata_well"] == "G07"), "Count_Nuclei"] = [0.0, 1.0]
-    real_cp.to_parquet(results / "morphology" / "real_image.parquet")
+    to_field_conventions(real_cp).to_parquet(results / "morphology" / "real_image.parquet")  # as merge names them
     m = len(generated)
     generated_cp = generated.assign(Count_Nuclei=rng.integers(15, 30, m).astype(float), **_qc_columns(m),
                                     Mean_Nuclei_AreaShape_Area=rng.normal(30, 3, m),
@@ -165,7 +166,7 @@ def world(tmp_path_factory):
     for stain in STAIN_NAMES:
         generated_cp.loc[generated_cp["Metadata_sample_id"] == "g-HUVEC:2-5",
                          f"ImageQuality_PowerLogLogSlope_{stain}"] = -1.0
-    generated_cp.to_parquet(results / "morphology" / "generated_image.parquet")
+    to_field_conventions(generated_cp).to_parquet(results / "morphology" / "generated_image.parquet")
 
     validation = results / "validation"
     validation.mkdir(parents=True)
@@ -186,9 +187,12 @@ def world(tmp_path_factory):
                   "n_conditions": [2, 2]}).to_csv(validation / "kid_ranking.csv", index=False)
     pd.DataFrame({"arm": ["all"], "metric": ["z"], "delta": [-0.8], "ci_low": [-1.2], "ci_high": [-0.3]}
                  ).to_csv(validation / "centroid.csv", index=False)
+    pd.DataFrame({"condition": list(CONDITIONS), "mean_average_precision": [0.812, 0.333]}
+                 ).to_csv(validation / "map_encoder.csv", index=False)
     (validation / "summary.json").write_text(json.dumps({"deciles_cp": {"condition": {
         "most_trusted_decile": 0.9, "least_trusted_decile": 0.3, "random_ranking_mean": 0.6, "real_ceiling": 0.95,
-        "chance": 0.5}}}))
+        "chance": 0.5}}, "distances_cp": {"map": {"all": {"map_accepted": 0.644, "map_random": 0.421,
+                                                          "chance_map": 0.125}}}}))
     (results / "features").mkdir(parents=True)
     for name in ("real_train", "real_calibration", "real_evaluation", "generated"):
         (results / "features" / f"{name}.json").write_text(json.dumps(
@@ -269,6 +273,7 @@ def test_qc_rules_flag_blur_saturation_and_sparse_wells_with_their_rule():
     real.loc[1, "ImageQuality_PowerLogLogSlope_ER"] = -0.6   # 1.1 below the X median (0.5): blurred
     real.loc[2, "ImageQuality_PowerLogLogSlope_ER"] = -0.4   # 0.9 below: not blurred
     real.loc[3, "ImageQuality_PercentMaximal_Golgi"] = 1.5
+    real = to_field_conventions(real)  # CellProfiler's names as merge writes them: Image_..., Metadata_Well
     reference = focus_reference(real)
     assert reference.loc["X", "ER"] == pytest.approx(-0.4)   # median of 0.5, -0.6, -0.4
     flags = site_flags(real, focus_reference(real.drop(index=[1, 2])), QC, "Metadata_site_id")
@@ -335,7 +340,7 @@ def test_plate_report_shows_the_plate_its_flags_and_the_generated_images(world):
     assert "HUVEC-01_1_C03_2" in text and "missing_channel" in text
     assert "HUVEC-01_2_" not in text  # nothing of plate 2
     # optional feature the tables lack
-    assert "Not measured" in text and "Mean_Cytoplasm_Intensity_MeanIntensity_RNA" in text
+    assert "Not measured" in text and "Cytoplasm_Intensity_MeanIntensity_RNA_Mean" in text
     # galleries: 2 conditions x (4 real + accepted + abstained), composites of the stacks and the TIFFs
     thumbnails = [src for src in page.images if len(src) < 8000]
     assert len(thumbnails) >= 2 * 4 + 6
@@ -396,6 +401,7 @@ def test_summary_lists_trusted_conditions_failed_qc_encoder_versions_and_files(w
     assert "83%" in text and "33%" in text
     assert "trusted" in text and "not trusted: mostly abstained" in text
     assert "0.71" in text  # ρ of mean T vs ΔKID
+    assert "0.644 / 0.421 / 0.125" in text and "0.812" in text  # retrieval mAP per arm and per condition
     assert "plates/HUVEC-01_Plate1.html" in page.links and "plates/HUVEC-01_Plate2.html" in page.links
     assert "tf_efficientnet_lite0" in text and "2.14.1 (computed the features)" in text
     assert "9.27.1" in text and "not recorded" in text  # snakemake; CellProfiler not given

@@ -160,6 +160,35 @@ def test_held_out_real_copies_score_z_near_zero_and_shift_scores_large():
     assert per_sample["z"].mean() > 3.0
 
 
+def _perfect_generator(n_real, dims=2500, n_conditions=20, n_generated=10, seed=0):
+    """Real and generated samples of each condition drawn from one Gaussian: the right answer is mean z = 0."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_conditions, dims))
+    names = [f"c{i:02d}" for i in range(n_conditions)]
+
+    def draw(n):
+        meta = pd.DataFrame({"Metadata_condition": np.repeat(names, n), "Metadata_arm": "seen",
+                             "Metadata_sample_id": [f"s{i}" for i in range(n * n_conditions)],
+                             "T": 0.0, "accepted": True})
+        return Table(meta, np.repeat(means, n, axis=0) + rng.normal(size=(n * n_conditions, dims)), [])
+
+    return draw(n_real), draw(n_generated)
+
+
+@pytest.mark.parametrize("n_real", [4, 24, 100])
+def test_perfect_generator_gets_mean_z_near_zero_at_any_number_of_real_samples(n_real):
+    """~2,500 dimensions: the default leave-one-out z is unbiased; the spec's half-split z is biased low."""
+    default, half_split = [], []
+    for seed in range(3):
+        real, generated = _perfect_generator(n_real, seed=seed)
+        default.append(centroid.centroid_z(real, generated, seed=seed)[0]["z"].mean())
+        half_split.append(centroid.centroid_z(real, generated, seed=seed, method="half_split")[0]["z"].mean())
+    print(f"n_real={n_real}: mean z leave-one-out {np.mean(default):+.2f}, half-split {np.mean(half_split):+.2f}")
+    assert abs(np.mean(default)) < 0.3
+    if n_real <= 24:  # the bias the default removes (it shrinks as 1/n)
+        assert np.mean(half_split) < -1.0
+
+
 def test_trust_accepted_beats_random_when_corrupted_samples_rank_worst():
     real, gen, _, rng = make_world()
     gen, bad = corrupt(gen, rng)
@@ -179,6 +208,19 @@ def test_trust_accepted_beats_random_when_corrupted_samples_rank_worst():
     summary, _ = centroid.accepted_vs_random(per_sample, n_bootstrap=500)
     row = summary[(summary["arm"] == "all") & (summary["metric"] == "z")].iloc[0]
     assert row["ci_low"] < 0 < row["ci_high"]
+
+
+def test_two_real_samples_per_condition_leave_z_undefined_and_flagged_not_fatal(tmp_path):
+    real, gen, _, rng = make_world()
+    gen = score(gen, rng.normal(size=len(gen)))
+    two = real.subset((real.meta.groupby("Metadata_condition").cumcount() < 2).to_numpy())
+    per_sample, per_condition = centroid.centroid_z(two, gen)
+    assert per_sample["z"].isna().all() and per_condition["flag"].str.contains("two real samples").all()
+    summary, masks = centroid.accepted_vs_random(per_sample, n_bootstrap=100)
+    assert summary.empty and "delta" in summary.columns
+    centroid.plot_centroid(per_sample, masks, summary, tmp_path / "centroid.png")
+    assert (tmp_path / "centroid.png").read_bytes()[:4] == b"\x89PNG"
+    assert centroid.headline(summary, per_condition)["n_flagged_conditions"] == 12
 
 
 def test_small_conditions_are_flagged_not_fatal():
@@ -309,6 +351,32 @@ def test_average_treated_cell_ranks_at_chance_level():
     # every set is nearest to the one or two real conditions closest to the average: top-1 near 1/12, not 1
     assert ranks["nearest_energy"].nunique() <= 2
     assert (ranks["rank_energy"] == 1).sum() <= 2 and ranks["rank_energy"].mean() > 3
+
+
+def test_copairs_average_precision_of_a_hand_ranked_query():
+    """One generated query of A; by cosine similarity the real samples rank A, B, A, B: AP = (1/1 + 2/3) / 2."""
+    angles = np.deg2rad([0.0, 30.0, 60.0, 90.0])  # real samples, most to least similar to the query at 0 degrees
+    real_meta = pd.DataFrame({"Metadata_condition": ["A", "B", "A", "B"], "Metadata_arm": "seen"})
+    real = Table(real_meta, np.stack([np.cos(angles), np.sin(angles)], axis=1), ["Cells_x", "Cells_y"])
+    query = pd.DataFrame({"Metadata_condition": ["A"], "Metadata_arm": "seen", "Metadata_sample_id": ["g0"],
+                          "T": [0.0], "accepted": [True]})
+    ap = distances.retrieval_average_precision(real, Table(query, np.array([[1.0, 0.0]]), real.features))
+    assert ap["average_precision"].iloc[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert (ap["n_pos_pairs"].iloc[0], ap["n_total_pairs"].iloc[0]) == (2, 4)
+
+
+def test_retrieval_map_accepted_beats_random_when_corrupted_samples_rank_worst():
+    real, gen, _, rng = make_world()
+    gen, bad = corrupt(gen, rng, fraction=0.5)
+    per_sample, per_condition, headline = distances.retrieval_map(real, gen, n_seeds=3, n_bootstrap=300,
+                                                                  null_size=200, seed=0)
+    ap = per_sample["average_precision"].to_numpy()
+    assert ap[~bad].mean() > 0.9 and ap[bad].mean() < 0.3  # chance is 1/12
+    assert headline["all"]["chance_map"] == pytest.approx(1 / 12)
+    assert headline["all"]["map_accepted"] > headline["all"]["map_random"] + 0.2
+    assert headline["all"]["delta_map_ci"][0] > 0
+    assert len(per_condition) == 12 and per_condition["below_corrected_p"].all()
+    assert set(headline) >= {"all", "seen", "unseen"}
 
 
 # --- graded shift ------------------------------------------------------------------------------------------

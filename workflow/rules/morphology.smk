@@ -5,7 +5,8 @@
 #   morphology_pipeline   resources/cellprofiler/*.cppipe -> results/morphology/pipeline.cppipe (sizes scaled)
 #   morphology_prepare    (checkpoint) manifest -> PNGs + chunk_NNN.csv (LoadData) + sites.parquet
 #   morphology_chunk      cellprofiler -c -r on one chunk -> its Image.csv (log: the full CellProfiler output)
-#   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet
+#   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet (pycytominer's
+#                         column conventions: morphotrust.morphology.fields)
 #   morphology_clean      -> cleaner.npz/.json, real_clean.parquet, generated_clean.parquet, cleaning_report.json
 #
 # The number of chunks (ceil(sites / chunk_size)) is known only once the manifest exists, so prepare is a
@@ -151,6 +152,8 @@ rule morphology_clean:
         generated="results/morphology/generated_clean.parquet",
         report="results/morphology/cleaning_report.json",
     params:
+        variance_filter=MORPHOLOGY["variance_filter"],
+        relative_variance_threshold=MORPHOLOGY["relative_variance_threshold"],
         variance_threshold=MORPHOLOGY["variance_threshold"],
         max_abs_z=MORPHOLOGY["max_abs_z"],
     threads: 1
@@ -162,5 +165,7 @@ rule morphology_clean:
         "../../envs/core.yaml"
     shell:
         "python -m morphotrust morphology clean --real {input.real} --generated {input.generated}"
-        " --variance-threshold {params.variance_threshold} --max-abs-z {params.max_abs_z}"
+        " --variance-filter {params.variance_filter} --relative-variance-threshold"
+        " {params.relative_variance_threshold} --variance-threshold {params.variance_threshold}"
+        " --max-abs-z {params.max_abs_z}"
         " --out-dir results/morphology > {log} 2>&1"

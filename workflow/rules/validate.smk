@@ -131,6 +131,8 @@ rule validation_distances:
         per_condition_plot=report("results/validation/distances_{space}.png", caption="../report/distances.rst", category="Validation", subcategory="Distances", labels={"space": "{space}", "figure": "distances"}),
         discrimination="results/validation/discrimination_{space}.csv",
         discrimination_plot=report("results/validation/discrimination_{space}.png", caption="../report/discrimination.rst", category="Validation", subcategory="Discrimination", labels={"space": "{space}"}),
+        retrieval_map="results/validation/map_{space}.csv",
+        retrieval_map_per_sample="results/validation/map_per_sample_{space}.csv",
         headline="results/validation/distances_{space}.json",
     wildcard_constraints:
         space="|".join(VALIDATION_SPACES),

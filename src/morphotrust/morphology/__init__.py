@@ -4,8 +4,9 @@ Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workf
   pipeline   resources/cellprofiler/rxrx1_six_stain.cppipe -> a copy with sizes scaled to the resolution
   prepare    manifest (+ stacks) -> per-stain PNGs + LoadData chunk CSVs + sites.parquet   (pipeline.py)
   run-chunk  `cellprofiler -c -r` on one chunk -> its Image.csv; a failure fails loudly (cellprofiler.py)
-  merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined  (sites.py)
-  clean      feature cleaning fitted on real rows only -> cleaner + clean tables           (cleaning.py)
+  merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined, columns in
+             pycytominer's conventions                                                    (sites.py, fields.py)
+  clean      feature cleaning fitted on real rows only (pycytominer) -> cleaner + clean tables (cleaning.py)
 
 Submodules are imported lazily: `run-chunk` must work inside the CellProfiler conda environment, which
 has only the standard library besides CellProfiler.
@@ -60,6 +61,10 @@ def cli(argv) -> None:
     clean.add_argument("--real", required=True)
     clean.add_argument("--generated", required=True)
     clean.add_argument("--out-dir", required=True)
+    clean.add_argument("--variance-filter", choices=("relative", "raw"), default="relative",
+                       help="relative: SD / mean |value| <= --relative-variance-threshold (unit-free); raw: the "
+                            "paper's variance <= --variance-threshold")
+    clean.add_argument("--relative-variance-threshold", type=float, default=0.01)
     clean.add_argument("--variance-threshold", type=float, default=1e-5)
     clean.add_argument("--max-abs-z", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -91,7 +96,9 @@ def cli(argv) -> None:
     else:
         from .cleaning import clean
 
-        report = clean(args.real, args.generated, args.out_dir, args.variance_threshold, args.max_abs_z)
-        print(f"kept {report['kept_features']} features; dropped columns: {report['dropped_columns']}; "
+        report = clean(args.real, args.generated, args.out_dir, args.variance_filter, args.variance_threshold,
+                       args.relative_variance_threshold, args.max_abs_z)
+        print(f"kept {report['kept_features']} features ({args.variance_filter} variance filter; kept under each: "
+              f"{report['kept_features_by_variance_filter']}); dropped columns: {report['dropped_columns']}; "
               f"real rows used {report['n_real_rows_used']} of {report['n_real_rows_in']}; generated rows dropped "
               f"for NaN {report['n_generated_rows_dropped_nan']} of {report['n_generated_rows_in']}")

@@ -8,7 +8,9 @@ manifest + canonical TIFFs), capped per condition, become one folder that CellPr
     {out_dir}/sites.parquet              Metadata_SiteKey, the chunk and every Metadata_ column of the manifest
 
 merge: the per-chunk Image.csv tables become one table per source, one row per site, with the manifest's
-Metadata_ columns joined on the site key (CellProfiler's own Metadata_ columns are dropped).
+Metadata_ columns joined on the site key (CellProfiler's own Metadata_ columns are dropped), every column
+named in pycytominer's conventions (Nuclei_AreaShape_Area_Mean, Image_Count_Nuclei, Metadata_Plate, ...; the
+mapping: morphotrust.morphology.fields).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import InputError
 from ..images import N_CHANNELS, read_site, resize_site
 from ..io import write_csv, write_parquet
 from .cellprofiler import SITE_KEY
+from .fields import to_field_conventions
 
 # LoadData image names of the stains, channel order w1..w6 (RxRx1). The pipeline refers to these names.
 STAIN_NAMES = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
@@ -33,7 +36,8 @@ REQUIRED = {
     "real": ("Metadata_condition", "Metadata_split", "Metadata_stack_index"),
     "generated": ("Metadata_condition", "Metadata_image_path"),
 }
-# Image-quality columns the QC report reads: they must be in every per-image table.
+# Image-quality columns the QC report reads (CellProfiler's names, as in a chunk's Image.csv; Image_-prefixed
+# after merge): they must be in every per-image table.
 QC_COLUMNS = tuple(f"ImageQuality_{m}_{s}" for m in ("PowerLogLogSlope", "PercentMaximal") for s in STAIN_NAMES)
 
 
@@ -147,7 +151,8 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
 
 
 def merge(sites_path, chunk_tables, out_path) -> pd.DataFrame:
-    """Concatenate per-chunk Image.csv tables, check one row per site, join the manifest's Metadata_ columns."""
+    """Concatenate per-chunk Image.csv tables, check one row per site, join the manifest's Metadata_ columns,
+    name the columns in pycytominer's conventions (morphotrust.morphology.fields)."""
     sites = pd.read_parquet(sites_path)
     parts = []
     for path in chunk_tables:
@@ -173,5 +178,6 @@ def merge(sites_path, chunk_tables, out_path) -> pd.DataFrame:
     measurements = images[[SITE_KEY] + [c for c in images.columns if not c.startswith("Metadata_")]]
     metadata = sites.drop(columns="chunk")
     table = metadata.merge(measurements, on=SITE_KEY, how="left", validate="one_to_one").drop(columns=SITE_KEY)
+    table = to_field_conventions(table, source=sites_path)
     write_parquet(table, out_path)
     return table

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..images import composite_rgb
+from .qc import FOCUS, SATURATION
 
 ROWS = string.ascii_uppercase[:16]          # 384-well plate: rows A-P
 COLUMNS = list(range(1, 25))                # columns 1-24
@@ -115,7 +116,7 @@ def plate_maps(roles: pd.Series, wells: pd.DataFrame, title: str) -> bytes:
         if colour:
             top.add_patch(Rectangle((pos[1] - 0.44, pos[0] - 0.44), 0.88, 0.88, fill=False, edgecolor=colour,
                                     linewidth=3.0))
-    _plate_axes(top, f"{title}: nuclei per site in each well (CellProfiler Count_Nuclei)")
+    _plate_axes(top, f"{title}: nuclei per site in each well (CellProfiler Image_Count_Nuclei)")
     top.legend(handles=[Patch(facecolor="#d9d9d9", label="site(s) ingested, not measured by CellProfiler"),
                         Patch(facecolor="white", edgecolor="#999", label="no site"),
                         Patch(fill=False, edgecolor="red", linewidth=2.5, label="sparse / empty well"),
@@ -312,7 +313,7 @@ def qc_strips(groups: dict[str, pd.DataFrame], reference: pd.DataFrame | None, q
         frame = groups[name]
         for s, stain in enumerate(stains):
             x0 = s - 0.35 + width * (g + 0.5)
-            focus = f"ImageQuality_PowerLogLogSlope_{stain}"
+            focus = FOCUS.format(stain)
             if focus in frame.columns and frame[focus].notna().any():
                 values = frame[focus].to_numpy(float)
                 if relative and stain in reference.columns:
@@ -327,7 +328,7 @@ def qc_strips(groups: dict[str, pd.DataFrame], reference: pd.DataFrame | None, q
                              label=name if s == 0 else None)
                 left.scatter(x[bad], values[bad], s=16, color="red", marker="x",
                              label="flagged" if s == 0 and g == 0 else None)
-            saturation = f"ImageQuality_PercentMaximal_{stain}"
+            saturation = SATURATION.format(stain)
             if saturation in frame.columns and frame[saturation].notna().any():
                 values = frame[saturation].to_numpy(float)
                 bad = values > qc["saturation_max_percent"]

@@ -66,7 +66,7 @@ def build_generated_report(inputs: Inputs, cfg: dict | None = None,
         if counts is not None:
             map_body += table(counts, row_class=lambda row: "bad" if row["generated: sparse"] else "")
     else:
-        map_body = missing("Not measured: no Count_Nuclei in the CellProfiler tables (results/morphology/).")
+        map_body = missing(f"Not measured: no {COUNT} in the CellProfiler tables (results/morphology/).")
     condition_map = section(
         "condition-map", "Condition map: cells per site",
         "Average number of nuclei per site that CellProfiler found, per cell type (rows) and siRNA (columns), for real "

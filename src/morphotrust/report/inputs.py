@@ -16,6 +16,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import read_json
+from ..morphology.fields import PLATE, WELL, count_feature
+from .qc import FOCUS, SATURATION
 
 # Every input a report may read. All optional at this level; each report says which ones it needs.
 @dataclass
@@ -109,13 +111,13 @@ GENERATED_COLUMNS = ("Metadata_sample_id", "Metadata_image_path", "Metadata_cell
                      "Metadata_condition", "Metadata_arm")
 SCORE_COLUMNS = ("Metadata_sample_id", "Metadata_condition", "T", "accepted")
 REAL_CP_COLUMNS = ("Metadata_site_id", "Metadata_cell_type", "Metadata_condition", "Metadata_experiment",
-                   "Metadata_plate", "Metadata_well")
+                   PLATE, WELL)  # CellProfiler tables: pycytominer's names (morphotrust.morphology.fields)
 
 
 def _measurements(features) -> Callable[[str], bool]:
     """Which columns of a CellProfiler per-image table the reports read: metadata, counts, QC and `features`."""
     wanted = set(features)
-    prefixes = ("Metadata_", "Count_", "ImageQuality_PowerLogLogSlope_", "ImageQuality_PercentMaximal_")
+    prefixes = ("Metadata_", count_feature(""), FOCUS.format(""), SATURATION.format(""))
     return lambda name: name.startswith(prefixes) or name in wanted
 
 
@@ -125,11 +127,12 @@ def real_measurements(inputs: "Inputs", features=()) -> pd.DataFrame | None:
                       keep=_measurements(features))
 
 
-def on_plate(table: pd.DataFrame | None, experiment: str, plate: int) -> pd.DataFrame | None:
-    """The rows of one plate (Metadata_experiment, Metadata_plate)."""
+def on_plate(table: pd.DataFrame | None, experiment: str, plate: int,
+             plate_column: str = "Metadata_plate") -> pd.DataFrame | None:
+    """The rows of one plate (Metadata_experiment, `plate_column`: Metadata_Plate in CellProfiler tables)."""
     if table is None:
         return None
-    mine = (table["Metadata_experiment"].astype(str) == experiment) & (table["Metadata_plate"].astype(int) == plate)
+    mine = (table["Metadata_experiment"].astype(str) == experiment) & (table[plate_column].astype(int) == plate)
     return table[mine].reset_index(drop=True)
 
 

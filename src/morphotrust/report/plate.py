@@ -10,6 +10,7 @@ import pandas as pd
 from ..data import SYNTHETIC_LABEL
 from ..errors import InputError
 from ..io import atomic_path, write_text
+from ..morphology.fields import PLATE
 from . import figures
 from .config import report_settings
 from .html import facts, img, missing, note, page, section, table
@@ -91,7 +92,7 @@ def build_plate_report(experiment: str, plate: int, inputs: Inputs, cfg: dict | 
     skipped = plate_skipped(inputs, experiment, plate)
 
     real_cp = real_measurements(inputs, cfg["features"])
-    plate_cp = on_plate(real_cp, experiment, plate)
+    plate_cp = on_plate(real_cp, experiment, plate, PLATE)
     qc = cfg["qc"]
     reference = focus_reference(real_cp)
     flags = all_flags(plate_cp, reference, qc, "Metadata_site_id")

@@ -1,14 +1,16 @@
 """Image-quality rules on CellProfiler's per-image measurements (config `report.qc`).
 
-- blurred: a stain's focus measure `ImageQuality_PowerLogLogSlope_<stain>` (slope of the image's power
+Column names are pycytominer's (morphotrust.morphology.fields): CellProfiler's image measurements carry `Image_`.
+
+- blurred: a stain's focus measure `Image_ImageQuality_PowerLogLogSlope_<stain>` (slope of the image's power
   spectrum on log-log axes; blur removes fine detail and makes it steeper, i.e. more negative) is more
   than `blur_drop` below the median of the real sites of the same cell type, or below the absolute
   `blur_min_slope` when that is set. Relative by default because the slope's absolute value depends on the
   image size and the cell type (on the 64-pixel demo, real sites range from about -1.8 to +2.4 and a
   Gaussian blur of sigma 2 px lowers the slope by 1.0-1.5 in every stain).
-- saturated: `ImageQuality_PercentMaximal_<stain>` (percent of pixels at the image's maximum value) is above
+- saturated: `Image_ImageQuality_PercentMaximal_<stain>` (percent of pixels at the image's maximum value) is above
   `saturation_max_percent`; an unsaturated image has only a handful of pixels at its maximum.
-- sparse: fewer than `min_nuclei` nuclei (`Count_Nuclei`) per site (for a well: on average over its
+- sparse: fewer than `min_nuclei` nuclei (`Image_Count_Nuclei`) per site (for a well: on average over its
   measured sites), i.e. an empty or nearly empty field.
 """
 
@@ -17,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..morphology.fields import WELL, count_feature, image_feature
 from ..morphology.sites import STAIN_NAMES
 
 DEFAULT_QC = {"blur_drop": 1.0, "blur_min_slope": None, "saturation_max_percent": 1.0, "min_nuclei": 3}
-FOCUS = "ImageQuality_PowerLogLogSlope_{}"
-SATURATION = "ImageQuality_PercentMaximal_{}"
-COUNT = "Count_Nuclei"
+FOCUS = image_feature("ImageQuality_PowerLogLogSlope_{}")
+SATURATION = image_feature("ImageQuality_PercentMaximal_{}")
+COUNT = count_feature("Nuclei")
 FLAG_COLUMNS = ["id", "stain", "problem", "measurement", "value", "rule"]
 
 
@@ -94,7 +97,7 @@ def all_flags(table: pd.DataFrame | None, reference: pd.DataFrame | None, qc: di
     """Blur, saturation and sparse findings, each with the well and condition of its site (when the table has them)."""
     flags = pd.concat([site_flags(table, reference, qc, id_column), sparse_sites(table, qc, id_column)],
                       ignore_index=True)
-    for column, name in (("Metadata_well", "well"), ("Metadata_condition", "condition")):
+    for column, name in ((WELL, "well"), ("Metadata_condition", "condition")):
         if table is not None and column in table.columns and len(flags):
             flags[name] = flags["id"].map(table.set_index(table[id_column].astype(str))[column])
         else:
@@ -103,12 +106,15 @@ def all_flags(table: pd.DataFrame | None, reference: pd.DataFrame | None, qc: di
 
 
 def well_summary(table: pd.DataFrame | None, flags: pd.DataFrame, qc: dict) -> pd.DataFrame:
-    """Per measured well: sites measured, mean nuclei per site, sparse (mean below `min_nuclei`), flagged sites."""
+    """Per measured well: sites measured, mean nuclei per site, sparse (mean below `min_nuclei`), flagged sites.
+
+    `table`: CellProfiler per-image rows (well in Metadata_Well); the result names the well Metadata_well, as the
+    manifest and the plate maps do."""
     columns = ["Metadata_well", "sites_measured", "mean_nuclei", "sparse", "sites_blurred", "sites_saturated"]
     if table is None or table.empty:
         return pd.DataFrame(columns=columns)
     counts = table[COUNT] if measured(table, COUNT) else pd.Series(np.nan, index=table.index)
-    frame = pd.DataFrame({"Metadata_well": table["Metadata_well"].astype(str), "site": table["Metadata_site_id"],
+    frame = pd.DataFrame({"Metadata_well": table[WELL].astype(str), "site": table["Metadata_site_id"],
                           "count": counts.astype(float)})
     blurred = set(flags.loc[flags["problem"] == "blurred", "id"])
     saturated = set(flags.loc[flags["problem"] == "saturated", "id"])

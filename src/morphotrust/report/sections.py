@@ -20,16 +20,16 @@ SHAPE_WORDS = {"Area": "area (pixels², mean over {o})", "FormFactor": "roundnes
 
 
 def feature_label(column: str) -> str:
-    """A CellProfiler per-image column in plain words: Mean_Cells_AreaShape_Area -> area (pixels², mean over cells)."""
+    """A CellProfiler per-image column in plain words: Cells_AreaShape_Area_Mean -> area (pixels², mean over cells)."""
     parts = column.split("_")
-    if parts[0] == "Count" and len(parts) == 2:
-        return f"{OBJECT_WORDS.get(parts[1], parts[1])} per site (count)"
-    if parts[0] == "Mean" and len(parts) >= 4:
-        objects = OBJECT_WORDS.get(parts[1], parts[1])
-        if parts[2] == "AreaShape" and parts[3] in SHAPE_WORDS:
-            return SHAPE_WORDS[parts[3]].format(o=objects)
-        if parts[2] == "Intensity" and parts[3] == "MeanIntensity" and len(parts) == 5:
-            return f"{STAIN_WORDS.get(parts[4], parts[4])} brightness in {objects} (mean intensity, 0-1)"
+    if parts[:2] == ["Image", "Count"] and len(parts) == 3:
+        return f"{OBJECT_WORDS.get(parts[2], parts[2])} per site (count)"
+    if parts[0] in OBJECT_WORDS and parts[-1] == "Mean" and len(parts) >= 4:
+        objects = OBJECT_WORDS[parts[0]]
+        if parts[1] == "AreaShape" and parts[2] in SHAPE_WORDS and len(parts) == 4:
+            return SHAPE_WORDS[parts[2]].format(o=objects)
+        if parts[1] == "Intensity" and parts[2] == "MeanIntensity" and len(parts) == 5:
+            return f"{STAIN_WORDS.get(parts[3], parts[3])} brightness in {objects} (mean intensity, 0-1)"
     return column.replace("_", " ")
 
 
@@ -213,13 +213,16 @@ def validation_section(conditions: list[str], inputs: Inputs, scope: str, figure
             "of its condition, in units of how far real sites lie from each other (0 = as close as a typical real "
             "site). ΔKID: how much more the generated images differ from real ones than two halves of the real "
             "sites differ from each other (encoder features; 0 = indistinguishable). Rank: among all real "
-            "conditions, how close the generated images are to their own (1 = closest).")
+            "conditions, how close the generated images are to their own (1 = closest). mAP: mean average precision "
+            "of the generated images retrieving real sites of their own condition among all real sites (copairs; "
+            "1 = own-condition sites always first).")
     good = ("accepted images have z near 0 and lower than a random pick of the same size; ΔKID of accepted "
-            "lower than random; rank 1. In the curve, the line rises from left (most trusted) to right.")
+            "lower than random; rank 1; mAP well above chance. In the curve, the line rises from left (most trusted) to right.")
     per_sample = validation_table(inputs, "centroid_per_sample.csv", ("condition", "T", "z"))
     centroid = validation_table(inputs, "centroid_per_condition.csv", ("condition", "arm"))
     kid = validation_table(inputs, "kid_per_condition.csv", ("condition", "arm"))
     ranks = validation_table(inputs, "discrimination_encoder.csv", ("condition", "rank_energy"))
+    retrieval = validation_table(inputs, "map_encoder.csv", ("condition", "mean_average_precision"))
     body = ""
     if per_sample is not None:
         chosen = per_sample[per_sample["condition"].isin(conditions)]
@@ -230,7 +233,8 @@ def validation_section(conditions: list[str], inputs: Inputs, scope: str, figure
     for frame, columns in ((centroid, {"arm": "arm", "mean_z_accepted": "z accepted", "mean_z_random": "z random"}),
                            (kid, {"arm": "arm", "delta_kid": "ΔKID all", "delta_kid_accepted": "ΔKID accepted",
                                   "delta_kid_random": "ΔKID random"}),
-                           (ranks, {"rank_energy": "rank (encoder)", "n_candidates": "of"})):
+                           (ranks, {"rank_energy": "rank (encoder)", "n_candidates": "of"}),
+                           (retrieval, {"mean_average_precision": "mAP (encoder)"})):
         if frame is None:
             continue
         keep = {k: v for k, v in columns.items() if k in frame.columns and v not in rows.columns}

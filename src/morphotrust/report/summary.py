@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..data import SYNTHETIC_LABEL
 from ..io import atomic_path, write_csv, write_text
+from ..morphology.fields import PLATE
 from . import figures
 from .config import report_settings
 from .html import esc, facts, fmt, img, missing, note, page, percent, section, table
@@ -97,7 +98,8 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
                                                            "mean_z_random": "z random"}),
                           ("kid_per_condition.csv", {"delta_kid_accepted": "ΔKID accepted",
                                                      "delta_kid_random": "ΔKID random"}),
-                          ("discrimination_encoder.csv", {"rank_energy": "rank (encoder)"})):
+                          ("discrimination_encoder.csv", {"rank_energy": "rank (encoder)"}),
+                          ("map_encoder.csv", {"mean_average_precision": "mAP (encoder)"})):
         frame = validation_table(inputs, name, ("condition",))
         if frame is not None:
             keep = {k: v for k, v in columns.items() if k in frame.columns}
@@ -168,6 +170,9 @@ def arm_table(inputs: Inputs) -> pd.DataFrame | None:
         z = centroid[centroid["metric"] == "z"]
         parts.append(pd.DataFrame({"arm": z["arm"], "centroid Δz (accepted − random)": z["delta"],
                                    "95% CI": [f"{fmt(lo)} to {fmt(hi)}" for lo, hi in zip(z["ci_low"], z["ci_high"])]}))
+    retrieval = map_table(inputs)
+    if retrieval is not None:
+        parts.append(retrieval)
     if not parts:
         return None
     out = parts[0]
@@ -180,6 +185,20 @@ def arm_table(inputs: Inputs) -> pd.DataFrame | None:
     if "conditions improved" in out:
         out["conditions improved"] = out["conditions improved"].map(percent)
     return out
+
+
+def map_table(inputs: Inputs) -> pd.DataFrame | None:
+    """Per arm: copairs retrieval mAP of trust-accepted vs condition-matched random generated images, per space
+    (from results/validation/summary.json, distances_{space} -> map)."""
+    summary = read_json_optional(None if inputs.validation_dir is None else inputs.validation_dir / "summary.json")
+    rows = {}
+    for space, name in (("cp", "CellProfiler"), ("encoder", "encoder")):
+        found = ((summary or {}).get(f"distances_{space}") or {}).get("map") or {}
+        for arm, values in found.items():
+            if isinstance(values, dict) and "map_accepted" in values:
+                rows.setdefault(arm, {"arm": arm})[f"mAP accepted / random / chance ({name})"] = (
+                    f"{fmt(values['map_accepted'])} / {fmt(values['map_random'])} / {fmt(values['chance_map'])}")
+    return pd.DataFrame(list(rows.values())) if rows else None
 
 
 def decile_table(inputs: Inputs) -> pd.DataFrame | None:
@@ -240,7 +259,7 @@ def qc_overview(inputs: Inputs, plates: list[tuple[str, int]], cfg: dict,
     reference = focus_reference(real_cp)
     rows, found = [], []
     for experiment, plate in plates:
-        plate_cp = on_plate(real_cp, experiment, plate)
+        plate_cp = on_plate(real_cp, experiment, plate, PLATE)
         flags = all_flags(plate_cp, reference, qc, "Metadata_site_id")
         wells = well_summary(plate_cp, flags, qc)
         skipped = plate_skipped(inputs, experiment, plate)
@@ -454,7 +473,9 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     "real cells (centroid distance)" if rules["max_centroid_z"] is not None else "")
                  + ". z: centroid distance in units of real-to-real spread (0 = as close as real sites are to each "
                    "other); ΔKID: excess kernel distance to real images (0 = indistinguishable); rank: 1 = the "
-                   "generated images are closest to their own condition among all real conditions."
+                   "generated images are closest to their own condition among all real conditions; mAP: mean average "
+                   "precision of the generated images retrieving real sites of their own condition among all real "
+                   "sites (copairs, cosine; 1 = all own-condition sites first)."
                  + (" F adequacy: the requested value of this attribute is one the encoder does not separate from "
                     "the others on held-out real sites (results/trust/adequacy.csv): its F, hence T, says little "
                     "about faithfulness." if "F adequacy" in conditions.columns else "") + "</p>")
@@ -490,9 +511,13 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
         "are "
         "than random picks of the same size (positive = trust helps). ρ: Spearman correlation over conditions between "
         "the mean trust score and ΔKID (positive = the score ranks conditions the way real cells do). Centroid Δz: "
-        "accepted minus random centroid distance (negative = trust helps), with its 95% bootstrap interval. Decile "
+        "accepted minus random centroid distance (negative = trust helps), with its 95% bootstrap interval. mAP: "
+        "mean average precision (copairs) of generated images retrieving the real sites of their own condition among "
+        "all real sites, for trust-accepted images, random picks of the same size per condition, and chance (1 = "
+        "every own-condition site ranked first). Decile "
         "classifiers: trained on the most to the least trusted tenth of the generated images.",
-        "selection gain above 0, ρ clearly above 0, Δz below 0 with an interval that excludes 0; the most trusted "
+        "selection gain above 0, ρ clearly above 0, Δz below 0 with an interval that excludes 0; mAP of accepted "
+        "above random, both above chance; the most trusted "
         "decile classifies real cells nearly as well as the real ceiling and the least trusted decile worse.",
         body or missing("Not available: no validation outputs (results/validation/)."))
 

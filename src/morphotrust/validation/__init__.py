@@ -9,7 +9,8 @@ headline numbers under `results/validation/`:
 - `deciles`       classifiers trained on each trust decile of generated samples, tested on held-out real
 - `correlations`  per-feature Pearson r of condition means, trust-accepted vs random (CP space)
 - `kid`           KID / ΔKID (encoder space), selection gain, Spearman ρ of mean T/R/F vs ΔKID, ΔKID per decile
-- `distances`     energy distance and MMD per condition, discrimination test (rank of the true condition)
+- `distances`     energy distance and MMD per condition, discrimination test (rank of the true condition),
+                  copairs retrieval mean average precision (generated retrieving real of their condition)
 - `shift`         graded shift: mean T per condition vs Hamming distance to the training support
 `summary` collects the headline numbers into `results/validation/summary.json`.
 

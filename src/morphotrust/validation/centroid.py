@@ -1,11 +1,23 @@
 """Real-spread-normalised centroid distance z(x) in CellProfiler space, and trust-accepted vs random.
 
-For a generated sample x of condition c, d(x) = ‖CP(x) − μ_real,c‖₂ (standardised CP features, μ_real,c the
-centroid of all reference real samples of c). The typical real-to-real spread of c comes from T random
-half-splits of its real samples: distances of half B to the centroid of half A, pooled over the splits,
-give μ_RR(c) and σ_RR(c). z(x) = (d(x) − μ_RR(c)) / σ_RR(c): z = 0 is as close as a real sample.
-Conditions with fewer than `min_real` real samples use distances of the real samples to their full
-centroid instead and are flagged.
+For a generated sample x of condition c, z(x) = (d(x) − μ_RR(c)) / σ_RR(c): how far x lies from the real
+centroid of c, in units of how far real samples of c lie from it. z = 0 is as close as a real sample.
+
+Two definitions (config validation.centroid.method):
+
+- `leave_one_out` (default, unbiased): like is compared with like. Real-to-real: d_j = ‖x_j − μ_−j‖, the
+  distance of each real sample to the centroid of the other n − 1 real samples; μ_RR, σ_RR their mean and
+  SD. Generated: d(x) = mean over j of ‖x − μ_−j‖, the distance to centroids of the same n − 1 samples. For a
+  generator that samples the real distribution, d(x) and d_j then have the same distribution at any n, so
+  mean z ≈ 0 (tests: |mean z| < 0.3 at 4, 24 and 100 real samples in 2,500 dimensions).
+- `half_split` (spec / paper): d(x) = ‖x − μ_c‖ to the centroid of all n real samples; μ_RR, σ_RR from T
+  random half-splits (half B to the centroid of half A, pooled). Biased low: the full centroid is closer to
+  any new sample than a half centroid is, by a margin that grows with the dimension, so a perfect generator
+  gets z ≈ −7 at 4 real samples per condition and −1.6 at 24 in ~2,500 dimensions
+  (benchmarks/centroid_z_bias.py).
+Conditions with fewer than `min_real` real samples are flagged; `half_split` then takes the spread from
+distances of the real samples to their full centroid; `leave_one_out` still needs 3 (two leave-one-out
+distances of 2 samples are equal).
 """
 
 from __future__ import annotations
@@ -28,8 +40,14 @@ OUTPUTS = {
 }
 
 
+METHODS = ("leave_one_out", "half_split")
+SUMMARY_COLUMNS = ["arm", "metric", "n_conditions", "n_accepted", "n_random_pooled", "mean_accepted", "mean_random",
+                   "delta", "ci_low", "ci_high", "excess_accepted", "excess_random", "relative_reduction",
+                   "n_undefined_z"]
+
+
 def real_spread(X: np.ndarray, n_splits: int, min_real: int, rng: np.random.Generator) -> tuple[float, float, str]:
-    """(μ_RR, σ_RR, flag) of one condition's real samples X (see the module docstring)."""
+    """(μ_RR, σ_RR, flag) of one condition's real samples X by half-splits (method `half_split`)."""
     n = len(X)
     if n == 0:
         return np.nan, np.nan, "no real samples"
@@ -46,12 +64,42 @@ def real_spread(X: np.ndarray, n_splits: int, min_real: int, rng: np.random.Gene
     return float(d.mean()), float(d.std(ddof=1)), ""
 
 
+def leave_one_out_centroids(X: np.ndarray) -> np.ndarray:
+    """(n, p): row j is the centroid of X without row j."""
+    n = len(X)
+    return (X.sum(axis=0) - X) / (n - 1)
+
+
+def leave_one_out_spread(X: np.ndarray, min_real: int) -> tuple[float, float, str]:
+    """(μ_RR, σ_RR, flag) from d_j = ‖x_j − μ_−j‖ (method `leave_one_out`)."""
+    n = len(X)
+    if n == 0:
+        return np.nan, np.nan, "no real samples"
+    if n == 1:
+        return np.nan, np.nan, "one real sample: no real spread, z undefined"
+    if n == 2:
+        return np.nan, np.nan, "two real samples: a leave-one-out spread needs 3, z undefined"
+    d = np.linalg.norm(X - leave_one_out_centroids(X), axis=1)
+    flag = f"few real samples ({n} < {min_real})" if n < min_real else ""
+    return float(d.mean()), float(d.std(ddof=1)), flag
+
+
+def distance_to_leave_one_out_centroids(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Mean over j of ‖y − μ_−j‖ for each row y of Y (μ_−j: centroid of the real X without row j)."""
+    centroids = leave_one_out_centroids(X)
+    squared = (Y ** 2).sum(axis=1)[:, None] - 2.0 * Y @ centroids.T + (centroids ** 2).sum(axis=1)[None, :]
+    return np.sqrt(np.maximum(squared, 0.0)).mean(axis=1)
+
+
 def centroid_z(reference: Table, generated: Table, n_half_splits: int = 10, min_real: int = 4,
-               seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+               seed: int = 0, method: str = "leave_one_out") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-sample d and z of every generated sample, and the per-condition real spread.
 
-    `reference`: real rows (ground truth); `generated`: generated rows with trust columns (T, accepted).
+    `reference`: real rows (ground truth); `generated`: generated rows with trust columns (T, accepted);
+    `method`: `leave_one_out` (unbiased) or `half_split` (spec), see the module docstring.
     """
+    if method not in METHODS:
+        raise ValueError(f"centroid method must be one of {METHODS}, not {method!r}")
     names = np.unique(generated.conditions)
     gen_codes = encode(generated.conditions, names)
     real_codes = encode(reference.conditions, names)
@@ -63,9 +111,15 @@ def centroid_z(reference: Table, generated: Table, n_half_splits: int = 10, min_
     for code, name in enumerate(names):
         g, r = gen_groups[code], real_groups[code]
         X_real = reference.X[r]
-        mu_rr, sigma_rr, flag = real_spread(X_real, n_half_splits, min_real, np.random.default_rng([seed, code]))
-        if len(r):
+        if method == "leave_one_out":
+            mu_rr, sigma_rr, flag = leave_one_out_spread(X_real, min_real)
+        else:
+            mu_rr, sigma_rr, flag = real_spread(X_real, n_half_splits, min_real, np.random.default_rng([seed, code]))
+        if method == "leave_one_out" and np.isfinite(mu_rr):
+            distance[g] = distance_to_leave_one_out_centroids(generated.X[g], X_real)
+        elif method == "half_split" and len(r):
             distance[g] = np.linalg.norm(generated.X[g] - X_real.mean(axis=0), axis=1)
+        if np.isfinite(distance[g]).any():
             spread_mean[g] = mu_rr
             if np.isfinite(sigma_rr) and sigma_rr > 0:
                 z[g] = (distance[g] - mu_rr) / sigma_rr
@@ -129,7 +183,7 @@ def accepted_vs_random(per_sample: pd.DataFrame, n_seeds: int = 5, n_bootstrap: 
                                        if excess_random > 0 else np.nan),
                 "n_undefined_z": int((in_arm & ~valid).sum()),
             })
-    return pd.DataFrame(rows), masks
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS), masks  # no rows when no z is defined
 
 
 def per_condition_comparison(per_sample: pd.DataFrame, per_condition: pd.DataFrame,
@@ -182,6 +236,9 @@ def plot_centroid(per_sample: pd.DataFrame, masks: np.ndarray, summary: pd.DataF
                    "(trust-accepted vs random subsets of the same size per condition)", fontsize=10)
     left.legend(loc="upper right", fontsize=8)
     rows = summary[summary["metric"] == "z"]
+    if not len(rows):
+        right.text(0.5, 0.5, "z undefined for every condition\n(see the flags in centroid_per_condition.csv)",
+                   ha="center", va="center", transform=right.transAxes)
     y = np.arange(len(rows))
     right.errorbar(rows["delta"], y, xerr=[rows["delta"] - rows["ci_low"], rows["ci_high"] - rows["delta"]],
                    fmt="o", color="tab:blue", capsize=4)
@@ -212,7 +269,8 @@ def run(real_path, generated_path, trust_path, out_dir, cfg: dict | None = None)
     cfg = settings(cfg)
     real, generated = load_space("cp", real_path, generated_path, trust_path)
     per_sample, per_condition = centroid_z(reference(real, cfg["reference_splits"]), generated,
-                                           cfg["centroid"]["n_half_splits"], cfg["centroid"]["min_real"], cfg["seed"])
+                                           cfg["centroid"]["n_half_splits"], cfg["centroid"]["min_real"], cfg["seed"],
+                                           cfg["centroid"]["method"])
     summary, masks = accepted_vs_random(per_sample, cfg["n_random_seeds"], cfg["centroid"]["n_bootstrap"], cfg["seed"])
     per_condition = per_condition_comparison(per_sample, per_condition, masks)
     out = Path(out_dir)

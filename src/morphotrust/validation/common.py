@@ -37,11 +37,11 @@ DEFAULTS = {
     "seed": 0,
     "reference_splits": list(SPLITS),
     "n_random_seeds": 5,
-    "centroid": {"n_half_splits": 10, "min_real": 4, "n_bootstrap": 2000},
+    "centroid": {"method": "leave_one_out", "n_half_splits": 10, "min_real": 4, "n_bootstrap": 2000},
     "deciles": {"n_bins": 10, "C": 1.0, "max_iter": 200},
     "correlations": {"n_top": 20, "near_zero_r": 0.1},
     "kid": {"max_subset": 500, "n_subsets": 10, "min_subset": 20},
-    "distances": {"max_per_set": 500},
+    "distances": {"max_per_set": 500, "map_null_size": 1000, "n_bootstrap": 2000},
 }
 
 

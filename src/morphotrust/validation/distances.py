@@ -7,7 +7,14 @@
   to the set (and, as a simpler second view, by the distance between the set means); the rank of the true
   condition (1 = nearest) and the fraction of conditions ranked first are reported. A generator that paints
   the "average treated cell" ranks its true condition at chance: top-1 ≈ 1 / number of conditions.
-Sets are capped at `max_per_set` random samples per condition to bound the cost.
+- Retrieval mean average precision (the field's replicate-retrieval metric, computed by the `copairs`
+  package, cosine similarity): each generated sample queries all real samples; the real samples of its own
+  condition are the positives, those of every other condition the negatives. Per condition: mAP over its
+  generated samples and copairs' permutation p-value (FDR-corrected over conditions). Trust-accepted samples
+  vs condition-matched random subsets of the same per-condition sizes: Δ = mean AP of accepted − of random
+  (seeds pooled), 95% bootstrap interval. Chance: a query's AP under a random ranking is about its share of
+  positives among the real samples (n_pos / n_total), reported as chance_map.
+Sets are capped at `max_per_set` random samples per condition to bound the cost (not for the mAP).
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from tqdm import tqdm
 
 from ..io import write_csv
 from .common import ANALYSED_ARMS, SPACE_NAMES, Table, load_space, reference, save_figure, settings, write_headline
-from .stats import distances, encode, group_indices, mean_off_diagonal, median_bandwidth, rbf_mmd2, spearman
+from .stats import (bootstrap_mean_difference, distances, encode, group_indices, matched_random_masks,
+                    mean_off_diagonal, median_bandwidth, rbf_mmd2, spearman)
 
 
 def outputs(space: str) -> dict:
     return {"per_condition": f"distances_{space}.csv", "per_condition_plot": f"distances_{space}.png",
             "discrimination": f"discrimination_{space}.csv", "discrimination_plot": f"discrimination_{space}.png",
+            "map": f"map_{space}.csv", "map_per_sample": f"map_per_sample_{space}.csv",
             "headline": f"distances_{space}.json"}
 
 
@@ -121,6 +130,93 @@ def _ranks(energy: np.ndarray, centroid: np.ndarray, true: int, real_names: np.n
     return out
 
 
+def retrieval_average_precision(reference: Table, generated: Table) -> pd.DataFrame:
+    """copairs average precision of each generated sample retrieving the real samples of its condition among all
+    real samples (cosine similarity). One row per generated sample, in order: average_precision (NaN when its
+    condition has no real sample), copairs' normalized_average_precision, n_pos_pairs, n_total_pairs."""
+    from copairs.map import average_precision
+    from copairs.matching import UnpairedException
+
+    meta = pd.DataFrame({
+        "Metadata_condition": np.concatenate([generated.conditions, reference.conditions]),
+        "Metadata_source": ["generated"] * len(generated) + ["real"] * len(reference),
+        "row": np.concatenate([np.arange(len(generated)), np.arange(len(reference))]),
+    })
+    empty = pd.DataFrame({"average_precision": np.full(len(generated), np.nan),
+                          "normalized_average_precision": np.full(len(generated), np.nan),
+                          "n_pos_pairs": np.zeros(len(generated), int), "n_total_pairs": np.zeros(len(generated), int)})
+    if not len(generated) or not len(reference):
+        return empty
+    try:
+        # positives: generated-real pairs of one condition; negatives: generated-real pairs of two conditions
+        scores = average_precision(meta, np.vstack([generated.X, reference.X]),
+                                   pos_sameby=["Metadata_condition"], pos_diffby=["Metadata_source"],
+                                   neg_sameby=[], neg_diffby=["Metadata_condition", "Metadata_source"],
+                                   progress_bar=False)
+    except UnpairedException:  # no generated condition has real samples, or only one condition
+        return empty
+    scores = scores[scores["Metadata_source"] == "generated"].sort_values("row")
+    return pd.DataFrame({"average_precision": scores["average_precision"].to_numpy(float),
+                         "normalized_average_precision": scores["normalized_average_precision"].to_numpy(float),
+                         "n_pos_pairs": scores["n_pos_pairs"].to_numpy(int),
+                         "n_total_pairs": scores["n_total_pairs"].to_numpy(int)})
+
+
+def retrieval_map(reference: Table, generated: Table, n_seeds: int = 5, n_bootstrap: int = 2000,
+                  null_size: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Per-sample AP, per-condition mAP with copairs p-values, and the headline (all / seen / unseen:
+    mAP of all, trust-accepted and condition-matched random generated samples)."""
+    from copairs.map import mean_average_precision
+
+    ap = retrieval_average_precision(reference, generated)
+    per_sample = pd.DataFrame({
+        "sample_id": generated.column("Metadata_sample_id"), "condition": generated.conditions,
+        "arm": generated.column("Metadata_arm"), "T": generated.column("T"),
+        "accepted": generated.column("accepted").astype(bool), **{c: ap[c].to_numpy() for c in ap.columns}})
+    valid = np.isfinite(per_sample["average_precision"].to_numpy())
+    if valid.any():
+        per_condition = mean_average_precision(per_sample[valid].rename(columns={"condition": "Metadata_condition"}),
+                                               ["Metadata_condition"], null_size=null_size, threshold=0.05,
+                                               seed=seed, progress_bar=False)
+        per_condition = per_condition.rename(columns={"Metadata_condition": "condition"}).drop(columns="indices")
+    else:
+        per_condition = pd.DataFrame(columns=["condition", "mean_average_precision", "p_value", "corrected_p_value",
+                                              "below_corrected_p"])
+    arms = per_sample.drop_duplicates("condition").set_index("condition")["arm"]
+    per_condition.insert(1, "arm", per_condition["condition"].map(arms))
+    names = np.unique(per_sample["condition"].to_numpy().astype(str))
+    codes = encode(per_sample["condition"], names)
+    accepted = per_sample["accepted"].to_numpy() & valid
+    masks = np.zeros((n_seeds, len(per_sample)), dtype=bool)
+    if valid.any():
+        masks[:, valid] = matched_random_masks(codes[valid], accepted[valid], n_seeds, seed)
+    values = per_sample["average_precision"].to_numpy()
+    chance = (per_sample["n_pos_pairs"] / per_sample["n_total_pairs"].where(per_sample["n_total_pairs"] > 0)).to_numpy()
+    arm = per_sample["arm"].to_numpy().astype(str)
+    rng = np.random.default_rng([seed, 4000])
+    out = {}
+    for arm_name in ("all", *ANALYSED_ARMS):
+        in_arm = np.ones(len(arm), bool) if arm_name == "all" else arm == arm_name
+        if not (in_arm & valid).any():
+            continue
+        chosen = accepted & in_arm
+        random_rows = np.concatenate([np.flatnonzero(m & in_arm) for m in masks])
+        delta, low, high = bootstrap_mean_difference(values[chosen], values[random_rows], n_bootstrap, rng)
+        conditions = per_condition if arm_name == "all" else per_condition[per_condition["arm"] == arm_name]
+        out[arm_name] = {
+            "map_all": float(values[in_arm & valid].mean()),
+            "map_accepted": float(values[chosen].mean()) if chosen.any() else np.nan,
+            "map_random": float(values[random_rows].mean()) if len(random_rows) else np.nan,
+            "delta_map": delta, "delta_map_ci": [low, high],
+            "chance_map": float(np.nanmean(chance[in_arm & valid])),
+            "n_accepted": int(chosen.sum()), "n_queries": int((in_arm & valid).sum()),
+            "fraction_conditions_retrieved": float(conditions["below_corrected_p"].astype(bool).mean())
+            if len(conditions) else np.nan,
+        }
+    out["n_queries_without_real"] = int((~valid).sum())
+    return per_sample, per_condition, out
+
+
 def plot_per_condition(per_condition: pd.DataFrame, space: str, path) -> None:
     import matplotlib.pyplot as plt
 
@@ -210,6 +306,12 @@ def run(space: str, real_paths, generated_path, trust_path, out_dir, cfg: dict |
     plot_discrimination(ranks, energy, np.unique(generated.conditions),
                         np.unique(reference(real, cfg["reference_splits"]).conditions), space,
                         out / names["discrimination_plot"])
+    map_per_sample, map_per_condition, map_headline = retrieval_map(
+        reference(real, cfg["reference_splits"]), generated, cfg["n_random_seeds"], cfg["distances"]["n_bootstrap"],
+        cfg["distances"]["map_null_size"], cfg["seed"])
+    write_csv(map_per_condition.assign(space=space), out / names["map"])
+    write_csv(map_per_sample.assign(space=space), out / names["map_per_sample"])
     result = headline(per_condition, ranks)
+    result["map"] = map_headline
     write_headline(result, out / names["headline"])
     return result
