@@ -12,7 +12,9 @@ its site_id, so plates rendered in parallel jobs, in any order, give identical b
 every siRNA is written to `demo_effects.json` so later stages can be tested against ground truth.
 
 Geometry is defined on a 128-pixel field and scaled with `image_size`: a larger image shows the same
-field of view at a higher resolution.
+field of view at a higher resolution. That field is DEMO_FIELD_UM = 112 µm wide (0.875 µm per pixel at 128 px),
+chosen so the demo's nuclei have human-cell sizes: HEPG2 nuclei (semi-axes 5.8 x 5.3 px) are ~10 µm across,
+U2OS nuclei (semi-major 9.6 px) ~17 µm long.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 POSITIVE_CONTROL_ID = 1108
 NEGATIVE_CONTROL_ID = 1138
 SYNTHETIC_LABEL = "SYNTHETIC DEMO DATA — not RxRx1"
+
+# Physical width of the demo's field of view (the 128-pixel geometry below), in µm.
+DEMO_FIELD_UM = 112.0
+
+
+def demo_pixel_size_um(image_size: int) -> float:
+    """µm per pixel of a demo site of `image_size` pixels (the field is DEMO_FIELD_UM wide at any size)."""
+    return DEMO_FIELD_UM / image_size
+
 
 # Must match the defaults of `data.demo` in workflow/schemas/config.schema.yaml (a test checks it).
 DEMO_DEFAULTS = {
