@@ -325,6 +325,27 @@ def render_site(cell_type: str, sirna_id: int, site_id: str, experiment: str, pl
     return _acquire(clean, acquisition, rng)
 
 
+def render_nuclei(cell_type: str, sirna_id: int, site_id: str, demo: dict | None = None) -> np.ndarray:
+    """The `(S, S)` label image of the nuclei drawn on a demo site (the ground truth of nuclei segmentation).
+
+    Nuclei are drawn before the microscope (batch effects, noise) acts, so this is the same for any plate.
+    """
+    cfg = demo_config(demo)
+    effect = {**NEUTRAL, **_sirna_effects(cfg["n_sirnas"])[int(sirna_id)]}
+    nuclei = []
+    _render_cells(MORPHOLOGY[cell_type], effect, _rng(cfg["seed"], "site", site_id), cfg["image_size"], nuclei)
+    return nuclei[0]
+
+
+def count_nuclei(labels: np.ndarray, *, exclude_border: bool = True) -> int:
+    """Nuclei in a label image; with exclude_border, those touching the image edge are left out (as CellProfiler's
+    nuclei step discards them)."""
+    ids = set(np.unique(labels)) - {0}
+    if exclude_border:
+        ids -= set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    return len(ids)
+
+
 def _sirna_effects(n_sirnas: int) -> dict[int, dict]:
     return {s["sirna_id"]: s["effect"] for s in demo_sirnas(n_sirnas)}
 
@@ -393,8 +414,9 @@ def _noise(rng, size: int, sigma: float) -> np.ndarray:
     return field / (field.std() + 1e-12)
 
 
-def _render_cells(m: Morphology, effect: dict, rng, size: int) -> np.ndarray:
-    """Noise-free stains of one site, `(6, S, S)` float32, about 0..1 per stain."""
+def _render_cells(m: Morphology, effect: dict, rng, size: int, nuclei_out: list | None = None) -> np.ndarray:
+    """Noise-free stains of one site, `(6, S, S)` float32, about 0..1 per stain. With `nuclei_out` (a list), the
+    label image of the nuclei drawn (0 = none, i + 1 = cell i) is appended to it; the stains are the same."""
     scale = size / 128.0
     # larger cells take more room: fewer of them fit in the field
     centres = _place_cells(m, effect["density_scale"] / effect["cell_scale"] ** 2, effect["nucleus_scale"], rng,
@@ -462,6 +484,8 @@ def _render_cells(m: Morphology, effect: dict, rng, size: int) -> np.ndarray:
     chromatin = _noise(rng, size, 0.8 * scale)
     dn = np.hypot(nu, nv) * (1 + 0.03 * chromatin)
     nucleus = np.clip((1 - dn) * nucleus_b[owner] / 1.0, 0, 1) * (cell > 0)
+    if nuclei_out is not None:
+        nuclei_out.append(np.where(nucleus > 0, owner + 1, 0).astype(np.int32))
     cyto = cell * (1 - nucleus)
     bright = brightness[owner]
 

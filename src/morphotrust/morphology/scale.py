@@ -14,6 +14,9 @@ A site of N native pixels measured at R pixels has pixels of pixel_size_um * N /
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..errors import InputError
 
 # RxRx1 sites are 512 x 512 (recursionpharma/rxrx-datasets rxrx1/README.md; rxrx.ai/rxrx1). Neither that README,
@@ -113,3 +116,33 @@ def scale_of(config: dict) -> dict:
         "nuclei_diameter_um": list(nuclei_diameter_um(config)),
         "nuclei_diameter_px": list(nuclei_diameter_px(nuclei_diameter_um(config), pixel_um)),
     }
+
+
+def write_scale(scale: dict, resize_files, out) -> dict:
+    """scale.json: the comparison scale plus, per source, the image sizes read and how they were resized."""
+    from ..io import write_json
+
+    info = dict(scale)
+    for path in resize_files:
+        if not Path(path).is_file():
+            raise InputError("resize record not found", file=path, expected="resize.json written by morphology prepare")
+        record = json.loads(Path(path).read_text())
+        if record.get("resolution_px") != scale["resolution_px"]:
+            raise InputError(f"{record.get('source')} images were prepared at {record.get('resolution_px')} px, "
+                             f"not the run's {scale['resolution_px']} px", file=path,
+                             expected="prepare and pipeline run with one morphology.resolution (rerun prepare)")
+        info[f"{record['source']}_resize"] = {f"{px} -> {scale['resolution_px']} px": method
+                                              for px, method in record["resize"].items()}
+    write_json(info, out)
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line for reports: '128 px at 0.875 µm/px; nuclei 6-35 px; generated 64 -> 128 px: bicubic'."""
+    text = (f"{info['resolution_px']} px at {info['pixel_size_um']:g} µm/px (native {info['native_px']} px at "
+            f"{info['native_pixel_size_um']:g} µm/px); nuclei {info['nuclei_diameter_um'][0]:g}-"
+            f"{info['nuclei_diameter_um'][1]:g} µm = {info['nuclei_diameter_px'][0]}-{info['nuclei_diameter_px'][1]} px")
+    for source in ("real", "generated"):
+        for sizes, method in (info.get(f"{source}_resize") or {}).items():
+            text += f"; {source} {sizes}: {method}"
+    return text
