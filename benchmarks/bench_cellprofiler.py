@@ -5,7 +5,7 @@
 
 Sites: rendered by the demo renderer (morphotrust.data, one cell type after another), box-filtered to
 --resolution, written as a generated manifest of canonical TIFFs. The pipeline is
-resources/cellprofiler/rxrx1_six_stain.cppipe scaled to the resolution. Measured, each run timed in wall
+resources/cellprofiler/rxrx1_six_stain.cppipe with sizes set for the demo's 112-µm field at that resolution. Measured, each run timed in wall
 time and in CPU time of the child processes (CPU time is the work done, little disturbed by other processes
 on a shared machine):
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from morphotrust.data.demo import render_site
+from morphotrust.data.demo import demo_pixel_size_um, render_site
 from morphotrust.images import resize_site, write_site
 from morphotrust.morphology.cellprofiler import cellprofiler_command, resolve_executable
 from morphotrust.morphology.pipeline import write_pipeline
@@ -51,6 +51,12 @@ configfile: "config.yaml"
 SPLITS = ["train", "calibration", "evaluation"]
 os.environ["PYTHONPATH"] = {src!r}
 os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+sys.path.insert(0, {src!r})
+import json, shlex
+from morphotrust.errors import InputError
+from morphotrust.morphology.scale import scale_of as morphology_scale_of
+def cli_json(section):
+    return shlex.quote(json.dumps(section, sort_keys=True))
 include: {rules!r}
 """
 
@@ -71,7 +77,8 @@ def make_sites(work: Path, n: int, resolution: int) -> Path:
     rows = []
     for i in range(n):
         cell_type = CELL_TYPES[i % len(CELL_TYPES)]
-        site = render_site(cell_type, 1138, f"{cell_type}-01_1_B02_{i}", f"{cell_type}-01", 1)
+        site = render_site(cell_type, 1138, f"{cell_type}-01_1_B02_{i}", f"{cell_type}-01", 1,
+                           {"image_size": max(128, resolution)})  # drawn at (at least) the measured size
         path = work / "results" / "generated" / "bench" / "images" / f"s{i:03d}.tif"
         write_site(path, resize_site(site, resolution))
         rows.append({"Metadata_sample_id": f"s{i:03d}", "Metadata_condition": f"{cell_type}:1138",
@@ -91,9 +98,11 @@ def workflow(work: Path, executable: str, resolution: int, chunk_size: int, core
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["subsets"]["resolution"] = resolution
+    config["data"]["rxrx1_path"] = None
+    config["data"].setdefault("demo", {})["image_size"] = 128  # the sites' native size; measured at `resolution`
     config["generated"]["source"] = "bench"
     config["morphology"].update(cellprofiler=executable, chunk_size=chunk_size, max_sites_per_condition=None,
+                                resolution=resolution,
                                 pipeline=str(REPO / "resources" / "cellprofiler" / "rxrx1_six_stain.cppipe"))
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     (work / "Snakefile").write_text(SNAKEFILE.format(src=str(REPO / "src"),
@@ -123,8 +132,9 @@ def main() -> None:
         work = Path(tmp)
         manifest = make_sites(work, args.sites, args.resolution)
         pipeline = work / "pipeline.cppipe"
+        # demo sites show a 112-µm field at any size: the pixel size follows the resolution
         write_pipeline(REPO / "resources" / "cellprofiler" / "rxrx1_six_stain.cppipe", pipeline,
-                       resolution=args.resolution, pipeline_resolution=64)
+                       pixel_size_um=demo_pixel_size_um(args.resolution), nuclei_diameter_um=(6.0, 30.0))
         os.chdir(work)  # manifest image paths are relative to the working directory
         prepare("generated", manifest, work / "all", resolution=args.resolution, chunk_size=args.sites, progress=False)
         one = work / "one"

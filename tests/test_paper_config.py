@@ -82,6 +82,9 @@ def test_paper_config_dry_runs_on_rxrx1_shaped_metadata(tmp_path, metadata):
     shutil.copytree(REPO / "config", tmp_path / "config")
     config = yaml.safe_load(PAPER.read_text())
     config["data"]["rxrx1_path"] = str(tmp_path / "rxrx1")
+    # as a user must: point features.weights at the local DINOv3 copy (the config checks the folder exists)
+    (tmp_path / "dinov3-large").mkdir()
+    config["features"]["weights"] = f"local-dir:{tmp_path / 'dinov3-large'}"
     (tmp_path / "config" / "paper_rxrx1.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "paper_rxrx1.yaml"), "-n",
                            "--quiet", "rules", "--cores", "32", timeout=900)

@@ -115,6 +115,7 @@ rule report_summary:
         sidecars=expand("results/features/{name}.json", name=[f"real_{s}" for s in SPLITS] + ["generated"]),
         generation_trust=GENERATION_TRUST_SUMMARY,
         coverage_experiment=COVERAGE_EXPERIMENT,
+        morphology_scale="results/morphology/scale.json",
     output:
         html=report(
             "results/report/summary.html",
