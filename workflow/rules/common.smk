@@ -7,6 +7,7 @@ sys.path.insert(0, SRC)
 from morphotrust.conditions import load_conditions
 from morphotrust.data import plan_metadata
 from morphotrust.errors import InputError
+from morphotrust.morphology.scale import scale_of as morphology_scale_of
 
 try:
     METADATA = plan_metadata(config["data"])

@@ -2,8 +2,10 @@
 # sites and the generated images, per chunk of sites in parallel jobs, merged into one per-image table per
 # source, then feature cleaning fitted on real rows only.
 #
-#   morphology_pipeline   resources/cellprofiler/*.cppipe -> results/morphology/pipeline.cppipe (sizes scaled)
-#   morphology_prepare    (checkpoint) manifest -> PNGs + chunk_NNN.csv (LoadData) + sites.parquet
+#   morphology_pipeline   resources/cellprofiler/*.cppipe -> results/morphology/pipeline.cppipe (sizes from µm)
+#   morphology_prepare    (checkpoint) manifest -> PNGs at morphology.resolution + chunk_NNN.csv (LoadData)
+#                         + sites.parquet + resize.json; real sites from their native ingested TIFFs
+#   morphology_scale      -> results/morphology/scale.json (px, µm/px, how each source was resized) for reports
 #   morphology_chunk      cellprofiler -c -r on one chunk -> its Image.csv (log: the full CellProfiler output)
 #   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet
 #   morphology_clean      -> cleaner.npz/.json, real_clean.parquet, generated_clean.parquet, cleaning_report.json
@@ -23,16 +25,15 @@ MORPHOLOGY_PIPELINE, MORPHOLOGY_CELLPROFILER = (
 )
 if os.sep not in MORPHOLOGY["cellprofiler"]:  # a bare name is looked up on PATH by the job
     MORPHOLOGY_CELLPROFILER = MORPHOLOGY["cellprofiler"]
-MORPHOLOGY_INPUTS = {
-    "real": {
-        "manifest": "results/subsets/manifest.parquet",
-        "stacks": expand("results/subsets/stacks/{split}.npy", split=SPLITS),
-    },
-    "generated": {
-        "manifest": f"results/generated/{config['generated']['source']}/manifest.parquet",
-        "stacks": [],
-    },
+MORPHOLOGY_MANIFESTS = {
+    "real": "results/subsets/manifest.parquet",
+    "generated": f"results/generated/{config['generated']['source']}/manifest.parquet",
 }
+# The comparison scale (morphotrust.morphology.scale): px CellProfiler measures and µm per pixel there.
+try:
+    MORPHOLOGY_SCALE = morphology_scale_of(config)
+except InputError as error:
+    raise WorkflowError(f"morphotrust: {error}") from None
 
 
 rule morphology_pipeline:
@@ -41,33 +42,28 @@ rule morphology_pipeline:
     output:
         "results/morphology/pipeline.cppipe",
     params:
-        resolution=config["subsets"]["resolution"],
-        reference=MORPHOLOGY["pipeline_resolution"],
-        diameter=(
-            "--nuclei-diameter {},{}".format(*MORPHOLOGY["nuclei_diameter_px"])
-            if MORPHOLOGY["nuclei_diameter_px"]
-            else ""
-        ),
+        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
+        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
     threads: 1
     log:
         "results/logs/morphology/pipeline.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "python -m morphotrust morphology pipeline --template {input:q} --resolution {params.resolution}"
-        " --pipeline-resolution {params.reference} {params.diameter} --out {output} > {log} 2>&1"
+        "python -m morphotrust morphology pipeline --template {input:q} --pixel-size-um {params.pixel_size}"
+        " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
 
 
 checkpoint morphology_prepare:
     input:
-        manifest=lambda wildcards: MORPHOLOGY_INPUTS[wildcards.source]["manifest"],
-        stacks=lambda wildcards: MORPHOLOGY_INPUTS[wildcards.source]["stacks"],
+        manifest=lambda wildcards: MORPHOLOGY_MANIFESTS[wildcards.source],
     output:
         directory("results/morphology/{source}/chunks"),
     wildcard_constraints:
         source="|".join(MORPHOLOGY_SOURCES),
     params:
-        resolution=config["subsets"]["resolution"],
+        resolution=MORPHOLOGY_SCALE["resolution_px"],
+        native=lambda wildcards: f"--native-px {MORPHOLOGY_SCALE['native_px']}" if wildcards.source == "real" else "",
         chunk_size=MORPHOLOGY["chunk_size"],
         cap=(
             f"--max-sites-per-condition {MORPHOLOGY['max_sites_per_condition']}"
@@ -82,8 +78,26 @@ checkpoint morphology_prepare:
         "../../envs/core.yaml"
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"
-        " --stacks-dir results/subsets/stacks --resolution {params.resolution} --chunk-size {params.chunk_size}"
+        " --resolution {params.resolution} {params.native} --chunk-size {params.chunk_size}"
         " {params.cap} --seed {params.seed} --out-dir {output} > {log} 2>&1"
+
+
+rule morphology_scale:
+    input:
+        expand("results/morphology/{source}/chunks", source=MORPHOLOGY_SOURCES),
+    output:
+        "results/morphology/scale.json",
+    params:
+        scale=cli_json(MORPHOLOGY_SCALE),
+        resize=lambda wildcards, input: " ".join(os.path.join(d, "resize.json") for d in input),
+    threads: 1
+    log:
+        "results/logs/morphology/scale.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology scale --scale {params.scale} --resize {params.resize}"
+        " --out {output} > {log} 2>&1"
 
 
 # The wrapper writes CellProfiler's whole output to {log}; on failure it exits 1 and prints the end of that

@@ -114,6 +114,7 @@ rule report_summary:
         generated_report="results/report/generated.html",
         sidecars=expand("results/features/{name}.json", name=[f"real_{s}" for s in SPLITS] + ["generated"]),
         generation_trust=GENERATION_TRUST_SUMMARY,
+        morphology_scale="results/morphology/scale.json",
     output:
         html=report(
             "results/report/summary.html",

@@ -12,7 +12,9 @@ its site_id, so plates rendered in parallel jobs, in any order, give identical b
 every siRNA is written to `demo_effects.json` so later stages can be tested against ground truth.
 
 Geometry is defined on a 128-pixel field and scaled with `image_size`: a larger image shows the same
-field of view at a higher resolution.
+field of view at a higher resolution. That field is DEMO_FIELD_UM = 112 µm wide (0.875 µm per pixel at 128 px),
+chosen so the demo's nuclei have human-cell sizes: HEPG2 nuclei (semi-axes 5.8 x 5.3 px) are ~10 µm across,
+U2OS nuclei (semi-major 9.6 px) ~17 µm long.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 POSITIVE_CONTROL_ID = 1108
 NEGATIVE_CONTROL_ID = 1138
 SYNTHETIC_LABEL = "SYNTHETIC DEMO DATA — not RxRx1"
+
+# Physical width of the demo's field of view (the 128-pixel geometry below), in µm.
+DEMO_FIELD_UM = 112.0
+
+
+def demo_pixel_size_um(image_size: int) -> float:
+    """µm per pixel of a demo site of `image_size` pixels (the field is DEMO_FIELD_UM wide at any size)."""
+    return DEMO_FIELD_UM / image_size
+
 
 # Must match the defaults of `data.demo` in workflow/schemas/config.schema.yaml (a test checks it).
 DEMO_DEFAULTS = {
@@ -314,6 +325,27 @@ def render_site(cell_type: str, sirna_id: int, site_id: str, experiment: str, pl
     return _acquire(clean, acquisition, rng)
 
 
+def render_nuclei(cell_type: str, sirna_id: int, site_id: str, demo: dict | None = None) -> np.ndarray:
+    """The `(S, S)` label image of the nuclei drawn on a demo site (the ground truth of nuclei segmentation).
+
+    Nuclei are drawn before the microscope (batch effects, noise) acts, so this is the same for any plate.
+    """
+    cfg = demo_config(demo)
+    effect = {**NEUTRAL, **_sirna_effects(cfg["n_sirnas"])[int(sirna_id)]}
+    nuclei = []
+    _render_cells(MORPHOLOGY[cell_type], effect, _rng(cfg["seed"], "site", site_id), cfg["image_size"], nuclei)
+    return nuclei[0]
+
+
+def count_nuclei(labels: np.ndarray, *, exclude_border: bool = True) -> int:
+    """Nuclei in a label image; with exclude_border, those touching the image edge are left out (as CellProfiler's
+    nuclei step discards them)."""
+    ids = set(np.unique(labels)) - {0}
+    if exclude_border:
+        ids -= set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    return len(ids)
+
+
 def _sirna_effects(n_sirnas: int) -> dict[int, dict]:
     return {s["sirna_id"]: s["effect"] for s in demo_sirnas(n_sirnas)}
 
@@ -382,8 +414,9 @@ def _noise(rng, size: int, sigma: float) -> np.ndarray:
     return field / (field.std() + 1e-12)
 
 
-def _render_cells(m: Morphology, effect: dict, rng, size: int) -> np.ndarray:
-    """Noise-free stains of one site, `(6, S, S)` float32, about 0..1 per stain."""
+def _render_cells(m: Morphology, effect: dict, rng, size: int, nuclei_out: list | None = None) -> np.ndarray:
+    """Noise-free stains of one site, `(6, S, S)` float32, about 0..1 per stain. With `nuclei_out` (a list), the
+    label image of the nuclei drawn (0 = none, i + 1 = cell i) is appended to it; the stains are the same."""
     scale = size / 128.0
     # larger cells take more room: fewer of them fit in the field
     centres = _place_cells(m, effect["density_scale"] / effect["cell_scale"] ** 2, effect["nucleus_scale"], rng,
@@ -451,6 +484,8 @@ def _render_cells(m: Morphology, effect: dict, rng, size: int) -> np.ndarray:
     chromatin = _noise(rng, size, 0.8 * scale)
     dn = np.hypot(nu, nv) * (1 + 0.03 * chromatin)
     nucleus = np.clip((1 - dn) * nucleus_b[owner] / 1.0, 0, 1) * (cell > 0)
+    if nuclei_out is not None:
+        nuclei_out.append(np.where(nucleus > 0, owner + 1, 0).astype(np.int32))
     cyto = cell * (1 - nucleus)
     bright = brightness[owner]
 

@@ -1,8 +1,9 @@
 """CellProfiler morphology: headless CellProfiler on the six stains of real and generated sites.
 
 Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workflow/rules/morphology.smk):
-  pipeline   resources/cellprofiler/rxrx1_six_stain.cppipe -> a copy with sizes scaled to the resolution
-  prepare    manifest (+ stacks) -> per-stain PNGs + LoadData chunk CSVs + sites.parquet   (pipeline.py)
+  pipeline   resources/cellprofiler/rxrx1_six_stain.cppipe -> a copy with sizes set from µm (pipeline.py, scale.py)
+  prepare    manifest -> per-stain PNGs at morphology.resolution + LoadData chunk CSVs + sites.parquet (sites.py)
+  scale      the run's comparison scale (px, µm/px, how each source was resized) -> scale.json
   run-chunk  `cellprofiler -c -r` on one chunk -> its Image.csv; a failure fails loudly (cellprofiler.py)
   merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined  (sites.py)
   clean      feature cleaning fitted on real rows only -> cleaner + clean tables           (cleaning.py)
@@ -18,31 +19,36 @@ import argparse
 
 def _diameter(text: str):
     low, _, high = text.partition(",")
-    return int(low), int(high)
+    return float(low), float(high)
 
 
 def cli(argv) -> None:
     parser = argparse.ArgumentParser(prog="morphotrust morphology")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pipeline = commands.add_parser("pipeline", help="write the pipeline copy for the image resolution")
+    pipeline = commands.add_parser("pipeline", help="write the pipeline copy with sizes set from µm")
     pipeline.add_argument("--template", required=True, help="the .cppipe (config morphology.pipeline)")
-    pipeline.add_argument("--resolution", type=int, required=True, help="image size in pixels (subsets.resolution)")
-    pipeline.add_argument("--pipeline-resolution", type=int, required=True,
-                          help="image size the template's sizes are tuned for (morphology.pipeline_resolution)")
-    pipeline.add_argument("--nuclei-diameter", type=_diameter, default=None, metavar="MIN,MAX",
-                          help="nuclei diameter range in pixels at --resolution (default: scaled)")
+    pipeline.add_argument("--pixel-size-um", type=float, required=True,
+                          help="µm per pixel of the images CellProfiler measures (at morphology.resolution)")
+    pipeline.add_argument("--nuclei-diameter-um", type=_diameter, required=True, metavar="MIN,MAX",
+                          help="nuclei diameter range in µm (morphology.nuclei_diameter_um)")
     pipeline.add_argument("--out", required=True)
 
     prepare = commands.add_parser("prepare", help="write PNGs and LoadData chunk CSVs for one source")
     prepare.add_argument("--source", required=True, choices=("real", "generated"))
     prepare.add_argument("--manifest", required=True)
-    prepare.add_argument("--stacks-dir", help="folder of {split}.npy stacks (real sites)")
-    prepare.add_argument("--resolution", type=int, required=True)
+    prepare.add_argument("--resolution", type=int, required=True, help="px CellProfiler measures")
+    prepare.add_argument("--native-px", type=int, default=None,
+                         help="real sites: the native size the pixel size is worked out for (checked)")
     prepare.add_argument("--chunk-size", type=int, required=True)
     prepare.add_argument("--max-sites-per-condition", type=int, default=None)
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--out-dir", required=True)
+
+    scale = commands.add_parser("scale", help="write the run's comparison scale (scale.json)")
+    scale.add_argument("--scale", required=True, help="JSON of morphotrust.morphology.scale.scale_of(config)")
+    scale.add_argument("--resize", nargs="+", required=True, help="resize.json of each source (from prepare)")
+    scale.add_argument("--out", required=True)
 
     run = commands.add_parser("run-chunk", help="run headless CellProfiler on one chunk CSV")
     run.add_argument("--cellprofiler", required=True, help="executable (path or name on PATH)")
@@ -71,9 +77,9 @@ def cli(argv) -> None:
     elif args.command == "pipeline":
         from .pipeline import write_pipeline
 
-        changes = write_pipeline(args.template, args.out, resolution=args.resolution,
-                                 pipeline_resolution=args.pipeline_resolution, nuclei_diameter=args.nuclei_diameter)
-        print(f"{args.out}: {len(changes)} setting(s) changed for {args.resolution}-pixel images")
+        changes = write_pipeline(args.template, args.out, pixel_size_um=args.pixel_size_um,
+                                 nuclei_diameter_um=args.nuclei_diameter_um)
+        print(f"{args.out}: {len(changes)} setting(s) changed for {args.pixel_size_um:g} µm per pixel")
         for change in changes:
             print(f"  {change}")
     elif args.command == "prepare":
@@ -81,8 +87,15 @@ def cli(argv) -> None:
 
         sites = prepare(args.source, args.manifest, args.out_dir, resolution=args.resolution,
                         chunk_size=args.chunk_size, max_sites_per_condition=args.max_sites_per_condition,
-                        seed=args.seed, stacks_dir=args.stacks_dir)
+                        seed=args.seed, native_px=args.native_px)
         print(f"{args.source}: {len(sites)} sites in {sites['chunk'].nunique()} chunk(s) -> {args.out_dir}")
+    elif args.command == "scale":
+        import json
+
+        from .scale import write_scale
+
+        info = write_scale(json.loads(args.scale), args.resize, args.out)
+        print(f"{args.out}: {json.dumps(info)}")
     elif args.command == "merge":
         from .sites import merge
 

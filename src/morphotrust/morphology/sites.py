@@ -1,11 +1,17 @@
 """Sites in, per-image CellProfiler tables out.
 
-prepare: the sites of one source (real: the subset manifest + image stacks; generated: a generated
-manifest + canonical TIFFs), capped per condition, become one folder that CellProfiler reads:
+prepare: the sites of one source (real: the subset manifest, each site read from its canonical ingested TIFF
+at native resolution, NOT the generator's downsampled stacks; generated: a generated manifest + canonical
+TIFFs), capped per condition, become one folder that CellProfiler reads:
 
-    {out_dir}/images/{key}_w{1..6}.png   one 8-bit grayscale PNG per stain, at the configured resolution
+    {out_dir}/images/{key}_w{1..6}.png   one 8-bit grayscale PNG per stain, at morphology.resolution
     {out_dir}/chunk_{NNN}.csv            LoadData tables, sites dealt round-robin, image paths relative to out_dir
     {out_dir}/sites.parquet              Metadata_SiteKey, the chunk and every Metadata_ column of the manifest
+    {out_dir}/resize.json                the sizes read and how they were brought to the resolution
+
+Generated images are brought to the real sites' scale: area averaging (PIL box filter) to shrink, bicubic to
+enlarge (a 64-px generator's images measured at 128 px). Real sites are resized only when morphology.resolution
+is an integer other than their own size.
 
 merge: the per-chunk Image.csv tables become one table per source, one row per site, with the manifest's
 Metadata_ columns joined on the site key (CellProfiler's own Metadata_ columns are dropped).
@@ -22,15 +28,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..images import N_CHANNELS, read_site, resize_site
-from ..io import write_csv, write_parquet
+from ..images import read_site, resize_site
+from ..io import write_csv, write_json, write_parquet
 from .cellprofiler import SITE_KEY
 
 # LoadData image names of the stains, channel order w1..w6 (RxRx1). The pipeline refers to these names.
 STAIN_NAMES = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
 SOURCES = ("real", "generated")
 REQUIRED = {
-    "real": ("Metadata_condition", "Metadata_split", "Metadata_stack_index"),
+    "real": ("Metadata_condition", "Metadata_image_path"),
     "generated": ("Metadata_condition", "Metadata_image_path"),
 }
 # Image-quality columns the QC report reads: they must be in every per-image table.
@@ -65,26 +71,25 @@ def select_sites(manifest: pd.DataFrame, max_per_condition: int | None, seed: in
     return manifest.loc[sorted(keep)]
 
 
-def _real_images(table: pd.DataFrame, stacks_dir, resolution: int):
-    stacks = {}
-    for split, index in zip(table["Metadata_split"], table["Metadata_stack_index"]):
-        if split not in stacks:
-            path = Path(stacks_dir) / f"{split}.npy"
-            if not path.is_file():
-                raise InputError("image stack not found", file=path, expected="results/subsets/stacks/{split}.npy")
-            stack = np.load(path, mmap_mode="r")
-            if stack.ndim != 4 or stack.shape[1:] != (N_CHANNELS, resolution, resolution) or stack.dtype != np.uint8:
-                raise InputError(f"stack has shape {stack.shape} and dtype {stack.dtype}", file=path,
-                                 expected=f"uint8 (N, {N_CHANNELS}, {resolution}, {resolution}) "
-                                          "(subsets.resolution)")
-            stacks[split] = (path, stack)
-        path, stack = stacks[split]
-        if not 0 <= int(index) < len(stack):
-            raise InputError(f"Metadata_stack_index {index} is outside the stack ({len(stack)} images)", file=path)
-        yield np.asarray(stack[int(index)])
+def resample_method(size_in: int, size_out: int) -> str:
+    if size_in == size_out:
+        return "none"
+    return "area average (box filter)" if size_in > size_out else "bicubic"
 
 
-def _generated_images(table: pd.DataFrame, resolution: int, manifest_path):
+def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
+    """A uint8 `(6, H, W)` site at `resolution` px: box filter to shrink, bicubic to enlarge."""
+    if image.shape[1] == resolution:
+        return image
+    if image.shape[1] > resolution:
+        return resize_site(image, resolution)
+    planes = [np.asarray(Image.fromarray(plane.astype(np.float32)).resize((resolution, resolution),
+                                                                         Image.Resampling.BICUBIC))
+              for plane in image]
+    return np.clip(np.rint(np.stack(planes)), 0, 255).astype(np.uint8)
+
+
+def _site_images(table: pd.DataFrame, manifest_path, native_px: int | None):
     for line, path in zip(table.index, table["Metadata_image_path"]):  # index = manifest row
         if not Path(path).is_file():
             raise InputError(f"image {path} not found", file=manifest_path, where=f"row {line}")
@@ -98,14 +103,23 @@ def _generated_images(table: pd.DataFrame, resolution: int, manifest_path):
         if image.shape[1] != image.shape[2]:
             raise InputError(f"image {path} is {image.shape[2]}x{image.shape[1]} pixels", file=manifest_path,
                              where=f"row {line}", expected="square images")
-        # compared with real sites at the same resolution
-        yield resize_site(image, resolution) if image.shape[1] != resolution else image
+        if native_px is not None and image.shape[1] != native_px:
+            raise InputError(
+                f"real site {path} is {image.shape[1]} px, but its pixel size is worked out for {native_px}-px sites",
+                file=manifest_path, where=f"row {line}",
+                expected="sites of the native size (data.demo.image_size for the demo, 512 for RxRx1); for other "
+                         "data set morphology.pixel_size_um to the µm per pixel of these images")
+        yield image
 
 
 def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size: int,
-            max_sites_per_condition: int | None = None, seed: int = 0, stacks_dir=None,
+            max_sites_per_condition: int | None = None, seed: int = 0, native_px: int | None = None,
             progress: bool = True) -> pd.DataFrame:
-    """Write PNGs, LoadData chunk CSVs and sites.parquet for one source; return the sites table."""
+    """Write PNGs, LoadData chunk CSVs, sites.parquet and resize.json for one source; return the sites table.
+
+    `resolution`: px CellProfiler measures. `native_px` (real sites only): the size the pixel size was worked
+    out for; a real site of another size is an error rather than a silently wrong scale.
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     if chunk_size < 1:
@@ -121,13 +135,12 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     images_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("chunk_*.csv"):  # from an earlier run with more chunks
         stale.unlink()
-    if source == "real":
-        images = _real_images(table, stacks_dir, resolution)
-    else:
-        images = _generated_images(table, resolution, manifest_path)
-    rows = []
+    images = _site_images(table, manifest_path, native_px if source == "real" else None)
+    rows, sizes = [], set()
     for key, image in tqdm(zip(keys, images), total=len(keys), desc=f"{source} sites -> PNG",
                            disable=not progress, mininterval=5):
+        sizes.add(int(image.shape[1]))
+        image = to_resolution(image, resolution)
         row = {}
         for channel, name in enumerate(STAIN_NAMES):
             filename = f"{key}_w{channel + 1}.png"
@@ -143,6 +156,8 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     metadata = table[[c for c in table.columns if c.startswith("Metadata_")]].reset_index(drop=True)
     sites = pd.concat([pd.DataFrame({SITE_KEY: keys, "chunk": chunks}), metadata], axis=1)
     write_parquet(sites, out_dir / "sites.parquet")
+    write_json({"source": source, "input_px": sorted(sizes), "resolution_px": int(resolution),
+                "resize": {str(s): resample_method(s, resolution) for s in sorted(sizes)}}, out_dir / "resize.json")
     return sites
 
 

@@ -51,6 +51,7 @@ CATALOGUE = [
     ("morphology/generated_image.parquet", "CellProfiler per-image measurements of the generated images"),
     ("morphology/*_clean.parquet", "cleaned, standardised CellProfiler features"),
     ("morphology/cleaning_report.json", "what the feature cleaning kept and dropped"),
+    ("morphology/scale.json", "the scale CellProfiler measured at: px, µm per px, how each source was resized"),
     ("validation/summary.json", "headline numbers of every validation analysis"),
     ("validation/*.csv", "validation tables (docs/design.md, Validation outputs)"),
     ("validation/*.png", "validation plots"),
@@ -351,6 +352,11 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
     if encoder_info:
         head.append(("encoder", f"{encoder_info.get('encoder')} · {encoder_info.get('weights')}"))
     head.append(("plates", len(plates)))
+    scale = read_json_optional(results_dir / "morphology" / "scale.json")
+    if scale:
+        from ..morphology.scale import describe
+
+        head.append(("CellProfiler scale", describe(scale)))
     overview = section("overview", "Overview",
                        "The run at a glance. Below: which conditions the generated images can be trusted for, how the "
                        "trust score fared against real cells, which plates or wells failed image QC, the encoder and "
