@@ -46,14 +46,15 @@ def test_gate_flags_count_and_diameter_outside_the_range():
 
 
 def test_stop_names_resolution_or_pixel_size():
-    # at 4 µm per pixel a 6-µm nucleus is 1.5 px: the resolution is too low
-    coarse = gate_sites(_table([0, 0, 3], [np.nan, np.nan, 1.0]), pixel_size_um=4.0, nuclei_diameter_um=RANGE_UM)
+    # at 4 µm per pixel a 6-µm nucleus is 1.5 px: the resolution is too low, whatever was found
+    coarse = gate_sites(_table([10, 9, 3], [4.0, 5.0, 6.0]), pixel_size_um=4.0, nuclei_diameter_um=RANGE_UM)
+    assert not coarse[OK].any() and "too coarse" in coarse[PROBLEM][0]
     with pytest.raises(InputError, match="morphology.resolution"):
         check_source(coarse, source="real", pixel_size_um=4.0, nuclei_diameter_um=RANGE_UM)
-    # nuclei 40 px across at a claimed 2 µm/px measure 80 µm: the pixel size is wrong
-    wrong = gate_sites(_table([10, 12, 9], [40.0, 38.0, 41.0]), pixel_size_um=2.0, nuclei_diameter_um=RANGE_UM)
+    # nuclei 40 px across at a claimed 1.5 µm/px measure 60 µm: the pixel size is wrong
+    wrong = gate_sites(_table([10, 12, 9], [40.0, 38.0, 41.0]), pixel_size_um=1.5, nuclei_diameter_um=RANGE_UM)
     with pytest.raises(InputError, match="morphology.pixel_size_um"):
-        check_source(wrong, source="real", pixel_size_um=2.0, nuclei_diameter_um=RANGE_UM)
+        check_source(wrong, source="real", pixel_size_um=1.5, nuclei_diameter_um=RANGE_UM)
     # one failure in three is not "most" at the default max_failed_fraction 0.5; at 0.2 it stops
     mixed = gate_sites(_table([10, 12, 0], [14.0, 15.0, np.nan]), pixel_size_um=0.875, nuclei_diameter_um=RANGE_UM)
     assert check_source(mixed, source="real", pixel_size_um=0.875, nuclei_diameter_um=RANGE_UM)["failed"] == 1
@@ -115,14 +116,14 @@ def test_qc_pass_counts_demo_nuclei_and_passes_the_gate(demo_plate):
 @pytest.mark.cellprofiler
 @needs_cellprofiler
 def test_gate_stops_on_a_wrong_pixel_size(demo_plate):
-    """The demo's 0.875 µm/px claimed as 3 µm/px: nuclei of 6-30 µm are sought at 2-10 px, found 3.4x too big."""
+    """The demo's 0.875 µm/px claimed as 5 µm/px: every nucleus measures 5.7x its size, beyond 30 µm."""
     work, sites, _ = demo_plate
-    plate_dir = _qc_run(work, sites, 128, 3.0)
+    plate_dir = _qc_run(work, sites, 128, 5.0)
     with pytest.raises(InputError, match="morphology.pixel_size_um"):
-        qc_merge([plate_dir], work / "wrong.parquet", pixel_size_um=3.0, nuclei_diameter_um=RANGE_UM)
+        qc_merge([plate_dir], work / "wrong.parquet", pixel_size_um=5.0, nuclei_diameter_um=RANGE_UM)
     assert not (work / "wrong.parquet").exists()
     gated = gate_sites(merge_tables(plate_dir / "chunks" / "sites.parquet", [plate_dir / "image.csv"]),
-                       pixel_size_um=3.0, nuclei_diameter_um=RANGE_UM)
+                       pixel_size_um=5.0, nuclei_diameter_um=RANGE_UM)
     assert (~gated[OK]).mean() > 0.5
 
 

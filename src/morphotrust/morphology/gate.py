@@ -5,7 +5,8 @@ Per site (a row of a per-image CellProfiler table): the nuclei count and the med
 against the configured range:
 
   - count  >= morphology.gate.min_nuclei (and <= max_nuclei when that is set);
-  - median diameter inside morphology.nuclei_diameter_um.
+  - median diameter inside morphology.nuclei_diameter_um;
+  - the smallest nucleus of that range at least MIN_RESOLVABLE_PX pixels across at the run's pixel size.
 
 The QC pass (resources/cellprofiler/qc_light.cppipe) keeps nuclei outside the diameter range, so its median
 shows a scale mismatch directly; the full pipeline discards them, so there a mismatch shows as a count that
@@ -34,8 +35,10 @@ PROBLEM = "Metadata_segmentation_problem"
 DIAMETER_UM = "Metadata_nuclei_diameter_um"
 GATE_COLUMNS = (OK, PROBLEM, DIAMETER_UM)
 DEFAULT_GATE = {"min_nuclei": 1, "max_nuclei": None, "max_failed_fraction": 0.5}
-# Below this many pixels across, a nucleus cannot be segmented reliably (its outline is a handful of pixels).
-MIN_RESOLVABLE_PX = 5
+# Below this many pixels across, a nucleus cannot be segmented reliably (its outline is a handful of pixels):
+# when the smallest nucleus of the range is smaller at the run's pixel size, every site fails the gate. Measured
+# sizes cannot show this: at such resolutions clumps of nuclei come out as blobs of a plausible size.
+MIN_RESOLVABLE_PX = 4
 
 
 def gate_settings(gate: dict | None) -> dict:
@@ -65,8 +68,13 @@ def gate_sites(table: pd.DataFrame, *, pixel_size_um: float, nuclei_diameter_um,
     count = pd.to_numeric(table[COUNT_COLUMN], errors="coerce").fillna(0).to_numpy(float)
     diameter = pd.to_numeric(table[DIAMETER_COLUMN], errors="coerce").to_numpy(float) * float(pixel_size_um)
     problems = []
+    min_px = low / float(pixel_size_um)
+    too_coarse = (f"nuclei of {low:g} µm are {min_px:.1f} px at {float(pixel_size_um):.3g} µm/px "
+                  f"(< {MIN_RESOLVABLE_PX} px): too coarse to segment")
     for n, d in zip(count, diameter):
-        if n < gate["min_nuclei"]:
+        if min_px < MIN_RESOLVABLE_PX:
+            problems.append(too_coarse)
+        elif n < gate["min_nuclei"]:
             problems.append(f"{n:g} nuclei < {gate['min_nuclei']:g}")
         elif gate["max_nuclei"] is not None and n > gate["max_nuclei"]:
             problems.append(f"{n:g} nuclei > {gate['max_nuclei']:g}")
@@ -92,14 +100,15 @@ def likely_cause(gated: pd.DataFrame, *, pixel_size_um: float, nuclei_diameter_u
     failed = gated[~gated[OK]]
     diameters = failed[DIAMETER_UM].to_numpy(float)
     diameters = diameters[np.isfinite(diameters)]
-    if min_px < MIN_RESOLVABLE_PX:
-        return (f"the resolution is too low for the object size: at {pixel_size_um:.3g} µm per pixel the smallest "
-                f"nucleus ({low:g} µm) is {min_px:.1f} px across, too few pixels to segment. Raise "
-                "morphology.resolution (or set it to native)")
+    # nuclei measured larger than the range prove the pixel size wrong, whatever the resolution
     if len(diameters) and np.median(diameters) > high:
         return (f"nuclei measure {np.median(diameters):.1f} µm (median), larger than {high:g} µm: the pixel size is "
                 f"probably too large ({pixel_size_um:.3g} µm/px at this resolution). Check morphology.pixel_size_um "
                 "(µm per pixel of the native site), or widen morphology.nuclei_diameter_um")
+    if min_px < MIN_RESOLVABLE_PX:
+        return (f"the resolution is too low for the object size: at {pixel_size_um:.3g} µm per pixel the smallest "
+                f"nucleus ({low:g} µm) is {min_px:.1f} px across, too few pixels to segment. Raise "
+                "morphology.resolution (or set it to native)")
     if len(diameters) and np.median(diameters) < low:
         return (f"nuclei measure {np.median(diameters):.1f} µm (median), smaller than {low:g} µm: the pixel size is "
                 f"probably too small ({pixel_size_um:.3g} µm/px at this resolution), or the images too coarse. Check "
