@@ -223,8 +223,8 @@ rule morphology_qc_pipeline:
 # Every ingested site of a plate in ONE chunk: one CellProfiler start-up (~9 s, a JVM) per plate.
 rule morphology_qc_prepare:
     input:
-        "results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
-        "results/data/sites/{experiment}/Plate{plate}",
+        table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
+        sites="results/data/sites/{experiment}/Plate{plate}",
     output:
         directory("results/morphology/qc/{experiment}/Plate{plate}/chunks"),
     wildcard_constraints:
@@ -240,7 +240,7 @@ rule morphology_qc_prepare:
     conda:
         "../../envs/core.yaml"
     shell:
-        "python -m morphotrust morphology prepare --source qc --manifest {input[0]} --resolution {params.resolution}"
+        "python -m morphotrust morphology prepare --source qc --manifest {input.table} --resolution {params.resolution}"
         " --native-px {params.native} --chunk-size 1000000 --out-dir {output} > {log} 2>&1"
 
 
