@@ -5,7 +5,10 @@ Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workf
   prepare    manifest -> per-stain PNGs at morphology.resolution + LoadData chunk CSVs + sites.parquet (sites.py)
   scale      the run's comparison scale (px, µm/px, how each source was resized) -> scale.json
   run-chunk  `cellprofiler -c -r` on one chunk -> its Image.csv; a failure fails loudly (cellprofiler.py)
-  merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined  (sites.py)
+  merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined, segmentation gate
+             (sites.py, gate.py; --stop-on-failure for the real sites)
+  qc-merge   the light QC pass of every plate (pipeline --light, prepare --source qc, run-chunk per plate)
+             -> qc_image.parquet with the segmentation gate; stops when most sites fail it  (sites.py, gate.py)
   clean      feature cleaning fitted on real rows only -> cleaner + clean tables           (cleaning.py)
 
 Submodules are imported lazily: `run-chunk` must work inside the CellProfiler conda environment, which
