@@ -357,7 +357,7 @@ def test_plate_report_without_measurements_says_not_measured(world):
     inputs.scores = None
     document, _ = build_plate_report(EXPERIMENT, 2, inputs, {})
     text = Page(document).all_text
-    assert "Not measured: no CellProfiler table for the real sites" in text
+    assert "Not measured: no CellProfiler QC table for the real sites" in text
     assert "Not available: no trust scores" in text
     assert "Not computed for these conditions" in text
 
@@ -552,3 +552,30 @@ def test_report_rules_run_and_snakemake_report_files_the_figures(world, tmp_path
     text = Path("snakemake_report.html").read_text(errors="replace")
     for category in ("Plate QC", "Run summary", "Generated images"):
         assert category in text, category
+
+
+def test_plate_map_covers_every_ingested_well_from_the_qc_pass(world, tmp_path):
+    """With the QC pass (one row per ingested site, gate columns), every well with a site is measured and a site
+    that failed the segmentation gate is listed with its rule."""
+    from morphotrust.morphology.gate import OK, PROBLEM
+    from morphotrust.report.qc import FAILED, all_flags, well_summary
+
+    sites = pd.read_parquet(world / "results/data/sites.parquet")
+    plate = sites[(sites["Metadata_experiment"] == EXPERIMENT) & (sites["Metadata_plate"] == 1)].reset_index(drop=True)
+    qc_table = plate.assign(Count_Nuclei=12.0, **_qc_columns(len(plate)))
+    qc_table[OK] = True
+    qc_table[PROBLEM] = ""
+    qc_table.loc[0, OK] = False
+    qc_table.loc[0, PROBLEM] = "median nucleus diameter 52.5 µm > 30 µm"
+    qc_table.to_parquet(tmp_path / "qc_image.parquet")
+    inputs = _inputs(world)
+    inputs.morphology_qc = tmp_path / "qc_image.parquet"
+    flags = all_flags(qc_table, None, report_settings({})["qc"], "Metadata_site_id")
+    wells = well_summary(qc_table, flags, report_settings({})["qc"])
+    assert set(wells["Metadata_well"]) == set(plate["Metadata_well"].astype(str))  # no grey well
+    assert wells["sites_failed_segmentation"].sum() == 1
+    document, _ = build_plate_report(EXPERIMENT, 1, inputs, {})
+    text = Page(document).all_text
+    assert "Sites where nuclei segmentation failed" in text and plate["Metadata_site_id"][0] in text
+    assert "52.5 µm > 30 µm" in text and FAILED in set(flags["problem"])
+    assert f"sites measured by the CellProfiler QC pass {len(plate)}" in " ".join(text.split())

@@ -10,6 +10,14 @@
 #   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet (pycytominer's
 #                         column conventions: morphotrust.morphology.fields)
 #   morphology_clean      -> cleaner.npz/.json, real_clean.parquet, generated_clean.parquet, cleaning_report.json
+#                         (real sites that failed the segmentation gate are left out)
+# The light QC pass on EVERY ingested site, one CellProfiler job per plate (the same prepare / run-chunk machinery,
+# resources/cellprofiler/qc_light.cppipe):
+#   morphology_qc_pipeline  -> results/morphology/qc_pipeline.cppipe (sizes from µm)
+#   morphology_qc_prepare   ingested plate -> results/morphology/qc/{experiment}/Plate{plate}/chunks (one chunk)
+#   morphology_qc_plate     cellprofiler on the plate -> .../image.csv
+#   morphology_qc_merge     every plate -> results/morphology/qc_image.parquet + the segmentation gate (stops the
+#                           run when most sites fail it, morphology.gate.max_failed_fraction)
 #
 # The number of chunks (ceil(sites / chunk_size)) is known only once the manifest exists, so prepare is a
 # checkpoint and the merge asks it for the chunk list. Shell commands spell out `python -m morphotrust`
@@ -30,11 +38,22 @@ MORPHOLOGY_MANIFESTS = {
     "real": "results/subsets/manifest.parquet",
     "generated": f"results/generated/{config['generated']['source']}/manifest.parquet",
 }
+MORPHOLOGY_QC_PIPELINE = (
+    MORPHOLOGY["qc_pipeline"]
+    if os.path.isabs(MORPHOLOGY["qc_pipeline"]) or os.path.exists(MORPHOLOGY["qc_pipeline"])
+    else os.path.join(MORPHOLOGY_REPO, MORPHOLOGY["qc_pipeline"])
+)
 # The comparison scale (morphotrust.morphology.scale): px CellProfiler measures and µm per pixel there.
 try:
     MORPHOLOGY_SCALE = morphology_scale_of(config)
 except InputError as error:
     raise WorkflowError(f"morphotrust: {error}") from None
+# The segmentation gate (morphotrust.morphology.gate) as command-line options of merge / qc-merge.
+MORPHOLOGY_GATE_OPTIONS = (
+    f"--pixel-size-um {MORPHOLOGY_SCALE['pixel_size_um']}"
+    " --nuclei-diameter-um {},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"])
+    + f" --gate {cli_json(MORPHOLOGY['gate'])}"
+)
 
 
 rule morphology_pipeline:
@@ -143,6 +162,9 @@ rule morphology_merge:
         "results/morphology/{source}_image.parquet",
     wildcard_constraints:
         source="|".join(MORPHOLOGY_SOURCES),
+    params:
+        # the segmentation gate; only real sites can stop the run (failed generated images are trust's business)
+        gate=lambda wildcards: MORPHOLOGY_GATE_OPTIONS + (" --stop-on-failure" if wildcards.source == "real" else ""),
     threads: 1
     resources:
         mem_mb=2000,
@@ -152,7 +174,7 @@ rule morphology_merge:
         "../../envs/core.yaml"
     shell:
         "python -m morphotrust morphology merge --sites {input.chunks_dir}/sites.parquet --out {output}"
-        " {input.tables} > {log} 2>&1"
+        " --source {wildcards.source} {params.gate} {input.tables} > {log} 2>&1"
 
 
 rule morphology_clean:
@@ -183,3 +205,86 @@ rule morphology_clean:
         " {params.relative_variance_threshold} --variance-threshold {params.variance_threshold}"
         " --max-abs-z {params.max_abs_z}"
         " --out-dir results/morphology > {log} 2>&1"
+
+
+rule morphology_qc_pipeline:
+    input:
+        MORPHOLOGY_QC_PIPELINE,
+    output:
+        "results/morphology/qc_pipeline.cppipe",
+    params:
+        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
+        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
+    threads: 1
+    log:
+        "results/logs/morphology/qc_pipeline.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology pipeline --light --template {input:q} --pixel-size-um {params.pixel_size}"
+        " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
+
+
+# Every ingested site of a plate in ONE chunk: one CellProfiler start-up (~9 s, a JVM) per plate.
+rule morphology_qc_prepare:
+    input:
+        table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
+        sites="results/data/sites/{experiment}/Plate{plate}",
+    output:
+        directory("results/morphology/qc/{experiment}/Plate{plate}/chunks"),
+    wildcard_constraints:
+        **PLATE_PATTERN,
+    params:
+        resolution=MORPHOLOGY_SCALE["resolution_px"],
+        native=MORPHOLOGY_SCALE["native_px"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+    log:
+        "results/logs/morphology/qc/{experiment}_Plate{plate}_prepare.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology prepare --source qc --manifest {input.table} --resolution {params.resolution}"
+        " --native-px {params.native} --chunk-size 1000000 --out-dir {output} > {log} 2>&1"
+
+
+rule morphology_qc_plate:
+    input:
+        chunks="results/morphology/qc/{experiment}/Plate{plate}/chunks",
+        pipeline="results/morphology/qc_pipeline.cppipe",
+    output:
+        "results/morphology/qc/{experiment}/Plate{plate}/image.csv",
+    wildcard_constraints:
+        **PLATE_PATTERN,
+    params:
+        cellprofiler=MORPHOLOGY_CELLPROFILER,
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/morphology/qc/{experiment}_Plate{plate}.log",
+    conda:
+        "../../envs/cellprofiler.yaml"
+    shell:
+        "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
+        " --pipeline {input.pipeline} --data-file {input.chunks}/chunk_001.csv --out {output} --log {log}"
+
+
+rule morphology_qc_merge:
+    input:
+        expand("results/morphology/qc/{experiment}/Plate{plate}/image.csv", zip, **PLATES),
+    output:
+        "results/morphology/qc_image.parquet",
+    params:
+        plates=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
+        gate=MORPHOLOGY_GATE_OPTIONS,
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "results/logs/morphology/qc_merge.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "python -m morphotrust morphology qc-merge --out {output} {params.gate} {params.plates} > {log} 2>&1"

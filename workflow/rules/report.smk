@@ -22,6 +22,7 @@ REPORT_INPUTS = {
     "histogram": "results/trust/trust_histogram.png",
     "morphology_real": "results/morphology/real_image.parquet",
     "morphology_generated": "results/morphology/generated_image.parquet",
+    "morphology_qc": "results/morphology/qc_image.parquet",
     # every validation analysis has run once their headlines are collected
     "validation": "results/validation/summary.json",
 }
@@ -30,7 +31,8 @@ REPORT_OPTIONS = (
     "--manifest {input.manifest} --stacks-dir {params.stacks_dir} --sites {input.sites}"
     " --qc-skipped {input.qc_skipped} --generated {input.generated} --scores {input.scores}"
     " --real-scores {input.real_scores} --threshold {input.threshold} --morphology-real {input.morphology_real}"
-    " --morphology-generated {input.morphology_generated} --validation-dir {params.validation_dir}"
+    " --morphology-generated {input.morphology_generated} --morphology-qc {input.morphology_qc}"
+    " --validation-dir {params.validation_dir}"
     " --config {params.cfg}"
 )
 

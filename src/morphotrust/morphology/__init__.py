@@ -6,7 +6,9 @@ Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workf
   scale      the run's comparison scale (px, µm/px, how each source was resized) -> scale.json
   run-chunk  `cellprofiler -c -r` on one chunk -> its Image.csv; a failure fails loudly (cellprofiler.py)
   merge      chunk Image.csv tables -> one per-image parquet per source, Metadata_ joined, columns in
-             pycytominer's conventions                                                    (sites.py, fields.py)
+             pycytominer's conventions, segmentation gate   (sites.py, fields.py, gate.py; --stop-on-failure: real)
+  qc-merge   the light QC pass of every plate (pipeline --light, prepare --source qc, run-chunk per plate)
+             -> qc_image.parquet with the segmentation gate; stops when most sites fail it  (sites.py, gate.py)
   clean      feature cleaning fitted on real rows only (pycytominer) -> cleaner + clean tables (cleaning.py)
 
 Submodules are imported lazily: `run-chunk` must work inside the CellProfiler conda environment, which
@@ -23,6 +25,26 @@ def _diameter(text: str):
     return float(low), float(high)
 
 
+def _gate_options(parser, required=False) -> None:
+    parser.add_argument("--pixel-size-um", type=float, required=required,
+                        help="segmentation gate: µm per pixel of the measured images")
+    parser.add_argument("--nuclei-diameter-um", type=_diameter, required=required, metavar="MIN,MAX",
+                        help="segmentation gate: nuclei diameter range in µm")
+    parser.add_argument("--gate", default="{}", help="the morphology.gate config section as JSON")
+    parser.add_argument("--source", default="real", help="name of the source in messages")
+    parser.add_argument("--stop-on-failure", action="store_true",
+                        help="stop when more than gate.max_failed_fraction of the sites fail the gate")
+
+
+def _gate_kwargs(args) -> dict | None:
+    import json
+
+    if args.pixel_size_um is None:
+        return None
+    return {"pixel_size_um": args.pixel_size_um, "nuclei_diameter_um": args.nuclei_diameter_um,
+            "gate": json.loads(args.gate)}
+
+
 def cli(argv) -> None:
     parser = argparse.ArgumentParser(prog="morphotrust morphology")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,10 +55,12 @@ def cli(argv) -> None:
                           help="µm per pixel of the images CellProfiler measures (at morphology.resolution)")
     pipeline.add_argument("--nuclei-diameter-um", type=_diameter, required=True, metavar="MIN,MAX",
                           help="nuclei diameter range in µm (morphology.nuclei_diameter_um)")
+    pipeline.add_argument("--light", action="store_true",
+                          help="a light QC pipeline: only the nuclei and image-quality size settings are required")
     pipeline.add_argument("--out", required=True)
 
     prepare = commands.add_parser("prepare", help="write PNGs and LoadData chunk CSVs for one source")
-    prepare.add_argument("--source", required=True, choices=("real", "generated"))
+    prepare.add_argument("--source", required=True, choices=("real", "generated", "qc"))
     prepare.add_argument("--manifest", required=True)
     prepare.add_argument("--resolution", type=int, required=True, help="px CellProfiler measures")
     prepare.add_argument("--native-px", type=int, default=None,
@@ -62,6 +86,12 @@ def cli(argv) -> None:
     merge.add_argument("--sites", required=True, help="sites.parquet written by prepare")
     merge.add_argument("--out", required=True)
     merge.add_argument("chunks", nargs="+", help="chunk Image.csv tables")
+    _gate_options(merge)
+
+    qc_merge = commands.add_parser("qc-merge", help="QC pass of every plate -> one table, segmentation gate applied")
+    qc_merge.add_argument("--out", required=True, help="results/morphology/qc_image.parquet")
+    qc_merge.add_argument("plates", nargs="+", help="per-plate QC folders (chunks/sites.parquet + image.csv)")
+    _gate_options(qc_merge, required=True)
 
     clean = commands.add_parser("clean", help="fit the feature cleaner on real rows, apply to both")
     clean.add_argument("--real", required=True)
@@ -83,7 +113,7 @@ def cli(argv) -> None:
         from .pipeline import write_pipeline
 
         changes = write_pipeline(args.template, args.out, pixel_size_um=args.pixel_size_um,
-                                 nuclei_diameter_um=args.nuclei_diameter_um)
+                                 nuclei_diameter_um=args.nuclei_diameter_um, light=args.light)
         print(f"{args.out}: {len(changes)} setting(s) changed for {args.pixel_size_um:g} µm per pixel")
         for change in changes:
             print(f"  {change}")
@@ -104,8 +134,20 @@ def cli(argv) -> None:
     elif args.command == "merge":
         from .sites import merge
 
-        table = merge(args.sites, args.chunks, args.out)
+        gate = _gate_kwargs(args)
+        table = merge(args.sites, args.chunks, args.out, gate=gate)
         print(f"{args.out}: {len(table)} rows, {table.shape[1]} columns")
+        if gate is not None:
+            from .gate import check_source, failure_summary
+
+            print(f"segmentation gate: {failure_summary(table)}")
+            if args.stop_on_failure:  # a failed job's output is removed by Snakemake
+                check_source(table, source=f"{args.source} (full pipeline)", file=args.out, **gate)
+    elif args.command == "qc-merge":
+        from .sites import qc_merge
+
+        table, summary = qc_merge(args.plates, args.out, **_gate_kwargs(args))
+        print(f"{args.out}: {len(table)} sites of {len(args.plates)} plate(s); segmentation gate: {summary}")
     else:
         from .cleaning import clean
 

@@ -37,6 +37,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
+from .gate import OK as GATE_OK
 from ..io import write_json, write_npz, write_parquet
 from .fields import COMPARTMENTS, is_bookkeeping
 
@@ -227,6 +228,13 @@ def clean(real_path, generated_path, out_dir, variance_filter: str = VARIANCE_FI
     out_dir = Path(out_dir)
     real = pd.read_parquet(real_path)
     generated = pd.read_parquet(generated_path)
+    # Real sites whose nuclei segmentation failed the gate (morphotrust.morphology.gate) are left out of the
+    # cleaning and of validation. Generated images that fail it are kept (and counted): failing is what the trust
+    # score should catch, and leaving them out would flatter the generator.
+    real_failed = ~real[GATE_OK].astype(bool) if GATE_OK in real.columns else pd.Series(False, index=real.index)
+    failed_ids = _row_ids(real, real.index[real_failed])
+    real = real[~real_failed]
+    generated_failed = int((~generated[GATE_OK].astype(bool)).sum()) if GATE_OK in generated.columns else None
     cleaner = FeatureCleaner.fit(real, variance_filter, variance_threshold, relative_variance_threshold, max_abs_z,
                                  source=real_path)
     real_clean, real_dropped = cleaner.transform(real, source=real_path)
@@ -237,6 +245,9 @@ def clean(real_path, generated_path, out_dir, variance_filter: str = VARIANCE_FI
         "n_generated_rows_dropped_nan": len(generated_dropped),
         "generated_rows_dropped_nan": _row_ids(generated, generated_dropped),
         "real_rows_dropped_nan": _row_ids(real, real_dropped),
+        "n_real_rows_failed_segmentation": len(failed_ids),
+        "real_rows_failed_segmentation": failed_ids,
+        "n_generated_rows_failed_segmentation": generated_failed,
     })
     cleaner.save(out_dir / "cleaner.npz", out_dir / "cleaner.json")
     write_parquet(real_clean, out_dir / "real_clean.parquet")

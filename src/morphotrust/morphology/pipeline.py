@@ -81,11 +81,18 @@ def physical_settings(pixel_size_um: float, nuclei_diameter_um) -> dict:
     return {key: rule(scale) for key, rule in SIZE_SETTINGS.items()}
 
 
-def rescale_pipeline(text: str, pixel_size_um: float, nuclei_diameter_um, *, source="pipeline") -> tuple[str, list[str]]:
+# The size settings a light pipeline (resources/cellprofiler/qc_light.cppipe: image quality + nuclei) must hold;
+# the full pipeline must hold all of SIZE_SETTINGS.
+LIGHT_SETTINGS = tuple(key for key in SIZE_SETTINGS if key[0] in ("IdentifyPrimaryObjects", "MeasureImageQuality"))
+
+
+def rescale_pipeline(text: str, pixel_size_um: float, nuclei_diameter_um, *, source="pipeline",
+                     required=None) -> tuple[str, list[str]]:
     """Return (new .cppipe text, list of changes) with every size setting set for the physical scale.
 
     A setting that morphotrust sets but the pipeline lacks is an error (nothing is silently left at the wrong
-    size). Settings of the same name in other modules are left alone.
+    size). Settings of the same name in other modules are left alone. `required`: the (module, setting) keys
+    that must be present (default: all of SIZE_SETTINGS; LIGHT_SETTINGS for the QC pass).
     """
     if not text.startswith("CellProfiler Pipeline"):
         raise InputError("not a CellProfiler pipeline", file=source, where="line 1",
@@ -110,7 +117,7 @@ def rescale_pipeline(text: str, pixel_size_um: float, nuclei_diameter_um, *, sou
             indent = line[: len(line) - len(line.lstrip())]
             lines[number - 1] = f"{indent}{name}:{new}" + ("\n" if line.endswith("\n") else "")
             changes.append(f"line {number}: {module}: {name}: {value} -> {new}")
-    missing = sorted(set(wanted) - found)
+    missing = sorted(set(wanted if required is None else required) - found)
     if missing:
         names = "; ".join(f"{m} '{s}'" for m, s in missing)
         raise InputError(
@@ -119,12 +126,13 @@ def rescale_pipeline(text: str, pixel_size_um: float, nuclei_diameter_um, *, sou
     return "".join(lines), changes
 
 
-def write_pipeline(template, out, *, pixel_size_um: float, nuclei_diameter_um) -> list[str]:
+def write_pipeline(template, out, *, pixel_size_um: float, nuclei_diameter_um, light: bool = False) -> list[str]:
     """Write the copy of `template` for images of `pixel_size_um` µm per pixel; return the changes made."""
     template = Path(template)
     if not template.is_file():
         raise InputError("CellProfiler pipeline not found", file=template,
                          expected="a .cppipe file (config morphology.pipeline)")
-    text, changes = rescale_pipeline(template.read_text(), pixel_size_um, nuclei_diameter_um, source=template)
+    text, changes = rescale_pipeline(template.read_text(), pixel_size_um, nuclei_diameter_um, source=template,
+                                     required=LIGHT_SETTINGS if light else None)
     write_text(text, out)
     return changes

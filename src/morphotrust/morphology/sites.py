@@ -37,10 +37,13 @@ from .fields import to_field_conventions
 
 # LoadData image names of the stains, channel order w1..w6 (RxRx1). The pipeline refers to these names.
 STAIN_NAMES = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
-SOURCES = ("real", "generated")
+# qc: every ingested site of one plate (results/data/ingest/{experiment}/Plate{plate}/sites.parquet) for the
+# light QC pass; read like the real sites (native TIFFs, the same resolution).
+SOURCES = ("real", "generated", "qc")
 REQUIRED = {
     "real": ("Metadata_condition", "Metadata_image_path"),
     "generated": ("Metadata_condition", "Metadata_image_path"),
+    "qc": ("Metadata_site_id", "Metadata_image_path"),
 }
 # Image-quality columns the QC report reads (CellProfiler's names, as in a chunk's Image.csv; Image_-prefixed
 # after merge): they must be in every per-image table.
@@ -139,7 +142,7 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     images_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("chunk_*.csv"):  # from an earlier run with more chunks
         stale.unlink()
-    images = _site_images(table, manifest_path, native_px if source == "real" else None)
+    images = _site_images(table, manifest_path, native_px if source in ("real", "qc") else None)
     rows, sizes = [], set()
     for key, image in tqdm(zip(keys, images), total=len(keys), desc=f"{source} sites -> PNG",
                            disable=not progress, mininterval=5):
@@ -165,9 +168,24 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     return sites
 
 
-def merge(sites_path, chunk_tables, out_path) -> pd.DataFrame:
+def merge(sites_path, chunk_tables, out_path, gate=None) -> pd.DataFrame:
     """Concatenate per-chunk Image.csv tables, check one row per site, join the manifest's Metadata_ columns,
-    name the columns in pycytominer's conventions (morphotrust.morphology.fields)."""
+    name the columns in pycytominer's conventions (morphotrust.morphology.fields).
+
+    `gate` = keyword arguments of `gate.gate_sites` (pixel_size_um, nuclei_diameter_um, gate): add the
+    segmentation gate's columns.
+    """
+    table = merge_tables(sites_path, chunk_tables)
+    if gate is not None:
+        from .gate import gate_sites
+
+        table = gate_sites(table, source=sites_path, **gate)
+    write_parquet(table, out_path)
+    return table
+
+
+def merge_tables(sites_path, chunk_tables) -> pd.DataFrame:
+    """The merged per-image table of one prepared folder (see `merge`), not written."""
     sites = pd.read_parquet(sites_path)
     parts = []
     for path in chunk_tables:
@@ -193,6 +211,27 @@ def merge(sites_path, chunk_tables, out_path) -> pd.DataFrame:
     measurements = images[[SITE_KEY] + [c for c in images.columns if not c.startswith("Metadata_")]]
     metadata = sites.drop(columns="chunk")
     table = metadata.merge(measurements, on=SITE_KEY, how="left", validate="one_to_one").drop(columns=SITE_KEY)
-    table = to_field_conventions(table, source=sites_path)
+    return to_field_conventions(table, source=sites_path)
+
+
+def qc_merge(plate_dirs, out_path, *, pixel_size_um: float, nuclei_diameter_um, gate=None) -> tuple[pd.DataFrame, dict]:
+    """The QC pass of every plate -> one table (results/morphology/qc_image.parquet) with the segmentation gate.
+
+    Each plate folder holds `chunks/sites.parquet` (prepare) and `image.csv` (run-chunk). Stops with an
+    InputError when most real sites fail the gate (`gate.check_source`); returns (table, failure counts).
+    """
+    from .gate import check_source, gate_sites
+
+    parts = []
+    for plate_dir in plate_dirs:
+        plate_dir = Path(plate_dir)
+        sites_path = plate_dir / "chunks" / "sites.parquet"
+        parts.append(gate_sites(merge_tables(sites_path, [plate_dir / "image.csv"]), pixel_size_um=pixel_size_um,
+                                nuclei_diameter_um=nuclei_diameter_um, gate=gate, source=sites_path))
+    if not parts:
+        raise InputError("no plate to merge", where="morphology qc-merge", expected="at least one plate folder")
+    table = pd.concat(parts, ignore_index=True)
+    summary = check_source(table, source="real (QC pass of every ingested site)", pixel_size_um=pixel_size_um,
+                           nuclei_diameter_um=nuclei_diameter_um, gate=gate, file=out_path)
     write_parquet(table, out_path)
-    return table
+    return table, summary

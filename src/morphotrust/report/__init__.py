@@ -40,6 +40,7 @@ INPUT_OPTIONS = {
     "threshold": "results/trust/threshold.json (trust_histogram.png is read beside it)",
     "morphology_real": "results/morphology/real_image.parquet",
     "morphology_generated": "results/morphology/generated_image.parquet",
+    "morphology_qc": "results/morphology/qc_image.parquet (QC pass of every ingested site)",
     "validation_dir": "results/validation",
     "features_dir": "results/features (the *.json sidecars)",
     "generation_trust": "results/generation_trust/summary.json (summary only; generated.source generator)",

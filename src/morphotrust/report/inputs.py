@@ -33,6 +33,7 @@ class Inputs:
     condition_summary: Path | None = None    # results/trust/condition_summary.csv
     morphology_real: Path | None = None      # results/morphology/real_image.parquet
     morphology_generated: Path | None = None  # results/morphology/generated_image.parquet
+    morphology_qc: Path | None = None        # results/morphology/qc_image.parquet (QC pass, every ingested site)
     validation_dir: Path | None = None       # results/validation/
     features_dir: Path | None = None         # results/features/ (*.json sidecars)
     generation_trust: Path | None = None     # results/generation_trust/summary.json
@@ -117,6 +118,9 @@ REAL_CP_COLUMNS = ("Metadata_site_id", "Metadata_cell_type", "Metadata_condition
 def _measurements(features) -> Callable[[str], bool]:
     """Which columns of a CellProfiler per-image table the reports read: metadata, counts, QC and `features`."""
     wanted = set(features)
+    from ..morphology.gate import DIAMETER_COLUMN
+
+    wanted.add(DIAMETER_COLUMN)
     prefixes = ("Metadata_", count_feature(""), FOCUS.format(""), SATURATION.format(""))
     return lambda name: name.startswith(prefixes) or name in wanted
 
@@ -125,6 +129,18 @@ def real_measurements(inputs: "Inputs", features=()) -> pd.DataFrame | None:
     """CellProfiler per-image rows of the real sites (results/morphology/real_image.parquet), if measured."""
     return read_table(inputs.morphology_real, REAL_CP_COLUMNS, "results/morphology/real_image.parquet",
                       keep=_measurements(features))
+
+
+QC_CP_COLUMNS = ("Metadata_site_id", "Metadata_cell_type", "Metadata_experiment", PLATE, WELL)
+
+
+def qc_measurements(inputs: "Inputs") -> pd.DataFrame | None:
+    """The image-quality rows of every ingested site: the QC pass (results/morphology/qc_image.parquet); without
+    it, the full pipeline's real sites (only the study subset)."""
+    if inputs.has("morphology_qc"):
+        return read_table(inputs.morphology_qc, QC_CP_COLUMNS, "results/morphology/qc_image.parquet",
+                          keep=_measurements(()))
+    return real_measurements(inputs)
 
 
 def on_plate(table: pd.DataFrame | None, experiment: str, plate: int,

@@ -15,15 +15,17 @@ from . import figures
 from .config import report_settings
 from .html import facts, img, missing, note, page, section, table
 from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic,
-                     on_plate, read_required, read_table, real_measurements, scored_generated)
-from .qc import all_flags, focus_reference, not_measured, well_summary
+                     on_plate, qc_measurements, read_required, read_table, real_measurements,
+                     scored_generated)
+from .qc import FAILED, all_flags, focus_reference, not_measured, well_summary
 from .sections import features_section, gallery_section, quality_panel, trust_section, validation_section
 
 STANDIN_LABEL = "Generated images are demo STAND-INS (copies and corrupted copies of real sites), not a generator"
 SKIPPED_COLUMNS = ("experiment", "plate", "site_id", "file", "problem")
 STUDIED_ARMS = ("seen", "unseen")
 WELL_COLUMNS = {"Metadata_well": "well", "sites_measured": "sites measured", "mean_nuclei": "nuclei per site (mean)",
-                "sparse": "sparse", "sites_blurred": "blurred sites", "sites_saturated": "saturated sites"}
+                "sparse": "sparse", "sites_blurred": "blurred sites", "sites_saturated": "saturated sites",
+                "sites_failed_segmentation": "sites that failed segmentation"}
 
 
 def plates_with_conditions(metadata: pd.DataFrame, conditions: pd.DataFrame) -> dict[str, list]:
@@ -93,10 +95,14 @@ def build_plate_report(experiment: str, plate: int, inputs: Inputs, cfg: dict | 
 
     real_cp = real_measurements(inputs, cfg["features"])
     plate_cp = on_plate(real_cp, experiment, plate, PLATE)
+    # image quality, nuclei and the segmentation gate: the QC pass of every ingested site when it ran
+    all_qc_cp = qc_measurements(inputs)
+    qc_cp = on_plate(all_qc_cp, experiment, plate, PLATE)
     qc = cfg["qc"]
-    reference = focus_reference(real_cp)
-    flags = all_flags(plate_cp, reference, qc, "Metadata_site_id")
-    wells = well_summary(plate_cp, flags, qc)
+    reference = focus_reference(all_qc_cp)
+    flags = all_flags(qc_cp, reference, qc, "Metadata_site_id")
+    wells = well_summary(qc_cp, flags, qc)
+    failed = flags[flags["problem"] == FAILED]
     roles = well_roles(plate_sites, plate_manifest, skipped)
     map_png = figures.plate_maps(roles, wells, title)
 
@@ -120,7 +126,10 @@ def build_plate_report(experiment: str, plate: int, inputs: Inputs, cfg: dict | 
         ("sites ingested", len(plate_sites)),
         ("problems found at ingest (data QC; those sites skipped)", len(skipped)),
         ("sites in the study subset", ", ".join(f"{n} {a}" for a, n in arms.items()) or "none"),
-        ("sites measured by CellProfiler", "not measured" if plate_cp is None else len(plate_cp)),
+        ("sites measured by the CellProfiler QC pass", "not measured" if qc_cp is None else len(qc_cp)),
+        ("sites that failed nuclei segmentation (left out of validation)",
+         "not checked" if qc_cp is None else failed["id"].nunique()),
+        ("sites measured by the full CellProfiler pipeline", "not measured" if plate_cp is None else len(plate_cp)),
         ("studied conditions on this plate", ", ".join(conditions) or "none"),
         ("generated images of these conditions", 0 if plate_generated is None else len(plate_generated)),
     ])
@@ -137,19 +146,24 @@ def build_plate_report(experiment: str, plate: int, inputs: Inputs, cfg: dict | 
     if len(sparse):
         map_body += "<h3>Sparse or empty wells</h3>" + table(sparse.rename(columns=WELL_COLUMNS),
                                                               row_class=lambda row: "bad")
-    if plate_cp is None:
-        map_body += missing("Not measured: no CellProfiler table for the real sites "
-                            "(results/morphology/real_image.parquet).")
+    if len(failed):
+        map_body += ("<h3>Sites where nuclei segmentation failed</h3>"
+                     + table(failed[["id", "well", "value", "rule"]].rename(columns={"id": "site", "value": "nuclei"}),
+                             row_class=lambda row: "bad", limit=60))
+    if qc_cp is None:
+        map_body += missing("Not measured: no CellProfiler QC table for the real sites "
+                            "(results/morphology/qc_image.parquet).")
     plate_map = section(
         "plate-map", "Plate map: cells per well",
         "The 384-well plate (rows A-P, columns 1-24). Top: average number of nuclei per site that CellProfiler found "
-        "in each well (only the sites sent to CellProfiler are measured; grey wells hold sites that were not). "
+        "in each well by the light QC pass, which measures every ingested site (grey wells: not measured). "
         "Bottom: what each well holds in this study.",
         "similar counts across wells of the same kind; no red (sparse / empty) or orange (blurred or saturated) "
-        "outlines; no red wells in the bottom map (images missing or unreadable).", map_body)
+        "outlines; no red wells in the bottom map (images missing or unreadable); no site where nuclei "
+        "segmentation failed.", map_body)
 
-    quality_body = quality_panel({"real sites on this plate": plate_cp}, reference, qc,
-                                 flags[flags["problem"] != "sparse"], not_measured(plate_cp), "well")
+    quality_body = quality_panel({"real sites on this plate": qc_cp}, reference, qc,
+                                 flags[~flags["problem"].isin(["sparse", FAILED])], not_measured(qc_cp), "well")
     if len(skipped):
         quality_body += "<h3>Sites skipped at ingest (data QC)</h3>" + table(
             skipped[["site_id", "well", "problem", "file"] + (["detail"] if "detail" in skipped else [])],

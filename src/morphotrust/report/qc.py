@@ -10,6 +10,9 @@ Column names are pycytominer's (morphotrust.morphology.fields): CellProfiler's i
   Gaussian blur of sigma 2 px lowers the slope by 1.0-1.5 in every stain).
 - saturated: `Image_ImageQuality_PercentMaximal_<stain>` (percent of pixels at the image's maximum value) is above
   `saturation_max_percent`; an unsaturated image has only a handful of pixels at its maximum.
+- failed segmentation: the site failed the segmentation gate (morphotrust.morphology.gate, config
+  morphology.gate: nuclei count or median nucleus diameter outside the configured range); such real sites are
+  left out of validation.
 - sparse: fewer than `min_nuclei` nuclei (`Image_Count_Nuclei`) per site (for a well: on average over its
   measured sites), i.e. an empty or nearly empty field.
 """
@@ -20,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..morphology.fields import WELL, count_feature, image_feature
+from ..morphology.gate import OK as GATE_OK
+from ..morphology.gate import PROBLEM as GATE_PROBLEM
 from ..morphology.sites import STAIN_NAMES
 
 DEFAULT_QC = {"blur_drop": 1.0, "blur_min_slope": None, "saturation_max_percent": 1.0, "min_nuclei": 3}
@@ -93,10 +98,25 @@ def sparse_sites(table: pd.DataFrame | None, qc: dict, id_column: str) -> pd.Dat
                          "rule": [f"{v:g} nuclei < {qc['min_nuclei']:g}" for v in low[COUNT]]}, columns=FLAG_COLUMNS)
 
 
+FAILED = "failed segmentation"
+
+
+def segmentation_failures(table: pd.DataFrame | None, id_column: str) -> pd.DataFrame:
+    """Sites that failed the segmentation gate (tables without the gate's columns: none)."""
+    if table is None or GATE_OK not in table.columns:
+        return pd.DataFrame(columns=FLAG_COLUMNS)
+    bad = table[~table[GATE_OK].astype(bool)]
+    value = bad[COUNT].to_numpy(float) if COUNT in bad.columns else np.full(len(bad), np.nan)
+    return pd.DataFrame({"id": bad[id_column].astype(str), "stain": "DNA", "problem": FAILED,
+                         "measurement": f"{COUNT}, median nucleus diameter", "value": value,
+                         "rule": bad[GATE_PROBLEM].astype(str) + " (config morphology.gate)"}, columns=FLAG_COLUMNS)
+
+
 def all_flags(table: pd.DataFrame | None, reference: pd.DataFrame | None, qc: dict, id_column: str) -> pd.DataFrame:
     """Blur, saturation and sparse findings, each with the well and condition of its site (when the table has them)."""
-    flags = pd.concat([site_flags(table, reference, qc, id_column), sparse_sites(table, qc, id_column)],
-                      ignore_index=True)
+    parts = [site_flags(table, reference, qc, id_column), sparse_sites(table, qc, id_column),
+             segmentation_failures(table, id_column)]
+    flags = pd.concat([p for p in parts if len(p)] or [parts[0]], ignore_index=True)
     for column, name in ((WELL, "well"), ("Metadata_condition", "condition")):
         if table is not None and column in table.columns and len(flags):
             flags[name] = flags["id"].map(table.set_index(table[id_column].astype(str))[column])
@@ -110,7 +130,8 @@ def well_summary(table: pd.DataFrame | None, flags: pd.DataFrame, qc: dict) -> p
 
     `table`: CellProfiler per-image rows (well in Metadata_Well); the result names the well Metadata_well, as the
     manifest and the plate maps do."""
-    columns = ["Metadata_well", "sites_measured", "mean_nuclei", "sparse", "sites_blurred", "sites_saturated"]
+    columns = ["Metadata_well", "sites_measured", "mean_nuclei", "sparse", "sites_blurred", "sites_saturated",
+               "sites_failed_segmentation"]
     if table is None or table.empty:
         return pd.DataFrame(columns=columns)
     counts = table[COUNT] if measured(table, COUNT) else pd.Series(np.nan, index=table.index)
@@ -120,8 +141,10 @@ def well_summary(table: pd.DataFrame | None, flags: pd.DataFrame, qc: dict) -> p
     saturated = set(flags.loc[flags["problem"] == "saturated", "id"])
     frame["blurred"] = frame["site"].astype(str).isin(blurred)
     frame["saturated"] = frame["site"].astype(str).isin(saturated)
+    frame["failed"] = frame["site"].astype(str).isin(set(flags.loc[flags["problem"] == FAILED, "id"]))
     wells = frame.groupby("Metadata_well", sort=True).agg(
         sites_measured=("site", "size"), mean_nuclei=("count", "mean"),
-        sites_blurred=("blurred", "sum"), sites_saturated=("saturated", "sum")).reset_index()
+        sites_blurred=("blurred", "sum"), sites_saturated=("saturated", "sum"),
+        sites_failed_segmentation=("failed", "sum")).reset_index()
     wells["sparse"] = wells["mean_nuclei"] < qc["min_nuclei"]
     return wells[columns]

@@ -18,10 +18,10 @@ from . import figures
 from .config import report_settings
 from .html import esc, facts, fmt, img, missing, note, page, percent, section, table
 from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic,
-                     on_plate, read_json_optional, read_table, real_measurements, scored_generated,
+                     on_plate, qc_measurements, read_json_optional, read_table, scored_generated,
                      validation_table)
 from .plate import STANDIN_LABEL, plate_file_name, plate_skipped
-from .qc import all_flags, focus_reference, well_summary
+from .qc import FAILED, all_flags, focus_reference, well_summary
 from .sections import acceptance_table
 
 FLAG_FILE_COLUMNS = ["source", "experiment", "plate", "well", "condition", "id", "stain", "problem", "measurement",
@@ -256,7 +256,7 @@ def qc_overview(inputs: Inputs, plates: list[tuple[str, int]], cfg: dict,
     """(one row per plate + one for the generated set, every flag as a long table for qc_flags.csv)."""
     qc = cfg["qc"]
     sites = read_table(inputs.sites, SITES_COLUMNS, "results/data/sites.parquet")
-    real_cp = real_measurements(inputs)
+    real_cp = qc_measurements(inputs)
     reference = focus_reference(real_cp)
     rows, found = [], []
     for experiment, plate in plates:
@@ -274,6 +274,7 @@ def qc_overview(inputs: Inputs, plates: list[tuple[str, int]], cfg: dict,
             "blurred sites": int(flags.loc[flags["problem"] == "blurred", "id"].nunique()),
             "saturated sites": int(flags.loc[flags["problem"] == "saturated", "id"].nunique()),
             "sparse wells": ", ".join(wells.loc[wells["sparse"], "Metadata_well"]) or "none",
+            "failed segmentation": int(flags.loc[flags["problem"] == FAILED, "id"].nunique()),
         })
     generated_cp = generated_measurements(inputs, None)
     if generated_cp is not None:
@@ -285,14 +286,30 @@ def qc_overview(inputs: Inputs, plates: list[tuple[str, int]], cfg: dict,
                      "sites ingested": None, "data-QC problems at ingest": None, "measured": len(generated_cp),
                      "blurred sites": int(flags.loc[flags["problem"] == "blurred", "id"].nunique()),
                      "saturated sites": int(flags.loc[flags["problem"] == "saturated", "id"].nunique()),
-                     "sparse wells": f"{sparse} sparse image(s)"})
+                     "sparse wells": f"{sparse} sparse image(s)",
+                     "failed segmentation": int(flags.loc[flags["problem"] == FAILED, "id"].nunique())})
     flags = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=FLAG_FILE_COLUMNS)
     return pd.DataFrame(rows), flags.reindex(columns=FLAG_FILE_COLUMNS)
 
 
+def _segmentation_text(inputs: Inputs) -> str:
+    """How many sites failed the segmentation gate, and how many real sites validation left out for it."""
+    cleaning = None
+    if inputs.morphology_real is not None:
+        cleaning = read_json_optional(inputs.morphology_real.parent / "cleaning_report.json")
+    if not cleaning or cleaning.get("n_real_rows_failed_segmentation") is None:
+        return ""
+    generated = cleaning.get("n_generated_rows_failed_segmentation")
+    return (f'<p class="small">Nuclei segmentation gate (config morphology.gate): '
+            f'{cleaning["n_real_rows_failed_segmentation"]} real site(s) of the study subset failed it and were left '
+            f'out of validation; {"–" if generated is None else generated} generated image(s) failed it (kept: '
+            "failing is what the trust score should catch).</p>")
+
+
 def _failed(row) -> bool:
     """A QC overview row with any flagged site, sparse well or data-QC problem."""
-    counts = [row["blurred sites"], row["saturated sites"], row["data-QC problems at ingest"]]
+    counts = [row["blurred sites"], row["saturated sites"], row["data-QC problems at ingest"],
+              row.get("failed segmentation")]
     return any(pd.notna(c) and c > 0 for c in counts) or row["sparse wells"] not in ("none", "0 sparse image(s)")
 
 
@@ -533,6 +550,7 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     row_class=lambda row: "bad" if _failed(row) else "")
     qc_body += (f'<p class="small">{len(flags)} flag(s) in total, each with the rule that raised it: '
                 '<a href="qc_flags.csv"><code>results/report/qc_flags.csv</code></a>. Rules: config report.qc.</p>')
+    qc_body += _segmentation_text(inputs)
     qc_section = section(
         "qc", "Which plates or wells failed QC",
         "Per plate: sites ingested, problems found at ingest (missing or unreadable images: those sites were "

@@ -1,0 +1,108 @@
+"""Benchmark of the light QC pass (resources/cellprofiler/qc_light.cppipe) at 64, 128, 256 and 512 px.
+
+    .venv/bin/python benchmarks/bench_qc_pass.py                 # 8 demo sites per resolution
+    .venv/bin/python benchmarks/bench_qc_pass.py --sites 16 --resolutions 128 512
+
+Sites: demo sites rendered natively at each resolution (the demo's 112-µm field: 112 / R µm per pixel), prepared
+with `morphology prepare --source qc` into one chunk as the workflow's per-plate job does, and the pipeline set
+from µm (`write_pipeline(..., light=True)`). Per resolution, bare `cellprofiler -c -r` runs on 1 site and on all
+sites (one process each): per site = (t_all - t_1) / (sites - 1), start-up = t_1 - per site. Wall time and the
+CPU time of the child processes (less disturbed by other load on a shared machine) are both reported. The full
+RxRx1 (125,510 sites at 512 px) cost = per-site CPU s x sites + one start-up per plate (RxRx1: 51 experiments x 4
+plates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from morphotrust.data.demo import demo_pixel_size_um, render_site
+from morphotrust.images import write_site
+from morphotrust.morphology.cellprofiler import cellprofiler_command, resolve_executable
+from morphotrust.morphology.pipeline import write_pipeline
+from morphotrust.morphology.sites import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
+RXRX1_SITES = 125_510
+RXRX1_PLATES = 51 * 4
+
+
+def timed(command) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def prepared(work: Path, n: int, resolution: int) -> Path:
+    rows = []
+    for i in range(n):
+        cell_type = CELL_TYPES[i % len(CELL_TYPES)]
+        site_id = f"{cell_type}-01_1_B{i + 2:02d}_1"
+        path = work / f"s{i:03d}.tif"
+        write_site(path, render_site(cell_type, 1138, site_id, f"{cell_type}-01", 1, {"image_size": resolution}))
+        rows.append({"Metadata_site_id": site_id, "Metadata_image_path": str(path)})
+    pd.DataFrame(rows).to_parquet(work / "sites.parquet")
+    prepare("qc", work / "sites.parquet", work / "chunks", resolution=resolution, chunk_size=1_000_000,
+            native_px=resolution, progress=False)
+    return work / "chunks" / "chunk_001.csv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sites", type=int, default=8)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--cellprofiler", default=str(REPO / ".venv-cellprofiler" / "bin" / "cellprofiler"))
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    executable = resolve_executable(args.cellprofiler)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_qc_") as tmp:
+        for resolution in args.resolutions:
+            work = Path(tmp) / str(resolution)
+            work.mkdir()
+            data_all = prepared(work, args.sites, resolution)
+            data_one = work / "chunks" / "one.csv"
+            lines = data_all.read_text().splitlines()
+            data_one.write_text("\n".join(lines[:2]) + "\n")
+            pipeline = work / "qc.cppipe"
+            write_pipeline(REPO / "resources" / "cellprofiler" / "qc_light.cppipe", pipeline,
+                           pixel_size_um=demo_pixel_size_um(resolution), nuclei_diameter_um=(6.0, 30.0), light=True)
+            one = timed(cellprofiler_command(executable, pipeline, data_one, work / "out1"))
+            full = timed(cellprofiler_command(executable, pipeline, data_all, work / "outn"))
+            per_wall = (full[0] - one[0]) / (args.sites - 1)
+            per_cpu = (full[1] - one[1]) / (args.sites - 1)
+            rows.append({"resolution_px": resolution, "sites": args.sites, "per_site_wall_s": round(per_wall, 3),
+                         "per_site_cpu_s": round(per_cpu, 3), "startup_wall_s": round(one[0] - per_wall, 2),
+                         "startup_cpu_s": round(one[1] - per_cpu, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    at_512 = [r for r in rows if r["resolution_px"] == 512]
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "load_average": os.getloadavg(), "rows": rows}
+    if at_512:
+        r = at_512[0]
+        result["rxrx1_cpu_hours"] = round((r["per_site_cpu_s"] * RXRX1_SITES + r["startup_cpu_s"] * RXRX1_PLATES)
+                                          / 3600, 1)
+        print(f"full RxRx1 ({RXRX1_SITES} sites at 512 px, one job per plate): {result['rxrx1_cpu_hours']} CPU hours")
+    print(f"load average {result['load_average']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
