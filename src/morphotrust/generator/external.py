@@ -42,7 +42,7 @@ from ..io import write_parquet
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _files_of(path: str) -> list[str]:
+def files_of(path: str) -> list[str]:
     """The files one manifest `path` names, relative to the folder."""
     if path.lower().endswith(TIFF_SUFFIXES):
         return [path]
@@ -51,7 +51,7 @@ def _files_of(path: str) -> list[str]:
 
 def read_image(folder: Path, path: str) -> np.ndarray:
     """The `(6, H, W)` image a manifest `path` names; ValueError says what is wrong with it."""
-    files = [folder / f for f in _files_of(path)]
+    files = [folder / f for f in files_of(path)]
     if len(files) == 1:
         try:
             image = tifffile.imread(files[0])
@@ -99,7 +99,7 @@ def _check_path(folder: Path, path: str) -> str | None:
                 "x_w1.png ... x_w6.png)")
     root = os.path.realpath(folder)
     missing = []
-    for name in _files_of(path):
+    for name in files_of(path):
         file = folder / name
         if not file.is_file():
             missing.append(name)
