@@ -15,17 +15,6 @@ DEMO = config["data"]["rxrx1_path"] is None
 # The user's image files are tracked by inventories (morphotrust.data.inventory): listed while the DAG is built,
 # rewritten only when a file's size or mtime changes, and inputs of the jobs that read the files. The demo's
 # images are outputs of data_demo_plate, tracked by Snakemake itself.
-def plate_inventory(wildcards):
-    if DEMO:
-        return []
-    listing = inventory.plate_inventory(DATA_ROOT, wildcards.experiment, int(wildcards.plate))
-    return inventory.track(f"results/inventory/data/{wildcards.experiment}/Plate{wildcards.plate}.tsv", listing)
-
-
-def folders_inventory(wildcards):
-    if DEMO:
-        return []
-    return inventory.track("results/inventory/data/image_folders.tsv", inventory.folders_inventory(DATA_ROOT))
 
 
 rule data_demo_metadata:
@@ -74,7 +63,7 @@ rule data_ingest_plate:
         if DEMO
         else [],
         # a real RxRx1 folder: the inventory of the plate's image files
-        files=plate_inventory,
+        files=lambda w: [] if DEMO else inventory.plate_input(DATA_ROOT, w.experiment, w.plate),
     output:
         table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
         qc="results/data/ingest/{experiment}/Plate{plate}/qc.csv",
@@ -106,7 +95,7 @@ rule data_merge:
         qc=expand("results/data/ingest/{experiment}/Plate{plate}/qc.csv", zip, **PLATES),
         metadata=os.path.join(DATA_ROOT, "metadata.csv"),
         # merge also reports image folders no metadata row refers to
-        folders=folders_inventory,
+        folders=lambda w: [] if DEMO else inventory.folders_input(DATA_ROOT),
     output:
         sites="results/data/sites.parquet",
         qc="results/data/qc_skipped.csv",

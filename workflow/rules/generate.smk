@@ -36,9 +36,7 @@ rule external:
         sites="results/data/sites.parquet",
         subsets="results/subsets/manifest.parquet",
         # every image file the manifest names, as an inventory (morphotrust.data.inventory): replacing one reruns this
-        files=lambda wildcards: inventory.track(
-            "results/inventory/external.tsv", inventory.external_inventory(EXTERNAL["folder"], EXTERNAL["manifest"])
-        ),
+        files=lambda wildcards: inventory.external_input(EXTERNAL["folder"], EXTERNAL["manifest"]),
     output:
         manifest="results/generated/external/manifest.parquet",
         images=directory("results/generated/external/images"),

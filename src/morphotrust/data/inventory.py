@@ -87,3 +87,19 @@ def track(path, listing: str) -> str:
         pass
     write_text(listing, path)
     return str(path)
+
+
+def plate_input(root, experiment: str, plate) -> str:
+    """The tracked inventory of one plate folder, for data_ingest_plate's input."""
+    listing = plate_inventory(root, experiment, int(plate))
+    return track(f"results/inventory/data/{experiment}/Plate{plate}.tsv", listing)
+
+
+def folders_input(root) -> str:
+    """The tracked inventory of the experiment and plate folders, for data_merge's input."""
+    return track("results/inventory/data/image_folders.tsv", folders_inventory(root))
+
+
+def external_input(folder, manifest_path) -> str:
+    """The tracked inventory of the external generations, for the external rule's input."""
+    return track("results/inventory/external.tsv", external_inventory(folder, manifest_path))
