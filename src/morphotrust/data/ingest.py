@@ -215,8 +215,8 @@ def stop_message(qc: pd.DataFrame, root=None, *, n_plates: int, shown_per_plate:
         for problem in problems.head(shown_per_plate).to_dict("records"):
             lines.append(f"    - {_describe(problem)}")
         if len(problems) > shown_per_plate:
-            lines.append(f"    ... and {len(problems) - shown_per_plate} more, listed in "
-                         f"results/data/ingest/{experiment}/Plate{plate}/qc.csv")
+            listed = f", listed in results/data/ingest/{experiment}/Plate{plate}/qc.csv" if experiment else ""
+            lines.append(f"    ... and {len(problems) - shown_per_plate} more{listed}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,10 @@ The arm of each requested condition: the arm the subset manifest gives it (i.e. 
 config/conditions.yaml); otherwise `seen` if the condition has real training sites in the subset manifest,
 else `unseen`. Images are box-filtered to the subset resolution and written as canonical (6, R, R) TIFFs
 under `{out_dir}/images/`, with the generated manifest in `{out_dir}/manifest.parquet`.
+
+The workflow tracks every file the manifest names in `results/inventory/external.tsv`
+(`morphotrust.data.inventory.external_inventory`), an input of the `external` rule: replacing an image under
+the same name reruns the conversion and everything that scores it.
 """
 
 from __future__ import annotations
