@@ -167,7 +167,7 @@ def test_every_config_key_is_documented():
 
 def _planned(workdir, *targets) -> dict:
     """{rule: number of jobs} that a dry run would run (Snakemake's job stats table)."""
-    output = run_snakemake(workdir, "-n", "--quiet", "rules", *targets).stdout
+    output = run_snakemake(workdir, *targets, "-n", "--quiet", "rules").stdout
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, flags=re.M) if m[1] != "total"}
 
 
