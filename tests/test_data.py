@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,19 @@ def run_ingest(root, tmp_path, experiment="HUVEC-01", plate=1, **kwargs):
                         qc_path=out / "qc.csv", progress=False, **kwargs)
 
 
+def ingest_and_merge(root, tmp_path, plates=(("HUVEC-01", 1),), on_bad_site="stop", **kwargs):
+    """Every plate's ingest, then the merge that decides (as the workflow's data_ingest_plate + data_merge)."""
+    tables, qcs = [], []
+    for experiment, plate in plates:
+        out = tmp_path / "out" / experiment / f"Plate{plate}"
+        ingest_plate(root, experiment, plate, sites_dir=out / "sites", table_path=out / "sites.parquet",
+                     qc_path=out / "qc.csv", progress=False, on_bad_site=on_bad_site, **kwargs)
+        tables.append(out / "sites.parquet")
+        qcs.append(out / "qc.csv")
+    return merge(tables, qcs, sites_path=tmp_path / "out" / "sites.parquet", qc_path=tmp_path / "out" / "qc.csv",
+                 root=root, on_bad_site=on_bad_site)
+
+
 # ---------------------------------------------------------------------------------------------------
 # reader: both layouts
 
@@ -93,14 +107,57 @@ def test_ingest_reads_both_layouts(tmp_path, layout, axes, suffix, configured):
     assert not [p for p in (tmp_path / "out").rglob(".*")]  # no temporary files left behind
 
 
-def test_ingest_keeps_16_bit_pngs(tmp_path):
-    root = make_rxrx1(tmp_path / "rxrx1", rows=metadata_rows(wells=("B02",), sites=(1,)))
+def _write_16_bit_site(root, planes, layout="png"):
     folder = root / "images" / "HUVEC-01" / "Plate1"
-    planes = np.random.default_rng(0).integers(0, 65535, (6, SIZE, SIZE)).astype(np.uint16)
-    for c in range(6):
-        Image.fromarray(planes[c]).save(folder / f"B02_s1_w{c + 1}.png")
-    sites, _ = run_ingest(root, tmp_path)
-    np.testing.assert_array_equal(read_site(sites["Metadata_image_path"][0]), planes)
+    if layout == "png":
+        for c in range(6):
+            Image.fromarray(planes[c]).save(folder / f"B02_s1_w{c + 1}.png")
+    else:
+        tifffile.imwrite(folder / "B02_s1.tif", planes)
+
+
+@pytest.mark.parametrize("layout", ["png", "tiff"])
+def test_ingest_converts_16_bit_sites_to_8_bits_and_records_it(tmp_path, layout):
+    """16-bit sites become uint8 at ingest by the fixed v / 257 (inverse of x * 257); 8-bit sites are untouched."""
+    root = make_rxrx1(tmp_path / "rxrx1", layout)
+    eight_bit = site_image("HUVEC-01_1_B02_1")
+    _write_16_bit_site(root, eight_bit.astype(np.uint16) * 257, layout)
+    sites, qc = run_ingest(root, tmp_path, layout=layout)
+    assert qc.empty and len(sites) == 4
+    by_id = sites.set_index("Metadata_site_id")
+    for site_id, row in by_id.iterrows():
+        image = read_site(row["Metadata_image_path"])
+        assert image.dtype == np.uint8
+        np.testing.assert_array_equal(image, site_image(site_id))  # exact round trip for the 16-bit site too
+    assert by_id.loc["HUVEC-01_1_B02_1", "Metadata_source_bit_depth"] == 16
+    assert by_id.loc["HUVEC-01_1_B02_1", "Metadata_intensity_scale"] == pytest.approx(255 / 65535)
+    others = by_id.drop(index="HUVEC-01_1_B02_1")
+    assert (others["Metadata_source_bit_depth"] == 8).all() and (others["Metadata_intensity_scale"] == 1).all()
+    assert (by_id["Metadata_clipped_fraction"] == 0).all()
+
+
+def test_sixteen_bit_max_scales_and_clips(tmp_path):
+    root = make_rxrx1(tmp_path / "rxrx1", rows=metadata_rows(wells=("B02",), sites=(1,)))
+    planes = np.zeros((6, SIZE, SIZE), np.uint16)
+    planes[:, 0, :4] = [0, 2048, 4095, 8000]  # 12-bit camera values, one above its range
+    _write_16_bit_site(root, planes)
+    sites, _ = run_ingest(root, tmp_path, sixteen_bit_max=4095)
+    image = read_site(sites["Metadata_image_path"][0])
+    assert image[:, 0, :4].tolist() == [[0, 128, 255, 255]] * 6  # round(2048 * 255 / 4095) = 128
+    assert sites["Metadata_clipped_fraction"][0] == pytest.approx(1 / (SIZE * SIZE))
+
+
+def test_refused_16_bit_sites_are_bad_sites(tmp_path):
+    """data.sixteen_bit: refuse makes a 16-bit site a bad site, at ingest, naming the user's file: skip leaves
+    it out and records it; stop stops the run at merge."""
+    root = make_rxrx1(tmp_path / "rxrx1")
+    _write_16_bit_site(root, site_image("x").astype(np.uint16) * 257)
+    sites, qc = run_ingest(root, tmp_path, on_bad_site="skip", sixteen_bit="refuse")
+    assert set(qc["problem"]) == {"bit_depth"} and len(qc) == 6 and (qc["action"] == "skipped").all()
+    assert qc["file"].tolist() == [str(root / f"images/HUVEC-01/Plate1/B02_s1_w{c}.png") for c in range(1, 7)]
+    assert "HUVEC-01_1_B02_1" not in set(sites["Metadata_site_id"]) and len(sites) == 3
+    with pytest.raises(InputError, match=r"B02_s1_w1\.png: \[bit_depth\] is a 16-bit image"):
+        ingest_and_merge(root, tmp_path, sixteen_bit="refuse")
 
 
 def test_auto_layout_refuses_a_folder_with_both_layouts(tmp_path):
@@ -179,7 +236,7 @@ def test_bad_png_input_stops_naming_it(tmp_path, spoil):
     root = make_rxrx1(tmp_path / "rxrx1", "png")
     path, problem, site_id = spoil(root)
     with pytest.raises(InputError) as error:
-        run_ingest(root, tmp_path, on_bad_site="stop")
+        ingest_and_merge(root, tmp_path, on_bad_site="stop")
     message = str(error.value)
     assert str(path) in message and f"[{problem}]" in message
     if site_id:
@@ -187,6 +244,10 @@ def test_bad_png_input_stops_naming_it(tmp_path, spoil):
         assert f"site {site_id}" in message and f"metadata.csv line {line}" in message
     assert "data.on_bad_site: skip" in message
     assert not (tmp_path / "out" / "sites.parquet").exists()
+    # the plate job itself succeeded, recorded the problem and wrote no site
+    qc = pd.read_csv(tmp_path / "out" / "HUVEC-01" / "Plate1" / "qc.csv")
+    assert problem in set(qc["problem"]) and set(qc["action"]) == {"stopped"}
+    assert not list((tmp_path / "out" / "HUVEC-01" / "Plate1" / "sites").iterdir())
 
 
 @pytest.mark.parametrize("spoil", BAD_PNG, ids=lambda f: f.__name__.strip("_"))
@@ -210,7 +271,7 @@ def test_wrong_shaped_tiff(tmp_path, shape):
     path = root / "images/HUVEC-01/Plate1/C03_s2.tif"
     tifffile.imwrite(path, np.zeros(shape, np.uint8))
     with pytest.raises(InputError, match=r"C03_s2\.tif: \[wrong_shape\].*\(6, H, W\) or \(H, W, 6\)"):
-        run_ingest(root, tmp_path, layout="tiff")
+        ingest_and_merge(root, tmp_path, layout="tiff")
     sites, qc = run_ingest(root, tmp_path, layout="tiff", on_bad_site="skip")
     assert qc["problem"].tolist() == ["wrong_shape"] and len(sites) == 3
 
@@ -222,7 +283,7 @@ def test_tiff_bad_inputs(tmp_path):
     (folder / "B02_s2.tif").unlink()
     tifffile.imwrite(folder / "F06_s1.tif", site_image("x"))
     with pytest.raises(InputError) as error:
-        run_ingest(root, tmp_path, layout="tiff")
+        ingest_and_merge(root, tmp_path, layout="tiff")
     message = str(error.value)
     assert "3 problem(s)" in message
     for name, problem in (("C03_s1.tif", "unreadable"), ("B02_s2.tif", "no_images"), ("F06_s1.tif", "no_metadata")):
@@ -233,11 +294,44 @@ def test_stop_lists_every_problem_in_one_message(tmp_path):
     root = make_rxrx1(tmp_path / "rxrx1", "png")
     spoiled = [f(root) for f in (_missing_channel, _unreadable, _truncated, _image_without_row)]
     with pytest.raises(InputError) as error:
-        run_ingest(root, tmp_path)
+        ingest_and_merge(root, tmp_path)
     message = str(error.value)
     assert "4 problem(s)" in message
     for path, problem, _ in spoiled:
         assert f"{path}: [{problem}]" in message
+
+
+def test_stop_gathers_every_plate_grouped_and_counted(tmp_path):
+    """on_bad_site: stop lists the problems of every plate in one message, grouped by plate, with a count per
+    problem type; good plates are ingested meanwhile (the same time as ingest)."""
+    rows = [r for e in ("HUVEC-01", "HUVEC-02") for p in (1, 2) for r in metadata_rows(experiment=e, plate=p)]
+    root = make_rxrx1(tmp_path / "rxrx1", rows=rows)
+    (root / "images/HUVEC-01/Plate1/B02_s1_w3.png").unlink()
+    (root / "images/HUVEC-01/Plate1/C03_s2_w6.png").unlink()
+    (root / "images/HUVEC-02/Plate2/B02_s2_w1.png").write_bytes(b"not a png")
+    orphan = root / "images/HUVEC-03/Plate1"
+    orphan.mkdir(parents=True)
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(orphan / "B02_s1_w1.png")
+    plates = [("HUVEC-01", 1), ("HUVEC-01", 2), ("HUVEC-02", 1), ("HUVEC-02", 2)]
+    with pytest.raises(InputError) as error:
+        ingest_and_merge(root, tmp_path, plates=plates)
+    message = str(error.value)
+    assert "4 problem(s) on 2 of 4 plate(s) and in the images folder" in message
+    assert "Per problem type: missing_channel 2, no_metadata 1, unreadable 1" in message
+    assert "  HUVEC-01/Plate1: 2 problem(s) (missing_channel 2)" in message
+    assert "  HUVEC-02/Plate2: 1 problem(s) (unreadable 1)" in message
+    assert "  image folders no metadata row refers to: 1 problem(s) (no_metadata 1)" in message
+    assert message.index("HUVEC-01/Plate1:") < message.index("HUVEC-02/Plate2:")
+    assert "HUVEC-01/Plate2:" not in message and "HUVEC-02/Plate1:" not in message
+    for path in (root / "images/HUVEC-01/Plate1/B02_s1_w3.png", root / "images/HUVEC-02/Plate2/B02_s2_w1.png",
+                 orphan.parent):  # an experiment folder with no metadata row
+        assert f"{path}: [" in message
+    good = tmp_path / "out" / "HUVEC-01" / "Plate2" / "sites"
+    assert len(list(good.glob("*.tif"))) == 4  # the good plates were ingested meanwhile
+    # skip mode: the same problems, every one recorded in the merged QC table
+    sites = ingest_and_merge(root, tmp_path, plates=plates, on_bad_site="skip")
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    assert len(sites) == 16 - 3 and len(qc) == 4 and set(qc["action"]) == {"skipped"}
 
 
 def test_missing_plate_folder_reports_every_row(tmp_path):
@@ -631,3 +725,43 @@ def test_cli_renders_ingests_merges_and_draws_grid(tmp_path, monkeypatch):
     cli(["demo-grid", "--sites", "sites.parquet", "--effects", "demo/demo_effects.json", "--out", "grid.png"])
     with Image.open("grid.png") as grid:
         assert grid.width > 500 and grid.height > 300
+
+
+# ---------------------------------------------------------------------------------------------------
+# file inventories (what makes Snakemake rerun a plate whose files changed)
+
+
+def test_plate_inventory_changes_only_when_files_do(tmp_path):
+    from morphotrust.data import inventory
+
+    root = make_rxrx1(tmp_path / "rxrx1")
+    target = tmp_path / "inventory" / "Plate1.tsv"
+    first = inventory.plate_inventory(root, "HUVEC-01", 1)
+    assert first.count("\n") == 1 + 24 and "B02_s1_w1.png\t" in first
+    inventory.track(target, first)
+    written = target.stat().st_mtime_ns
+    (root / "images/HUVEC-01/Plate1/.hidden.png").write_bytes(b"x")  # hidden / non-image files are not read
+    (root / "images/HUVEC-01/Plate1/notes.txt").write_text("x")
+    assert inventory.track(target, inventory.plate_inventory(root, "HUVEC-01", 1)) == str(target)
+    assert target.stat().st_mtime_ns == written  # unchanged listing: file untouched
+    png = root / "images/HUVEC-01/Plate1/B02_s1_w1.png"
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(png)  # replaced in place
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 1))
+    changed = inventory.plate_inventory(root, "HUVEC-01", 1)
+    assert changed != first
+    inventory.track(target, changed)
+    assert target.read_text() == changed
+    assert "no folder" in inventory.plate_inventory(root, "HUVEC-01", 9)
+
+
+def test_external_inventory_lists_every_named_file(tmp_path):
+    from morphotrust.data import inventory
+
+    (tmp_path / "a.tif").write_bytes(b"1234")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,cell_type,sirna_id\na.tif,HUVEC,1\nb,HUVEC,1\n")
+    listing = inventory.external_inventory(tmp_path, manifest)
+    assert "a.tif\t4\t" in listing
+    assert all(f"b_w{c}.png\tmissing" in listing for c in range(1, 7))
+    manifest.write_text("\x00garbage")
+    assert "unreadable manifest" in inventory.external_inventory(tmp_path, tmp_path / "absent.csv")

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pandas as pd
+from PIL import Image
 import pytest
 import yaml
 
@@ -162,3 +163,86 @@ def test_every_config_key_is_documented():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     documented = set(schema_keys(schema["properties"]))
     assert [k for k in keys(config) if k not in documented and not k.startswith("subsets.split_fractions.")] == []
+
+
+def _planned(workdir, *targets) -> dict:
+    """{rule: number of jobs} that a dry run would run (Snakemake's job stats table)."""
+    output = run_snakemake(workdir, *targets, "-n", "--quiet", "rules").stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, flags=re.M) if m[1] != "total"}
+
+
+def _plate_tables(workdir) -> dict:
+    return {p: p.stat().st_mtime_ns for p in (workdir / "results/data/ingest").glob("*/Plate*/sites.parquet")}
+
+
+@pytest.mark.slow
+def test_changed_images_rerun_exactly_their_jobs(tmp_path):
+    """Your own folder (a rendered tiny demo as data.rxrx1_path) and external generations: unchanged files ->
+    nothing to be done; a fixed site that skip dropped -> its plate alone is ingested again and the site is in;
+    one external image replaced under the same name -> converted again and its scores change."""
+    import json
+
+    import numpy as np
+    import shutil
+
+    from morphotrust.data import cli as data_cli
+
+    demo = {"experiments_per_cell_type": 1, "plates_per_experiment": 2}
+    rxrx1 = tmp_path / "rxrx1"
+    data_cli(["render-demo", "--out", str(rxrx1), "--demo", json.dumps(demo)])
+    metadata = pd.read_csv(rxrx1 / "metadata.csv")
+    first, second = metadata.iloc[0], metadata.iloc[1]
+    plate = rxrx1 / "images" / first["experiment"] / f"Plate{first['plate']}"
+    broken = plate / f"{first['well']}_s{first['site']}_w3.png"
+    kept = tmp_path / "kept_w3.png"
+    shutil.move(broken, kept)  # the site is skipped
+
+    external = tmp_path / "external"
+    external.mkdir()
+    for name, row in (("a", first), ("b", second)):
+        source = rxrx1 / "images" / row["experiment"] / f"Plate{row['plate']}"
+        for c in range(1, 7):
+            channel = source / f"{row['well']}_s{row['site']}_w{c}.png"
+            shutil.copy(channel if channel.exists() else kept, external / f"{name}_w{c}.png")
+    (external / "manifest.csv").write_text(f"path,cell_type,sirna_id\na,{first['cell_type']},{first['sirna_id']}\n"
+                                           f"b,{second['cell_type']},{second['sirna_id']}\n")
+    overrides = {**TINY_DEMO, "data.rxrx1_path": str(rxrx1), "data.on_bad_site": "skip",
+                 "generated.source": "external", "generated.external.folder": str(external),
+                 "generated.external.manifest": str(external / "manifest.csv")}
+    workdir = make_workdir(tmp_path / "work", **overrides)
+    targets = ["results/data/sites.parquet", "results/trust/generated_scores.parquet"]
+    assert _planned(workdir, *targets)["data_ingest_plate"] == metadata.groupby(["experiment", "plate"]).ngroups
+    run_snakemake(workdir, "--cores", "2", *targets)
+    sites = pd.read_parquet(workdir / "results/data/sites.parquet")
+    assert first["site_id"] not in set(sites["Metadata_site_id"])
+    assert str(broken) in pd.read_csv(workdir / "results/data/qc_skipped.csv")["file"].tolist()
+    scores = pd.read_parquet(workdir / "results/trust/generated_scores.parquet")
+
+    # unchanged files: nothing to be done
+    assert "Nothing to be done" in run_snakemake(workdir, "-n", *targets).stdout
+    plates_before = _plate_tables(workdir)
+
+    # replace one external image under the same name: the conversion and the scoring rerun, its scores change
+    other = rxrx1 / "images" / second["experiment"] / f"Plate{second['plate']}"
+    for c in range(1, 7):
+        image = np.asarray(Image.open(other / f"{second['well']}_s{second['site']}_w{c}.png"))
+        Image.fromarray(np.ascontiguousarray(image[::-1, ::-1])).save(external / f"b_w{c}.png")
+    planned = _planned(workdir, *targets)
+    assert planned.get("external") == 1 and planned.get("trust_score") == 1, planned
+    assert "data_ingest_plate" not in planned and "features_real" not in planned, planned
+    run_snakemake(workdir, "--cores", "2", *targets)
+    assert _plate_tables(workdir) == plates_before
+    rescored = pd.read_parquet(workdir / "results/trust/generated_scores.parquet")
+    by_path = {t: s.set_index("Metadata_external_path") for t, s in (("before", scores), ("after", rescored))}
+    assert by_path["before"].loc["a", "T"] == pytest.approx(by_path["after"].loc["a", "T"])
+    assert by_path["before"].loc["b", "T"] != pytest.approx(by_path["after"].loc["b", "T"])
+
+    # fix the skipped site: its plate alone is ingested again, and the site is in
+    shutil.move(kept, broken)
+    assert _planned(workdir, "results/data/sites.parquet") == {"data_ingest_plate": 1, "data_merge": 1}
+    run_snakemake(workdir, "--cores", "2", "results/data/sites.parquet")
+    fixed = workdir / "results/data/ingest" / first["experiment"] / f"Plate{first['plate']}" / "sites.parquet"
+    changed = {p for p, mtime in _plate_tables(workdir).items() if mtime != plates_before[p]}
+    assert changed == {fixed}
+    assert first["site_id"] in set(pd.read_parquet(workdir / "results/data/sites.parquet")["Metadata_site_id"])
+    assert pd.read_csv(workdir / "results/data/qc_skipped.csv").empty

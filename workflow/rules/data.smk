@@ -3,12 +3,18 @@
 # Relies on METADATA (common.smk: morphotrust.data.plan_metadata(config["data"])). Shell commands spell out
 # `python -m morphotrust` (the value of MT) because `snakemake --lint` flags globals used in shell commands.
 import morphotrust.data as mtdata
+from morphotrust.data import inventory
 
 DATA_ROOT = mtdata.data_root(config["data"])
 DEMO_DIR = mtdata.DEMO_DIR
 PLATES = mtdata.plate_wildcards(METADATA)
 PLATE_PATTERN = {"experiment": r"[A-Za-z0-9][A-Za-z0-9._-]*", "plate": r"[0-9]+"}
 DEMO = config["data"]["rxrx1_path"] is None
+
+
+# The user's image files are tracked by inventories (morphotrust.data.inventory): listed while the DAG is built,
+# rewritten only when a file's size or mtime changes, and inputs of the jobs that read the files. The demo's
+# images are outputs of data_demo_plate, tracked by Snakemake itself.
 
 
 rule data_demo_metadata:
@@ -56,6 +62,8 @@ rule data_ingest_plate:
         demo=[f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt", f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"]
         if DEMO
         else [],
+        # a real RxRx1 folder: the inventory of the plate's image files
+        files=lambda w: [] if DEMO else inventory.plate_input(DATA_ROOT, w.experiment, w.plate),
     output:
         table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
         qc="results/data/ingest/{experiment}/Plate{plate}/qc.csv",
@@ -65,6 +73,8 @@ rule data_ingest_plate:
     params:
         layout=config["data"]["layout"],
         on_bad_site=config["data"]["on_bad_site"],
+        sixteen_bit=config["data"]["sixteen_bit"],
+        sixteen_bit_max=config["data"]["sixteen_bit_max"],
     log:
         "results/logs/data/ingest/{experiment}_Plate{plate}.log",
     conda:
@@ -75,6 +85,7 @@ rule data_ingest_plate:
     shell:
         "python -m morphotrust data ingest-plate --metadata {input.metadata:q} --experiment {wildcards.experiment}"
         " --plate {wildcards.plate} --layout {params.layout} --on-bad-site {params.on_bad_site}"
+        " --sixteen-bit {params.sixteen_bit} --sixteen-bit-max {params.sixteen_bit_max}"
         " --sites-dir {output.sites} --table {output.table} --qc {output.qc} > {log} 2>&1"
 
 
@@ -83,6 +94,8 @@ rule data_merge:
         tables=expand("results/data/ingest/{experiment}/Plate{plate}/sites.parquet", zip, **PLATES),
         qc=expand("results/data/ingest/{experiment}/Plate{plate}/qc.csv", zip, **PLATES),
         metadata=os.path.join(DATA_ROOT, "metadata.csv"),
+        # merge also reports image folders no metadata row refers to
+        folders=lambda w: [] if DEMO else inventory.folders_input(DATA_ROOT),
     output:
         sites="results/data/sites.parquet",
         qc="results/data/qc_skipped.csv",

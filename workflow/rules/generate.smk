@@ -33,6 +33,8 @@ rule external:
         manifest=EXTERNAL["manifest"] or [],
         sites="results/data/sites.parquet",
         subsets="results/subsets/manifest.parquet",
+        # every image file the manifest names, as an inventory (morphotrust.data.inventory): replacing one reruns this
+        files=lambda wildcards: inventory.external_input(EXTERNAL["folder"], EXTERNAL["manifest"]),
     output:
         manifest="results/generated/external/manifest.parquet",
         images=directory("results/generated/external/images"),

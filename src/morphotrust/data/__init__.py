@@ -86,6 +86,10 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--plate", required=True, type=int)
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--on-bad-site", choices=("stop", "skip"), default="stop")
+    p.add_argument("--sixteen-bit", choices=("convert", "refuse"), default="convert",
+                   help="16-bit sites: convert to 8 bits (see --sixteen-bit-max), or refuse them as bad sites")
+    p.add_argument("--sixteen-bit-max", type=int, default=65535,
+                   help="the 16-bit value that becomes 255 (higher values are clipped)")
     p.add_argument("--sites-dir", required=True, help="folder for the plate's canonical TIFFs")
     p.add_argument("--table", required=True, help="the plate's sites table (parquet)")
     p.add_argument("--qc", required=True, help="the plate's QC table (CSV)")
@@ -137,11 +141,14 @@ def cli(argv: list[str]) -> None:
 
         sites, qc = ingest_plate(Path(args.metadata).parent, args.experiment, args.plate, sites_dir=args.sites_dir,
                                  table_path=args.table, qc_path=args.qc, layout=args.layout,
-                                 on_bad_site=args.on_bad_site)
+                                 on_bad_site=args.on_bad_site, sixteen_bit=args.sixteen_bit,
+                                 sixteen_bit_max=args.sixteen_bit_max)
         print(f"ingested {len(sites)} sites of {args.experiment}/Plate{args.plate}; "
-              f"{len(qc)} problem(s) recorded in {args.qc}")
+              f"{len(qc)} problem(s) recorded in {args.qc}"
+              + (" (on_bad_site is stop: data_merge stops the run with every plate's problems)"
+                 if len(qc) and args.on_bad_site == "stop" else ""))
         for line in qc.itertuples():
-            print(f"  skipped: {line.file}: [{line.problem}] {line.detail}")
+            print(f"  {line.action}: {line.file}: [{line.problem}] {line.detail}")
     elif args.command == "merge":
         from .ingest import merge
 

@@ -1,9 +1,17 @@
-"""Ingest: one plate of an RxRx1 folder -> canonical `(6, H, W)` TIFF per site + a sites table + a QC table.
+"""Ingest: one plate of an RxRx1 folder -> canonical `(6, H, W)` uint8 TIFF per site + a sites table + a QC table.
 
-Every problem is reported by name: missing channel files, unreadable or wrong-shaped images, metadata rows
-without images and image files without a metadata row. With `on_bad_site="stop"` the plate stops with one
-message listing them all; with `"skip"` the bad sites are left out and every problem is recorded in the QC
-table (action `skipped`), so nothing disappears silently.
+Every problem is reported by name: missing channel files, unreadable or wrong-shaped images, 16-bit images
+when `data.sixteen_bit` is `refuse`, metadata rows without images and image files without a metadata row.
+Each plate job records its problems in its QC table and does not fail on them; `merge` then decides for the
+whole run: with `on_bad_site="stop"` it stops with one message listing every plate's problems (grouped by
+plate, counted per problem type); with `"skip"` the bad sites are left out and every problem is recorded in
+`results/data/qc_skipped.csv`, so nothing disappears silently.
+
+Bit depth is decided here, once: 16-bit sites (PNG or TIFF) are converted to 8 bits with the fixed scaling
+`round(v * 255 / sixteen_bit_max)`, clipped to 0..255 (`sixteen_bit_max` 65535: `v / 257`, the exact inverse
+of the usual 8 -> 16-bit expansion `x * 257`). The scaling is the same for every site, so intensities stay
+comparable between sites and a site's pixels never depend on which other sites are in the run. The sites
+table records each site's source bit depth, the scale factor and the fraction of clipped pixels.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError, InputErrors
+from ..errors import InputError
 from ..images import write_site
 from ..io import write_csv, write_parquet
 from .rxrx1 import (IMAGE_SUFFIXES, METADATA_COLUMNS, SiteProblem, plate_folder, png_header, png_paths,
@@ -24,26 +32,39 @@ ON_BAD_SITE = ("stop", "skip")
 # A folder holding this file is the synthetic demo (morphotrust.data.demo writes it).
 DEMO_MARKER = "SYNTHETIC_DATA_README.txt"
 SITES_COLUMNS = [f"Metadata_{c}" for c in METADATA_COLUMNS] + [
-    "Metadata_image_path", "Metadata_height", "Metadata_width", "Metadata_synthetic"]
+    "Metadata_image_path", "Metadata_height", "Metadata_width", "Metadata_synthetic",
+    "Metadata_source_bit_depth", "Metadata_intensity_scale", "Metadata_clipped_fraction"]
+SIXTEEN_BIT = ("convert", "refuse")
 QC_COLUMNS = ["experiment", "plate", "site_id", "metadata_line", "file", "problem", "detail", "action"]
 PROBLEMS = {
     "missing_channel": "a channel file of the site is missing",
     "no_images": "a metadata row without any image file",
     "unreadable": "an image file that cannot be read",
     "wrong_shape": "an image of the wrong shape or pixel type",
+    "bit_depth": "a 16-bit image while data.sixteen_bit is refuse",
     "no_metadata": "an image file (or folder) without a metadata row",
 }
 
 
 def ingest_plate(root, experiment: str, plate: int, *, sites_dir, table_path, qc_path, layout: str = "auto",
-                 on_bad_site: str = "stop", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 on_bad_site: str = "stop", sixteen_bit: str = "convert", sixteen_bit_max: int = 65535,
+                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert every site of one plate to `{sites_dir}/{site_id}.tif` and write the plate's sites and QC
-    tables. Reads `{root}/metadata.csv` and `{root}/images/{experiment}/Plate{plate}/`. Returns both tables."""
+    tables. Reads `{root}/metadata.csv` and `{root}/images/{experiment}/Plate{plate}/`. Returns both tables.
+
+    Problems never make this fail: they are recorded in the QC table (action `skipped`, or `stopped` with
+    `on_bad_site="stop"`, when no site of the plate is written) and `merge` stops the run on them."""
     from tqdm import tqdm
 
     if on_bad_site not in ON_BAD_SITE:
         raise InputError(f"unknown value {on_bad_site!r}", where="config data.on_bad_site",
                          expected=" or ".join(ON_BAD_SITE))
+    if sixteen_bit not in SIXTEEN_BIT:
+        raise InputError(f"unknown value {sixteen_bit!r}", where="config data.sixteen_bit",
+                         expected=" or ".join(SIXTEEN_BIT))
+    if not 1 <= int(sixteen_bit_max) <= 65535:
+        raise InputError(f"{sixteen_bit_max} is out of range", where="config data.sixteen_bit_max",
+                         expected="a whole number from 1 to 65535")
     root, plate, sites_dir = Path(root), int(plate), Path(sites_dir)
     metadata_path = root / "metadata.csv"
     metadata = read_metadata(metadata_path)
@@ -94,6 +115,11 @@ def ingest_plate(root, experiment: str, plate: int, *, sites_dir, table_path, qc
                     record(row, line, SiteProblem("wrong_shape", path, f"is {_size(shape)} {dtype} while the "
                                                   f"site's other channels are {_size(usual_shape)} {usual_type}"))
             continue
+        if sixteen_bit == "refuse" and headers[0][1] == np.uint16:
+            for path in present:
+                record(row, line, SiteProblem("bit_depth", path, "is a 16-bit image and data.sixteen_bit is "
+                                              "refuse (set it to convert to scale 16-bit sites to 8 bits)"))
+            continue
         site_files[row.site_id] = present
         shapes[row.site_id] = headers[0][0]
 
@@ -121,21 +147,22 @@ def ingest_plate(root, experiment: str, plate: int, *, sites_dir, table_path, qc
             continue
         if problems and on_bad_site == "stop":
             continue
+        bit_depth = 8 * image.dtype.itemsize
+        image, scale, clipped = to_uint8(image, sixteen_bit_max)
         image_path = sites_dir / f"{row.site_id}.tif"
         write_site(image_path, image)
         records.append([getattr(row, c) for c in METADATA_COLUMNS]
-                       + [str(image_path), image.shape[1], image.shape[2], synthetic])
+                       + [str(image_path), image.shape[1], image.shape[2], synthetic, bit_depth, scale, clipped])
 
     qc = pd.DataFrame(problems, columns=QC_COLUMNS[2:7])
     qc.insert(0, "plate", plate)
     qc.insert(0, "experiment", experiment)
     qc["metadata_line"] = qc["metadata_line"].astype("Int64")
-    qc["action"] = "skipped"
-    if problems and on_bad_site == "stop":
-        raise InputErrors(
-            f"plate {experiment}/Plate{plate} of {root} has bad or missing images; fix them, or set "
-            "data.on_bad_site: skip to leave these sites out (each is then recorded in "
-            "results/data/qc_skipped.csv)", [_describe(p) for p in problems], limit=len(problems))
+    qc["action"] = "stopped" if on_bad_site == "stop" else "skipped"
+    if problems and on_bad_site == "stop":  # the run stops at merge: a half plate would only mislead
+        for record_ in records:  # sites written before a problem showed up in pass 2
+            Path(record_[len(METADATA_COLUMNS)]).unlink()
+        records = []
     sites = _sites_table(records)
     sites_dir.mkdir(parents=True, exist_ok=True)
     write_csv(qc, qc_path)
@@ -155,21 +182,54 @@ def merge(tables, qc_tables, *, sites_path, qc_path, root=None, on_bad_site: str
     qc = qc.reindex(columns=QC_COLUMNS)
     if root is not None:
         orphans = unplanned_images(root)
-        if orphans and on_bad_site == "stop":
-            raise InputErrors(f"image folders in {Path(root) / 'images'} that no row of metadata.csv refers to; "
-                              "remove them or set data.on_bad_site: skip",
-                              [_describe(p) for p in orphans], limit=len(orphans))
         if orphans:
-            extra = pd.DataFrame(orphans).assign(action="skipped")
+            extra = pd.DataFrame(orphans).assign(action="stopped" if on_bad_site == "stop" else "skipped")
             qc = pd.concat([qc, extra], ignore_index=True).reindex(columns=QC_COLUMNS)
     for column in ("plate", "metadata_line"):
         qc[column] = pd.to_numeric(qc[column]).astype("Int64")
+    if on_bad_site == "stop" and not qc.empty:
+        raise InputError(stop_message(qc, root, n_plates=len(qc_tables)))
     if sites.empty:
         raise InputError("no site could be ingested: every site was skipped (see the plates' QC tables "
                          f"{', '.join(map(str, qc_tables[:3]))}{' ...' if len(qc_tables) > 3 else ''})")
     write_csv(qc, qc_path)
     write_parquet(sites, sites_path)
     return sites
+
+
+def stop_message(qc: pd.DataFrame, root=None, *, n_plates: int, shown_per_plate: int = 20) -> str:
+    """Every plate's problems in one message: grouped by plate, with a count per problem type."""
+    groups = qc.groupby([qc["experiment"].astype(str), qc["plate"].astype("string").fillna("")], sort=True)
+    bad_plates = sum(1 for (experiment, _), _ in groups if experiment)
+    where = f" of {root}" if root is not None else ""
+    lines = [f"bad or missing images{where}: {len(qc)} problem(s) on {bad_plates} of {n_plates} plate(s)"
+             + (" and in the images folder" if (qc["experiment"].astype(str) == "").any() else "")
+             + "; fix them and run again (only the plates whose files changed are ingested again), or set "
+             "data.on_bad_site: skip to leave these sites out (each is then recorded in "
+             "results/data/qc_skipped.csv). Per problem type: "
+             + ", ".join(f"{p} {n}" for p, n in qc["problem"].value_counts().sort_index().items())]
+    for (experiment, plate), problems in groups:
+        name = f"{experiment}/Plate{plate}" if experiment else "image folders no metadata row refers to"
+        counts = ", ".join(f"{p} {n}" for p, n in problems["problem"].value_counts().sort_index().items())
+        lines.append(f"  {name}: {len(problems)} problem(s) ({counts})")
+        for problem in problems.head(shown_per_plate).to_dict("records"):
+            lines.append(f"    - {_describe(problem)}")
+        if len(problems) > shown_per_plate:
+            listed = f", listed in results/data/ingest/{experiment}/Plate{plate}/qc.csv" if experiment else ""
+            lines.append(f"    ... and {len(problems) - shown_per_plate} more{listed}")
+    return "\n".join(lines)
+
+
+def to_uint8(image: np.ndarray, sixteen_bit_max: int = 65535) -> tuple[np.ndarray, float, float]:
+    """(uint8 image, scale factor, fraction of clipped pixels). uint8 passes unchanged (scale 1); uint16 is
+    scaled by 255 / sixteen_bit_max, rounded half up and clipped at 255."""
+    if image.dtype == np.uint8:
+        return image, 1.0, 0.0
+    top = int(sixteen_bit_max)
+    values = image.astype(np.uint32)
+    clipped = float(np.mean(values > top))
+    converted = np.minimum((values * 255 + top // 2) // top, 255).astype(np.uint8)
+    return converted, 255.0 / top, clipped
 
 
 def unplanned_images(root) -> list[dict]:
@@ -224,8 +284,11 @@ def _unused_images(files, used: set) -> list[Path]:
 
 def _sites_table(records) -> pd.DataFrame:
     table = pd.DataFrame(records, columns=SITES_COLUMNS)
-    for column in ("Metadata_plate", "Metadata_site", "Metadata_sirna_id", "Metadata_height", "Metadata_width"):
+    for column in ("Metadata_plate", "Metadata_site", "Metadata_sirna_id", "Metadata_height", "Metadata_width",
+                   "Metadata_source_bit_depth"):
         table[column] = table[column].astype("int64")
+    for column in ("Metadata_intensity_scale", "Metadata_clipped_fraction"):
+        table[column] = table[column].astype("float64")
     table["Metadata_synthetic"] = table["Metadata_synthetic"].astype(bool)
     for column in SITES_COLUMNS:
         if table[column].dtype == object:

@@ -3,7 +3,7 @@
 Layouts of a plate folder `images/{experiment}/Plate{plate}/`:
 
 - `png` (official RxRx1): one single-channel PNG per channel, `{well}_s{site}_w{1..6}.png`
-  (8- or 16-bit grayscale).
+  (8- or 16-bit grayscale; ingest converts 16-bit sites to 8 bits, see `ingest`).
 - `tiff`: one six-channel TIFF per site, `{well}_s{site}.tif` (or `.tiff`), holding a `(6, H, W)` or an
   `(H, W, 6)` array (channel order w1..w6; when the first axis has length 6 it is taken as the channel axis).
 - `auto`: decided per plate folder from the files it holds (both kinds in one folder is an error).

@@ -21,6 +21,10 @@ The arm of each requested condition: the arm the subset manifest gives it (i.e. 
 config/conditions.yaml); otherwise `seen` if the condition has real training sites in the subset manifest,
 else `unseen`. Images are box-filtered to the subset resolution and written as canonical (6, R, R) TIFFs
 under `{out_dir}/images/`, with the generated manifest in `{out_dir}/manifest.parquet`.
+
+The workflow tracks every file the manifest names in `results/inventory/external.tsv`
+(`morphotrust.data.inventory.external_inventory`), an input of the `external` rule: replacing an image under
+the same name reruns the conversion and everything that scores it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from ..trust import fitting_vocabulary
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def _files_of(path: str) -> list[str]:
+def files_of(path: str) -> list[str]:
     """The files one manifest `path` names, relative to the folder."""
     if path.lower().endswith(TIFF_SUFFIXES):
         return [path]
@@ -54,7 +58,7 @@ def _files_of(path: str) -> list[str]:
 
 def read_image(folder: Path, path: str) -> np.ndarray:
     """The `(6, H, W)` image a manifest `path` names; ValueError says what is wrong with it."""
-    files = [folder / f for f in _files_of(path)]
+    files = [folder / f for f in files_of(path)]
     if len(files) == 1:
         try:
             image = tifffile.imread(files[0])
@@ -102,7 +106,7 @@ def _check_path(folder: Path, path: str) -> str | None:
                 "x_w1.png ... x_w6.png)")
     root = os.path.realpath(folder)
     missing = []
-    for name in _files_of(path):
+    for name in files_of(path):
         file = folder / name
         if not file.is_file():
             missing.append(name)
