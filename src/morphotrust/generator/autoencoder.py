@@ -2,7 +2,7 @@
 
 - trained: a small convolutional autoencoder (ConvAutoencoder) trained here on the seen arm's train split, before
   the flow model (`morphotrust generator autoencoder`, resumable like train.py). Its loss is L1 plus an image-
-  gradient term and an FFT-amplitude term: pixel MSE alone blurs, and the trust score's default features reject
+  MSE term, an image-gradient term and an FFT-amplitude term: pixel MSE alone blurs, and the trust score's default features reject
   real sites blurred by σ = 0.75 px, so the texture at the pixel scale has to survive the round trip.
 - sd-vae: Stable Diffusion's VAE (diffusers' AutoencoderKL, e.g. stabilityai/sd-vae-ft-mse) from a local folder
   or .safetensors file, frozen, with the paper's channel folding: each stain goes through the VAE as a grey RGB
@@ -292,14 +292,17 @@ def load_codec(path, device="cpu") -> Codec:
 # ----------------------------------------------------------------------------------------------- training
 
 def reconstruction_loss(reconstruction, target, cfg: dict) -> tuple[torch.Tensor, dict]:
-    """L1 + gradient_weight * L1 of the image gradients + fft_weight * L1 of log FFT amplitudes.
-    The last two penalise lost edges and lost high-frequency power (blur), which L1 / MSE alone tolerate."""
+    """L1 + mse_weight * MSE + gradient_weight * L1 of the image gradients + fft_weight * L1 of log FFT
+    amplitudes. L1 alone settles on the median and leaves out small bright objects (nuclei on a dark
+    background) for a long time; the MSE term pulls them in. The last two penalise lost edges and lost
+    high-frequency power (blur), which L1 / MSE alone tolerate."""
     l1 = (reconstruction - target).abs().mean()
+    mse = ((reconstruction - target) ** 2).mean()
     gradient = sum(((torch.diff(reconstruction, dim=d) - torch.diff(target, dim=d)).abs().mean()) for d in (-1, -2))
     amplitude = lambda x: torch.log1p(torch.fft.rfft2(x.float(), norm="ortho").abs())  # noqa: E731
     fft = (amplitude(reconstruction) - amplitude(target)).abs().mean()
-    total = l1 + cfg["gradient_weight"] * gradient + cfg["fft_weight"] * fft
-    return total, dict(l1=float(l1.detach()), gradient=float(gradient.detach()), fft=float(fft.detach()))
+    total = l1 + cfg["mse_weight"] * mse + cfg["gradient_weight"] * gradient + cfg["fft_weight"] * fft
+    return total, dict(l1=float(l1.detach()), mse=float(mse.detach()), gradient=float(gradient.detach()), fft=float(fft.detach()))
 
 
 def psnr_per_stain(real_uint8: np.ndarray, reconstructed_uint8: np.ndarray) -> list[float]:
@@ -325,7 +328,7 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     dataset = TrainingImages(stacks_dir, rows, build_vocabularies(rows), resolution)
     config = autoencoder_config(acfg)
     fingerprint = json.dumps(dict(network=config, data=data_fingerprint(rows), resolution=resolution,
-                                  seed=cfg["seed"], **{k: acfg[k] for k in ("lr", "warmup", "batch_size",
+                                  seed=cfg["seed"], **{k: acfg[k] for k in ("lr", "warmup", "batch_size", "mse_weight",
                                                                             "gradient_weight", "fft_weight")}),
                              sort_keys=True)
     torch.manual_seed(cfg["seed"])
@@ -394,7 +397,7 @@ def load_autoencoder_checkpoint(path) -> dict:
 def write_losses(losses, acfg, out_dir: Path) -> None:
     from .train import write_loss_curve
 
-    write_loss_curve(losses, acfg, out_dir, ylabel="L1 + gradient + FFT loss", title="autoencoder training loss")
+    write_loss_curve(losses, acfg, out_dir, ylabel="L1 + MSE + gradient + FFT loss", title="autoencoder training loss")
 
 
 def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
