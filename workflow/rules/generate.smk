@@ -67,10 +67,6 @@ if GENERATOR["autoencoder"] == "sd-vae" and not GENERATOR["sd_vae"]["weights"]:
                         "of stabilityai/sd-vae-ft-mse (README: fetch it once with `hf download`)")
 
 
-def autoencoder_option(wildcards, input):
-    return f"--autoencoder {input.autoencoder}" if LATENT else ""
-
-
 # The autoencoder (generator.autoencoder trained | sd-vae), before the flow model: trained - train it on the seen
 # arm's train split (resumable: results/autoencoder/checkpoints/, loss.csv, loss.png); sd-vae - load the frozen VAE.
 # Either way fit the per-channel latent scaling on the training latents and reconstruct the held-out evaluation
