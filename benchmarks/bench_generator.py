@@ -3,6 +3,11 @@ in the same run (the limit the sampler's overhead is measured against).
 
     .venv/bin/python benchmarks/bench_generator.py                      # tiny preset, CPU, config defaults
     .venv/bin/python benchmarks/bench_generator.py --presets S/2 B/2 --resolution 128 --device cuda
+    .venv/bin/python benchmarks/bench_generator.py --presets S/2 B/2 --resolution 256 --device cuda \
+        --latent-channels 24 --downsample 8 --sampling-steps 250      # on SD-VAE latents (the paper's setting)
+
+With --downsample f the model runs on (latent channels, resolution / f, resolution / f) latents, the flow model's
+cost only (the autoencoder's encode / decode are not timed).
 
 Sampling cost per image = sampling_steps x (2 for Heun) x (2 with guidance) model evaluations, so the ideal
 sampling rate is forward_rate / that factor; `sampler_efficiency` = measured / ideal (1.0 = no overhead).
@@ -41,11 +46,13 @@ def timed(fn, device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, cfg: dict, repeats: int) -> dict:
+def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, cfg: dict, repeats: int,
+          channels: int = 6, downsample: int = 1) -> dict:
     torch.manual_seed(0)
-    model = SiT(model_config(preset, resolution, VOCAB)).to(device)
+    image_resolution, resolution = resolution, resolution // downsample
+    model = SiT(model_config(preset, resolution, VOCAB, channels=channels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 6, resolution, resolution, device=device)
+    x = torch.randn(batch, channels, resolution, resolution, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
 
     def train_step():
@@ -63,7 +70,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
     guided = cfg["guidance_scale"] != 1.0
     evaluations = cfg["sampling_steps"] * (2 if cfg["sampler"] == "heun" else 1)
     forward_batch = sample_batch * (2 if guided else 1)  # the batch the model sees inside the sampler
-    xf = torch.randn(forward_batch, 6, resolution, resolution, device=device)
+    xf = torch.randn(forward_batch, channels, resolution, resolution, device=device)
     lf = torch.zeros(forward_batch, dtype=torch.long, device=device)
     tf = torch.rand(forward_batch, device=device)
 
@@ -73,7 +80,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
             model(xf, tf, lf, lf)
 
     forward_s = timed(forward, device, repeats)
-    noise = torch.randn(sample_batch, 6, resolution, resolution)
+    noise = torch.randn(sample_batch, channels, resolution, resolution)
     ls = torch.zeros(sample_batch, dtype=torch.long)
 
     def sample():
@@ -84,7 +91,8 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
     forward_rate = forward_batch / forward_s
     ideal = forward_rate / (evaluations * (2 if guided else 1))
     sampling_rate = sample_batch / sample_s
-    return dict(preset=preset, resolution=resolution, device=device_name(device),
+    return dict(preset=preset, resolution=image_resolution, latent=f"{channels}x{resolution}x{resolution}",
+                device=device_name(device),
                 parameters_M=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 train_batch=batch, train_images_per_s=round(batch / train_s, 2),
                 forward_batch=forward_batch, forward_images_per_s=round(forward_rate, 2),
@@ -113,6 +121,8 @@ def main():
     parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU) | bf16 | fp32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--latent-channels", type=int, default=6, help="6 = pixels; SD-VAE folded: 24")
+    parser.add_argument("--downsample", type=int, default=1, help="autoencoder downsampling (1 = pixels, SD-VAE 8)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,9 +131,9 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
     run_cfg = dict(sampler=args.sampler, sampling_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
                    precision=args.precision)
-    rows = [bench(p, args.resolution, device, args.batch_size, args.sample_batch, run_cfg, args.repeats)
-            for p in args.presets]
-    columns = ["preset", "resolution", "device", "parameters_M", "train_images_per_s", "forward_images_per_s",
+    rows = [bench(p, args.resolution, device, args.batch_size, args.sample_batch, run_cfg, args.repeats,
+                  args.latent_channels, args.downsample) for p in args.presets]
+    columns = ["preset", "resolution", "latent", "device", "parameters_M", "train_images_per_s", "forward_images_per_s",
                "sampling_images_per_s", "ideal_sampling_images_per_s", "sampler_efficiency"]
     print(f"sampler {args.sampler}, {args.sampling_steps} steps, guidance {args.guidance_scale}; "
           f"train batch {args.batch_size}, sample batch {args.sample_batch}")

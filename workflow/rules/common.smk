@@ -26,3 +26,9 @@ def cli_json(section):
 GENERATION_TRUST_SUMMARY = (
     ["results/generation_trust/summary.json"] if config["generated"]["source"] == "generator" else []
 )
+
+
+def autoencoder_option(wildcards, input):
+    """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (generator.autoencoder
+    trained | sd-vae); nothing in pixel space."""
+    return f"--autoencoder {input.autoencoder}" if config["generator"]["autoencoder"] != "none" else ""

@@ -58,12 +58,59 @@ rule external:
 # results/generator/checkpoints/ and results/generated/generator/{parts,images}/ (deliberately not declared as
 # outputs, so Snakemake keeps them), and the rerun continues from there.
 GENERATOR = config["generator"]
+# generator.autoencoder trained | sd-vae: the flow model works on the latents of results/autoencoder/; every
+# generator job reads its autoencoder.json (none: pixel space, no autoencoder rule).
+LATENT = GENERATOR["autoencoder"] != "none"
+AUTOENCODER_JSON = "results/autoencoder/autoencoder.json" if LATENT else []
+if GENERATOR["autoencoder"] == "sd-vae" and not GENERATOR["sd_vae"]["weights"]:
+    raise WorkflowError("morphotrust: generator.autoencoder is sd-vae: set generator.sd_vae.weights to a local copy "
+                        "of stabilityai/sd-vae-ft-mse (README: fetch it once with `hf download`)")
+
+
+# The autoencoder (generator.autoencoder trained | sd-vae), before the flow model: trained - train it on the seen
+# arm's train split (resumable: results/autoencoder/checkpoints/, loss.csv, loss.png); sd-vae - load the frozen VAE.
+# Either way fit the per-channel latent scaling on the training latents and reconstruct the held-out evaluation
+# sites (per-stain PSNR in autoencoder.json, reconstructions.png): the ceiling of any generator on these latents.
+rule autoencoder:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+        weights=GENERATOR["sd_vae"]["weights"] if GENERATOR["autoencoder"] == "sd-vae" else [],
+    output:
+        meta="results/autoencoder/autoencoder.json",
+        reconstructions=report("results/autoencoder/reconstructions.png", category="Generator"),
+        **(
+            {
+                "weights": "results/autoencoder/autoencoder.safetensors",
+                "loss_csv": "results/autoencoder/loss.csv",
+                "loss_png": report("results/autoencoder/loss.png", category="Generator"),
+            }
+            if GENERATOR["autoencoder"] == "trained"
+            else {}
+        ),
+    params:
+        cfg=cli_json(GENERATOR),
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        resolution=config["subsets"]["resolution"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.meta),
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/generator/autoencoder.log",
+    conda:
+        "../../envs/generator.yaml"
+    shell:
+        "python -m morphotrust generator autoencoder --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule train:
     input:
         manifest="results/subsets/manifest.parquet",
         stack="results/subsets/stacks/train.npy",
+        autoencoder=AUTOENCODER_JSON,
     output:
         checkpoint="results/generator/checkpoint.pt",
         loss_csv="results/generator/loss.csv",
@@ -73,6 +120,7 @@ rule train:
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
         resolution=config["subsets"]["resolution"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        autoencoder=autoencoder_option,
     threads: GENERATOR["threads"]
     resources:
         gpu=1,
@@ -83,7 +131,7 @@ rule train:
     shell:
         "python -m morphotrust generator train --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
-        " > {log} 2>&1"
+        " {params.autoencoder} > {log} 2>&1"
 
 
 rule sample:
@@ -91,6 +139,7 @@ rule sample:
         manifest="results/subsets/manifest.parquet",
         stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
         checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
     output:
         manifest="results/generated/generator/manifest.parquet",
         grid=report("results/generated/generator/grid.png", caption="../report/generator_grid.rst", category="Generator"),
@@ -99,6 +148,7 @@ rule sample:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        autoencoder=autoencoder_option,
     threads: GENERATOR["threads"]
     resources:
         gpu=1,
@@ -109,7 +159,7 @@ rule sample:
     shell:
         "python -m morphotrust generator sample --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
-        " > {log} 2>&1"
+        " {params.autoencoder} > {log} 2>&1"
 
 
 # During-generation trust: a translator from the generator's hidden state to encoder features, per-step
@@ -121,6 +171,7 @@ rule generation_translator:
         manifest="results/subsets/manifest.parquet",
         stack="results/subsets/stacks/train.npy",
         checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
         features="results/reduction/real_train.parquet",
     output:
         weights="results/generation_trust/translator.safetensors",
@@ -129,6 +180,7 @@ rule generation_translator:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
         out=lambda wildcards, output: os.path.splitext(output.weights)[0],
+        autoencoder=autoencoder_option,
     threads: GENERATOR["threads"]
     resources:
         gpu=1,
@@ -139,7 +191,7 @@ rule generation_translator:
     shell:
         "python -m morphotrust generator translator --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --features {input.features} --out {params.out} --config {params.cfg}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} {params.autoencoder} > {log} 2>&1"
 
 
 rule generation_trust:
@@ -147,6 +199,7 @@ rule generation_trust:
         manifest="results/subsets/manifest.parquet",
         stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
         checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
         translator=rules.generation_translator.output.weights,
         translator_meta=rules.generation_translator.output.meta,
         scorer="results/trust/scorer.npz",
@@ -166,6 +219,7 @@ rule generation_trust:
         translator=lambda wildcards, input: os.path.splitext(input.translator)[0],
         scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        autoencoder=autoencoder_option,
     threads: GENERATOR["threads"]
     resources:
         gpu=1,
@@ -178,4 +232,4 @@ rule generation_trust:
         " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
         " --generated-scores {input.generated_scores} --centroid {input.centroid}"
         " --validation-config {params.validation_cfg} --out-dir {params.out_dir} --config {params.cfg}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} {params.autoencoder} > {log} 2>&1"

@@ -1,5 +1,6 @@
 """The conditional generator stage: `morphotrust generator <command> ...`.
 
+- autoencoder: images <-> latents for the flow model (autoencoder.py)
 - train, sample: the SiT-style conditional flow model (model.py, train.py, sample.py)
 - translator, generation-trust: during-generation trust scoring (translator.py, generation_trust.py)
 - standins, external: demo stand-ins and images from other generators (standins.py, external.py)
@@ -14,6 +15,7 @@ import sys
 
 # command -> (module, function taking argv)
 COMMANDS = {
+    "autoencoder": ("autoencoder", "cli"),
     "train": ("train", "cli"),
     "sample": ("sample", "cli"),
     "translator": ("generation_trust", "translator_cli"),

@@ -142,6 +142,21 @@ class TrainingImages(torch.utils.data.Dataset):
         return image, int(self.cell[i]), int(self.sirna[i])
 
 
+class TrainingLatents(torch.utils.data.Dataset):
+    """The training sites as scaled latents (encoded once, kept in memory): (latent, cell index, siRNA index)."""
+
+    def __init__(self, images: TrainingImages, latents: torch.Tensor):
+        if len(latents) != len(images):
+            raise ValueError(f"{len(latents)} latents for {len(images)} training images")
+        self.latents, self.cell, self.sirna = latents.float(), images.cell, images.sirna
+
+    def __len__(self):
+        return len(self.latents)
+
+    def __getitem__(self, i):
+        return self.latents[i], int(self.cell[i]), int(self.sirna[i])
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """Batch indices for steps `start_step .. steps-1`, a pure function of (seed, step).
 

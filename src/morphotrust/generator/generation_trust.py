@@ -26,7 +26,8 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..io import write_json, write_parquet, write_table
 from .data import ATTRIBUTE_COLUMNS, conditions_to_sample, encode, read_images, read_manifest, training_rows
-from .sample import initial_noise, integrate, load_sampler_model, sample_id, sampling_plan
+from .sample import (image_resolution, initial_noise, integrate, latent_noise_shape, load_sampler_model, sample_id,
+                     sampling_plan)
 from .translator import fit_translator, load_translator, noised_hidden, save_translator, translate
 from .train import resolve_device
 
@@ -53,14 +54,14 @@ def attribute_values(rows: pd.DataFrame) -> dict:
 # ----------------------------------------------------------------------------------------------- translator
 
 def translator_stage(manifest_path, stacks_dir, checkpoint_path, features_path, out_path, cfg: dict,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", autoencoder=None) -> dict:
     """Fit the translator on the generator's training images and their real encoder features."""
     from ..features import read_features
 
     device = resolve_device(device)
     tcfg = cfg["translator"]
-    model, state = load_sampler_model(checkpoint_path, device)
-    resolution = state["model_config"]["resolution"]
+    model, state, codec = load_sampler_model(checkpoint_path, device, autoencoder)
+    resolution = image_resolution(state)
     block = tcfg["block"] if tcfg["block"] >= 0 else state["model_config"]["depth"] + tcfg["block"]
     if not 0 <= block < state["model_config"]["depth"]:
         raise InputError(f"block {tcfg['block']} outside the model's {state['model_config']['depth']} blocks",
@@ -84,7 +85,7 @@ def translator_stage(manifest_path, stacks_dir, checkpoint_path, features_path, 
     for j, t in enumerate(times):
         hidden.append(noised_hidden(model, images, codes["cell_type"], codes["sirna_id"], t, block, cfg["seed"],
                                     key=TRANSLATOR_NOISE_KEY + j, progress=True,
-                                    precision=cfg["precision"]))
+                                    precision=cfg["precision"], codec=codec))
         t_column.append(np.full(len(rows), t))
         target_rows.append(targets)
         image_ids.append(np.arange(len(rows)))
@@ -102,12 +103,12 @@ def translator_stage(manifest_path, stacks_dir, checkpoint_path, features_path, 
 
 def calibrate_thresholds(model, translator, block: int, images: np.ndarray, rows: pd.DataFrame, codes: dict,
                          sampling_steps: int, check_steps, score_fn, quantile: float, seed: int,
-                         precision: str = "auto") -> pd.DataFrame:
+                         precision: str = "auto", codec=None) -> pd.DataFrame:
     """κ_τ per checked step: quantile q of T over real images noised to t_τ and sent through g."""
     records = []
     for step, t in zip(check_steps, check_times(sampling_steps, check_steps)):
         pooled = noised_hidden(model, images, codes["cell_type"], codes["sirna_id"], t, block, seed,
-                               key=CALIBRATION_NOISE_KEY + step, progress=True, precision=precision)
+                               key=CALIBRATION_NOISE_KEY + step, progress=True, precision=precision, codec=codec)
         scores = score_fn(translate(translator, torch.from_numpy(pooled), t), attribute_values(rows))
         total = scores["T"].to_numpy()
         records.append(dict(step=int(step), t=float(t), threshold=float(np.quantile(total, quantile)),
@@ -124,7 +125,6 @@ def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, c
 
     Returns (per-step scores, one row per sample: abandoned_at, steps_run, evaluations, early_accept).
     """
-    resolution = model.config["resolution"]
     steps = cfg["sampling_steps"]
     kappa = dict(zip(thresholds["step"], thresholds["threshold"]))
     plan = sampling_plan(conditions, codes, cfg["samples_per_condition"], cfg["seed"])
@@ -147,7 +147,7 @@ def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, c
             step_records.append(table)
             return keep
 
-        noise = initial_noise(chunk["seed"].tolist(), (6, resolution, resolution))
+        noise = initial_noise(chunk["seed"].tolist(), latent_noise_shape(model))
         _, _, abandoned_at, evaluations = integrate(
             model, noise, torch.tensor(chunk["cell"].to_numpy()), torch.tensor(chunk["sirna"].to_numpy()),
             steps=steps, method=cfg["sampler"], guidance=cfg["guidance_scale"],
@@ -250,14 +250,14 @@ def _finite(value) -> float | None:
 
 def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translator_path, scorer_path,
                            generated_scores_path, out_dir, cfg: dict, device: str = "cpu",
-                           centroid_path=None, validation_cfg: dict | None = None) -> dict:
+                           centroid_path=None, validation_cfg: dict | None = None, autoencoder=None) -> dict:
     """Per-step thresholds, early abandonment of every sample, and its comparison with the post-generation
     decisions; with `centroid_path` (the validation stage's centroid_per_sample.csv) also its selection gain."""
     from ..trust import TrustScorer
 
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    model, state = load_sampler_model(checkpoint_path, device)
+    model, state, codec = load_sampler_model(checkpoint_path, device, autoencoder)
     translator, tmeta = load_translator(translator_path)
     if tmeta["checkpoint"] != state["fingerprint"] or tmeta["checkpoint_step"] != int(state["step"]):
         raise InputError("the translator was fitted on another generator checkpoint", file=translator_path,
@@ -272,7 +272,7 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
         return scorer.score(features, attrs)
 
     manifest = read_manifest(manifest_path)
-    resolution = state["model_config"]["resolution"]
+    resolution = image_resolution(state)
     calibration = manifest[(manifest["Metadata_split"] == "calibration") & (manifest["Metadata_arm"] == "seen")]
     if calibration.empty:
         calibration = training_rows(manifest, manifest_path)
@@ -282,7 +282,7 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
     thresholds = calibrate_thresholds(
         model, translator, block, read_images(stacks_dir, calibration, resolution), calibration,
         encode(calibration, state["vocabularies"], manifest_path), cfg["sampling_steps"], cgcfg["check_steps"],
-        score_fn, scorer.quantile, cfg["seed"], precision=cfg["precision"])
+        score_fn, scorer.quantile, cfg["seed"], precision=cfg["precision"], codec=codec)
     thresholds["calibration_split"] = calibration["Metadata_split"].iloc[0]
 
     conditions = conditions_to_sample(manifest)
@@ -324,7 +324,7 @@ def translator_cli(argv: list[str]) -> None:
     """`morphotrust generator translator ...`"""
     import argparse
 
-    from .train import add_common_arguments, parse_config
+    from .train import add_autoencoder_argument, add_common_arguments, parse_config
 
     parser = argparse.ArgumentParser(prog="morphotrust generator translator",
                                      description="Fit the hidden-state -> encoder-feature translator.")
@@ -334,17 +334,19 @@ def translator_cli(argv: list[str]) -> None:
     parser.add_argument("--features", required=True, help="results/features/real_train.parquet")
     parser.add_argument("--out", required=True, help="results/generation_trust/translator (.safetensors/.json)")
     add_common_arguments(parser)
+    add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
-    translator_stage(args.manifest, args.stacks_dir, args.checkpoint, args.features, args.out, cfg, cfg["device"])
+    translator_stage(args.manifest, args.stacks_dir, args.checkpoint, args.features, args.out, cfg, cfg["device"],
+                     autoencoder=args.autoencoder)
 
 
 def cli(argv: list[str]) -> None:
     """`morphotrust generator generation-trust ...`"""
     import argparse
 
-    from .train import add_common_arguments, parse_config
+    from .train import add_autoencoder_argument, add_common_arguments, parse_config
 
     parser = argparse.ArgumentParser(prog="morphotrust generator generation-trust",
                                      description="Score samples during generation; abandon early; compare.")
@@ -358,9 +360,11 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--validation-config", default="{}", help="the `validation` config section as JSON")
     parser.add_argument("--out-dir", required=True, help="results/generation_trust")
     add_common_arguments(parser)
+    add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
     generation_trust_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer,
                            args.generated_scores, args.out_dir, cfg, cfg["device"],
-                           centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config))
+                           centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config),
+                           autoencoder=args.autoencoder)

@@ -1,4 +1,4 @@
-"""SiT-style conditional flow model on six-channel images in pixel space.
+"""SiT-style conditional flow model on six-channel images (pixel space) or their latents (autoencoder.py).
 
 A DiT/SiT transformer (patch embedding, fixed 2-D sin-cos positions, adaLN-Zero blocks) that predicts the
 velocity of the linear interpolant
@@ -32,10 +32,15 @@ ATTRIBUTES = ("cell_type", "sirna_id")
 # outputs the clean image x̂ and turns it into the velocity of the same interpolant, v = (x̂ - x_t) / (1 - t)
 # ("data" parametrisation, as JiT, Li & He 2025); the loss is still the velocity MSE and the samplers the same.
 # Config generator.prediction overrides the preset's choice (e.g. velocity for tiny, as SiT).
+# On latents (generator.autoencoder trained or sd-vae) the patch is 2 as in SiT: tiny/2 is the CPU demo's latent
+# model (64 tokens on a 16 x 16 latent, i.e. 64 px with downsampling 4), S/2, B/2 and XL/2 are SiT's sizes
+# (the paper: B/2 on SD-VAE latents, 256 tokens at 256 px).
 PRESETS = {
     "tiny": dict(depth=4, hidden=128, heads=4, patch=8, prediction="data"),
+    "tiny/2": dict(depth=4, hidden=128, heads=4, patch=2, prediction="velocity"),
     "S/2": dict(depth=12, hidden=384, heads=6, patch=2, prediction="velocity"),
     "B/2": dict(depth=12, hidden=768, heads=12, patch=2, prediction="velocity"),
+    "XL/2": dict(depth=28, hidden=1152, heads=16, patch=2, prediction="velocity"),
 }
 # The data parametrisation divides by 1 - t; near t = 1 the divisor is clipped (JiT uses 0.05).
 MIN_ONE_MINUS_T = 0.05

@@ -25,7 +25,7 @@ from ..images import composite_rgb, read_site, write_site
 from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import conditions_to_sample, encode, read_images, read_manifest
 from .model import to_uint8
-from .train import autocast, build_model, load_checkpoint, resolve_device, seeded_generator
+from .train import autocast, build_model, checkpoint_codec, load_checkpoint, resolve_device, seeded_generator
 
 SAMPLERS = ("euler", "heun")
 
@@ -121,19 +121,31 @@ def sampling_plan(conditions: pd.DataFrame, codes: dict, n_per_condition: int, s
     return pd.DataFrame(rows)
 
 
-def load_sampler_model(checkpoint_path, device):
+def load_sampler_model(checkpoint_path, device, autoencoder=None):
+    """(EMA model, checkpoint state, codec between images and the model's latents)."""
     state = load_checkpoint(checkpoint_path)
     model = build_model(state, "ema").to(device).eval()
-    return model, state
+    return model, state, checkpoint_codec(state, autoencoder, device, checkpoint_path)
 
 
-def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict, device: str = "cpu") -> pd.DataFrame:
+def image_resolution(state: dict) -> int:
+    """Pixels of the images the checkpoint's model generates (its model_config resolution is the latent's)."""
+    return int(state.get("image_resolution", state["model_config"]["resolution"]))
+
+
+def latent_noise_shape(model) -> tuple[int, int, int]:
+    side = model.config["resolution"]
+    return model.config["channels"], side, side
+
+
+def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict, device: str = "cpu",
+                 autoencoder=None) -> pd.DataFrame:
     """Generate every condition's samples (skipping finished ones), then the manifest, grid and summary."""
     device = resolve_device(device)
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path)
-    model, state = load_sampler_model(checkpoint_path, device)
-    resolution = state["model_config"]["resolution"]
+    model, state, codec = load_sampler_model(checkpoint_path, device, autoencoder)
+    resolution = image_resolution(state)
     name = state["generator"]
     conditions = conditions_to_sample(manifest)
     codes = encode(conditions, state["vocabularies"], manifest_path)
@@ -161,12 +173,12 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
           f"earlier", file=sys.stderr)
     written: dict[str, set] = {}
     for chunk in tqdm(todo, desc="sample", unit="batch", file=sys.stderr, mininterval=5):
-        noise = initial_noise(chunk["seed"].tolist(), (6, resolution, resolution))
-        images, _, _, _ = integrate(model, noise, torch.tensor(chunk["cell"].to_numpy()),
+        noise = initial_noise(chunk["seed"].tolist(), latent_noise_shape(model))
+        latents, _, _, _ = integrate(model, noise, torch.tensor(chunk["cell"].to_numpy()),
                                     torch.tensor(chunk["sirna"].to_numpy()), steps=cfg["sampling_steps"],
                                     method=cfg["sampler"], guidance=cfg["guidance_scale"],
                                     precision=cfg["precision"])
-        images = to_uint8(images).cpu().numpy()
+        images = to_uint8(codec.decode(latents)).cpu().numpy()
         for row, image in zip(chunk.itertuples(index=False), images):
             write_site(image_path(out_dir, name, row.Metadata_condition, row.k), image)
             written.setdefault(row.Metadata_condition, set()).add(row.k)
@@ -288,7 +300,7 @@ def cli(argv: list[str]) -> None:
     """`morphotrust generator sample ...`"""
     import argparse
 
-    from .train import add_common_arguments, parse_config
+    from .train import add_autoencoder_argument, add_common_arguments, parse_config
 
     parser = argparse.ArgumentParser(prog="morphotrust generator sample",
                                      description="Sample every seen and unseen condition (resumable).")
@@ -297,7 +309,9 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
     parser.add_argument("--out-dir", required=True, help="results/generated/generator")
     add_common_arguments(parser)
+    add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
-    run_sampling(args.manifest, args.stacks_dir, args.checkpoint, args.out_dir, cfg, cfg["device"])
+    run_sampling(args.manifest, args.stacks_dir, args.checkpoint, args.out_dir, cfg, cfg["device"],
+                 autoencoder=args.autoencoder)

@@ -27,8 +27,10 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..weights import PICKLE_CAUSE
 from ..io import atomic_path, write_csv
-from .data import (EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals,
-                   read_manifest, training_rows)
+from .autoencoder import KINDS as AUTOENCODERS
+from .autoencoder import PIXELS, Codec, load_codec
+from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
+                   ignore_stop_signals, read_images, read_manifest, training_rows)
 from .model import ATTRIBUTES, SiT, interpolate, model_config, to_model_scale
 
 CHECKPOINT_FORMAT = "morphotrust-sit-1"
@@ -65,20 +67,68 @@ def seeded_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
     return generator
 
 
+@contextlib.contextmanager
+def stop_signals():
+    """While the block runs, SIGTERM / SIGUSR1 only set stop["signal"] (the loop saves and stops); the previous
+    handlers are restored afterwards."""
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def learning_rate(step: int, cfg: dict) -> float:
     """Linear warm-up over `warmup` steps, then constant (as SiT)."""
     return cfg["lr"] * min(1.0, (step + 1) / max(cfg["warmup"], 1))
 
 
-def generator_name(preset: str) -> str:
-    return f"morphotrust-sit-{preset.lower().replace('/', '')}"
+def generator_name(preset: str, autoencoder: str = "none") -> str:
+    latent = {"none": "", "trained": "-ae", "sd-vae": "-sdvae"}[autoencoder]
+    return f"morphotrust-sit-{preset.lower().replace('/', '')}{latent}"
 
 
-def training_fingerprint(cfg: dict, config: dict, vocabularies: dict, data_id: str) -> str:
+def codec_for(cfg: dict, autoencoder, device) -> Codec:
+    """The codec of config generator.autoencoder: the pixel identity for none, else the autoencoder stage's."""
+    if cfg["autoencoder"] == "none":
+        return PIXELS
+    if autoencoder is None:
+        raise InputError(f"generator.autoencoder is {cfg['autoencoder']} but no --autoencoder was given",
+                         where="config generator.autoencoder", expected="the autoencoder rule's autoencoder.json")
+    codec = load_codec(autoencoder, device)
+    if codec.kind != cfg["autoencoder"]:
+        raise InputError(f"autoencoder is {codec.kind}, config says {cfg['autoencoder']}", file=autoencoder,
+                         expected="the output of the autoencoder rule run with this config (rerun it)")
+    return codec
+
+
+def checkpoint_codec(state: dict, autoencoder, device, checkpoint_path="checkpoint") -> Codec:
+    """The codec a generator checkpoint was trained with, checked against the autoencoder file given."""
+    described = state.get("autoencoder", PIXELS.describe())
+    if described["kind"] == "none":
+        return PIXELS
+    if autoencoder is None:
+        raise InputError(f"the checkpoint works on {described['kind']} latents but no --autoencoder was given",
+                         file=checkpoint_path, expected="the autoencoder rule's autoencoder.json")
+    codec = load_codec(autoencoder, device)
+    if codec.describe() != described:
+        raise InputError("the autoencoder differs from the one the generator was trained with", file=autoencoder,
+                         expected=f"{described} (rerun the train rule)")
+    return codec
+
+
+def training_fingerprint(cfg: dict, config: dict, vocabularies: dict, data_id: str, codec: Codec = PIXELS) -> str:
     """What must be unchanged for a checkpoint to be resumed (not the step count: training may be extended)."""
     keys = ("seed", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop")
-    return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **{k: cfg[k] for k in keys}),
-                      sort_keys=True)
+    latent = {} if codec.kind == "none" else dict(autoencoder=codec.describe())  # pixel fingerprints unchanged
+    return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **latent,
+                           **{k: cfg[k] for k in keys}), sort_keys=True)
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -108,9 +158,11 @@ def build_model(state: dict, weights: str = "ema") -> SiT:
 
 
 def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
-          on_step=None) -> dict:
+          on_step=None, autoencoder=None) -> dict:
     """Train (or resume) and write checkpoint.pt, loss.csv and loss.png under `out_dir`.
 
+    With `autoencoder` (the autoencoder stage's autoencoder.json; needed unless generator.autoencoder is none)
+    the model learns the scaled latents of the training images, encoded once before the first step.
     Returns {"status": "finished" | "interrupted", "step": int}. `on_step(step)` is called after every
     optimizer step (progress hooks, tests).
     """
@@ -120,10 +172,15 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     manifest = read_manifest(manifest_path)
     rows = training_rows(manifest, manifest_path)
     vocabularies = build_vocabularies(rows)
-    config = model_config(cfg["preset"], resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES},
-                          prediction=cfg["prediction"])
+    codec = codec_for(cfg, autoencoder, device)
+    channels, latent_resolution, _ = codec.latent_shape(resolution)
+    config = model_config(cfg["preset"], latent_resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES},
+                          channels=channels, prediction=cfg["prediction"])
     dataset = TrainingImages(stacks_dir, rows, vocabularies, resolution)
-    fingerprint = training_fingerprint(cfg, config, vocabularies, data_fingerprint(rows))
+    if codec.kind != "none":
+        dataset = TrainingLatents(dataset, codec.encode_uint8(read_images(stacks_dir, rows, resolution),
+                                                              progress=True, device=device))
+    fingerprint = training_fingerprint(cfg, config, vocabularies, data_fingerprint(rows), codec)
 
     torch.manual_seed(cfg["seed"])  # weight initialisation
     model = SiT(config).to(device)
@@ -149,16 +206,11 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
 
     def checkpoint(step: int) -> dict:
         return dict(format=CHECKPOINT_FORMAT, model_config=config, vocabularies=vocabularies,
-                    generator=generator_name(cfg["preset"]), fingerprint=fingerprint, step=step, seed=cfg["seed"],
+                    generator=generator_name(cfg["preset"], codec.kind), fingerprint=fingerprint, step=step,
+                    seed=cfg["seed"], image_resolution=int(resolution), autoencoder=codec.describe(),
                     model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                     losses=torch.tensor(losses, dtype=torch.float64))
 
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
     steps = cfg["steps"]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=EpochBatches(len(dataset), cfg["batch_size"], cfg["seed"], start, steps),
@@ -167,25 +219,22 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     null = {a: config["vocab_sizes"][a] for a in ATTRIBUTES}
     step = start
     model.train()
-    try:
-        with tqdm(total=steps, initial=start, desc="train", unit="step", mininterval=5, file=sys.stderr) as bar:
-            for images, cell, sirna in loader:
-                loss = _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device)
-                losses.append(loss)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if on_step is not None:
-                    on_step(step)
-                if stop["signal"] or step % cfg["checkpoint_every"] == 0 or step == steps:
-                    save_checkpoint(latest, checkpoint(step))
-                if stop["signal"]:
-                    print(f"{stop['signal']} received: saved {latest} at step {step}; rerun to resume",
-                          file=sys.stderr)
-                    return {"status": "interrupted", "step": step}
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with stop_signals() as stop, \
+            tqdm(total=steps, initial=start, desc="train", unit="step", mininterval=5, file=sys.stderr) as bar:
+        for images, cell, sirna in loader:
+            loss = _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device)
+            losses.append(loss)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if on_step is not None:
+                on_step(step)
+            if stop["signal"] or step % cfg["checkpoint_every"] == 0 or step == steps:
+                save_checkpoint(latest, checkpoint(step))
+            if stop["signal"]:
+                print(f"{stop['signal']} received: saved {latest} at step {step}; rerun to resume",
+                      file=sys.stderr)
+                return {"status": "interrupted", "step": step}
     save_checkpoint(out_dir / "checkpoint.pt", checkpoint(step))
     write_loss_curve(losses, cfg, out_dir)
     return {"status": "finished", "step": step}
@@ -193,7 +242,8 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
 
 def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device) -> float:
     rng = seeded_generator(cfg["seed"], step, device=device)
-    x = to_model_scale(images.to(device, non_blocking=True))
+    x = images.to(device, non_blocking=True)
+    x = to_model_scale(x) if x.dtype == torch.uint8 else x.float()  # pixels, or latents already scaled
     cell, sirna = cell.to(device), sirna.to(device)
     n = x.shape[0]
     t = torch.rand(n, generator=rng, device=device)
@@ -219,7 +269,8 @@ def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, dev
     return float(loss.detach())
 
 
-def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path) -> None:
+def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path, ylabel: str = "velocity MSE",
+                     title: str | None = None) -> None:
     steps = np.arange(1, len(losses) + 1)
     loss = np.asarray(losses, dtype=float)
     smooth = pd.Series(loss).ewm(alpha=0.02).mean().to_numpy()
@@ -232,8 +283,8 @@ def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, color="0.75", lw=0.6, label="loss per step")
     ax.plot(steps, smooth, color="C0", lw=1.5, label="smoothed")
-    ax.set(xlabel="training step", ylabel="velocity MSE", yscale="log",
-           title=f"{generator_name(cfg['preset'])} training loss")
+    ax.set(xlabel="training step", ylabel=ylabel, yscale="log",
+           title=title or f"{generator_name(cfg['preset'])} training loss")
     ax.legend()
     fig.tight_layout()
     with atomic_path(out_dir / "loss.png") as tmp:
@@ -241,7 +292,7 @@ def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
-REQUIRED_KEYS = ("preset", "prediction", "precision", "steps", "lr", "warmup", "batch_size", "grad_clip",
+REQUIRED_KEYS = ("autoencoder", "trained_autoencoder", "sd_vae", "preset", "prediction", "precision", "steps", "lr", "warmup", "batch_size", "grad_clip",
                  "ema_decay", "weight_decay", "p_drop", "guidance_scale", "sampler", "sampling_steps",
                  "samples_per_condition", "sampling_batch_size", "seed", "checkpoint_every", "num_workers", "device",
                  "translator", "generation_trust")
@@ -261,6 +312,9 @@ def parse_config(text: str) -> dict:
                          expected="every key of workflow/schemas/config.schema.yaml, generator section")
     if cfg["preset"] not in PRESETS:
         raise InputError(f"preset {cfg['preset']!r}", where="config generator.preset", expected=" | ".join(PRESETS))
+    if cfg["autoencoder"] not in AUTOENCODERS:
+        raise InputError(f"autoencoder {cfg['autoencoder']!r}", where="config generator.autoencoder",
+                         expected=" | ".join(AUTOENCODERS))
     if cfg["prediction"] not in ("preset", *PREDICTIONS):
         raise InputError(f"prediction {cfg['prediction']!r}", where="config generator.prediction",
                          expected="preset | " + " | ".join(PREDICTIONS))
@@ -270,6 +324,11 @@ def parse_config(text: str) -> dict:
     if cfg["sampler"] not in ("euler", "heun"):
         raise InputError(f"sampler {cfg['sampler']!r}", where="config generator.sampler", expected="euler | heun")
     return cfg
+
+
+def add_autoencoder_argument(parser) -> None:
+    parser.add_argument("--autoencoder", default=None,
+                        help="results/autoencoder/autoencoder.json (generator.autoencoder trained | sd-vae)")
 
 
 def add_common_arguments(parser) -> None:
@@ -288,9 +347,11 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--resolution", type=int, required=True, help="subsets.resolution")
     parser.add_argument("--out-dir", required=True, help="results/generator")
     add_common_arguments(parser)
+    add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
-    result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, cfg["device"])
+    result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, cfg["device"],
+                   autoencoder=args.autoencoder)
     if result["status"] == "interrupted":
         raise SystemExit(INTERRUPTED_EXIT)

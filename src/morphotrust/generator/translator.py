@@ -49,15 +49,17 @@ def normalise(features: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def noised_hidden(model, images_uint8: np.ndarray, cell: np.ndarray, sirna: np.ndarray, t: float, block: int,
                   seed: int, key: int = 0, batch_size: int = 64, progress: bool = False,
-                  precision: str = "auto") -> np.ndarray:
+                  precision: str = "auto", codec=None) -> np.ndarray:
     """Pooled block-`block` hidden states of real images noised to time t (the training interpolant), with
     their own condition. Noise of image i is drawn with seed (seed, key, i), so results do not depend on
-    the batch size."""
+    the batch size. With a latent model's `codec` the images are encoded first (the model's input space)."""
     device = next(model.parameters()).device
     out = []
     starts = range(0, len(images_uint8), batch_size)
     for s in tqdm(starts, desc=f"hidden t={t:.2f}", unit="batch", disable=not progress, file=sys.stderr):
         x = to_model_scale(torch.from_numpy(np.asarray(images_uint8[s: s + batch_size]))).to(device)
+        if codec is not None:
+            x = codec.encode(x)
         noise = torch.stack([torch.randn(x.shape[1:], generator=seeded_generator(seed, key, s + i))
                              for i in range(len(x))]).to(device)
         tt = torch.full((len(x),), float(t), device=device)
