@@ -1,7 +1,7 @@
 """Segmentation sanity gate: did CellProfiler's nuclei step find nuclei of a plausible size on a site?
 
 Per site (a row of a per-image CellProfiler table): the nuclei count and the median nucleus diameter
-(`Median_Nuclei_AreaShape_EquivalentDiameter`, pixels, converted to µm with the run's pixel size) are checked
+(`Nuclei_AreaShape_EquivalentDiameter_Median`, pixels, converted to µm with the run's pixel size) are checked
 against the configured range:
 
   - count  >= morphology.gate.min_nuclei (and <= max_nuclei when that is set);
@@ -17,8 +17,8 @@ The gate adds three columns (Metadata_ so that feature cleaning never takes them
 `Metadata_nuclei_diameter_um` (the median diameter in µm). When more than `max_failed_fraction` of the real
 sites of a source fail, `check_source` raises an InputError that names the likely cause and the config key.
 
-The CellProfiler per-image column names read here are the constants below: a rename of CellProfiler's
-columns (e.g. to pycytominer's) is one edit here.
+The per-image column names read here (pycytominer's conventions, morphotrust.morphology.fields, applied by
+`merge`) are the constants below.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import pandas as pd
 
 from ..errors import InputError
 
-COUNT_COLUMN = "Count_Nuclei"
-DIAMETER_COLUMN = "Median_Nuclei_AreaShape_EquivalentDiameter"  # pixels
+COUNT_COLUMN = "Image_Count_Nuclei"
+DIAMETER_COLUMN = "Nuclei_AreaShape_EquivalentDiameter_Median"  # pixels
 OK = "Metadata_segmentation_ok"
 PROBLEM = "Metadata_segmentation_problem"
 DIAMETER_UM = "Metadata_nuclei_diameter_um"
