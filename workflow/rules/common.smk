@@ -11,8 +11,7 @@ from morphotrust.morphology.scale import scale_of as morphology_scale_of
 
 try:
     METADATA = plan_metadata(config["data"])
-    CONDITIONS = load_conditions(config["conditions"], METADATA,
-                                 config["subsets"]["min_sites_per_condition"])
+    CONDITIONS = load_conditions(config["conditions"], METADATA, config["subsets"]["min_sites_per_condition"])
 except InputError as error:
     raise WorkflowError(f"morphotrust: {error}") from None
 

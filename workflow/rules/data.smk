@@ -22,8 +22,6 @@ rule data_demo_metadata:
         metadata=f"{DEMO_DIR}/metadata.csv",
         effects=f"{DEMO_DIR}/demo_effects.json",
         readme=f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt",
-    params:
-        demo=cli_json(config["data"]["demo"]),
     log:
         "results/logs/data/demo_metadata.log",
     conda:
@@ -31,6 +29,8 @@ rule data_demo_metadata:
     threads: 1
     resources:
         mem_mb=500,
+    params:
+        demo=cli_json(config["data"]["demo"]),
     shell:
         "python -m morphotrust data demo-metadata --metadata {output.metadata} --effects {output.effects}"
         " --readme {output.readme} --demo {params.demo} > {log} 2>&1"
@@ -39,17 +39,17 @@ rule data_demo_metadata:
 rule data_demo_plate:
     output:
         directory(f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"),
-    wildcard_constraints:
-        **PLATE_PATTERN,
-    params:
-        demo=cli_json(config["data"]["demo"]),
     log:
         "results/logs/data/demo_plate/{experiment}_Plate{plate}.log",
+    wildcard_constraints:
+        **PLATE_PATTERN,
     conda:
         "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        demo=cli_json(config["data"]["demo"]),
     shell:
         "python -m morphotrust data render-plate --plate-dir {output} --experiment {wildcards.experiment}"
         " --plate {wildcards.plate} --demo {params.demo} > {log} 2>&1"
@@ -59,29 +59,31 @@ rule data_ingest_plate:
     input:
         metadata=os.path.join(DATA_ROOT, "metadata.csv"),
         # the demo: also the rendered plate (and the marker that labels the sites synthetic)
-        demo=[f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt", f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"]
-        if DEMO
-        else [],
+        demo=(
+            [f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt", f"{DEMO_DIR}/images/{{experiment}}/Plate{{plate}}"]
+            if DEMO
+            else []
+        ),
         # a real RxRx1 folder: the inventory of the plate's image files
         files=lambda w: [] if DEMO else inventory.plate_input(DATA_ROOT, w.experiment, w.plate),
     output:
         table="results/data/ingest/{experiment}/Plate{plate}/sites.parquet",
         qc="results/data/ingest/{experiment}/Plate{plate}/qc.csv",
         sites=directory("results/data/sites/{experiment}/Plate{plate}"),
-    wildcard_constraints:
-        **PLATE_PATTERN,
-    params:
-        layout=config["data"]["layout"],
-        on_bad_site=config["data"]["on_bad_site"],
-        sixteen_bit=config["data"]["sixteen_bit"],
-        sixteen_bit_max=config["data"]["sixteen_bit_max"],
     log:
         "results/logs/data/ingest/{experiment}_Plate{plate}.log",
+    wildcard_constraints:
+        **PLATE_PATTERN,
     conda:
         "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=1500,
+    params:
+        layout=config["data"]["layout"],
+        on_bad_site=config["data"]["on_bad_site"],
+        sixteen_bit=config["data"]["sixteen_bit"],
+        sixteen_bit_max=config["data"]["sixteen_bit_max"],
     shell:
         "python -m morphotrust data ingest-plate --metadata {input.metadata:q} --experiment {wildcards.experiment}"
         " --plate {wildcards.plate} --layout {params.layout} --on-bad-site {params.on_bad_site}"
@@ -99,8 +101,6 @@ rule data_merge:
     output:
         sites="results/data/sites.parquet",
         qc="results/data/qc_skipped.csv",
-    params:
-        on_bad_site=config["data"]["on_bad_site"],
     log:
         "results/logs/data/merge.log",
     conda:
@@ -108,6 +108,8 @@ rule data_merge:
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        on_bad_site=config["data"]["on_bad_site"],
     shell:
         "python -m morphotrust data merge --metadata {input.metadata:q} --on-bad-site {params.on_bad_site}"
         " --tables {input.tables} --qc-tables {input.qc}"

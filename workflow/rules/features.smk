@@ -16,17 +16,17 @@ rule features_real:
     output:
         table="results/features/real_{split}.parquet",
         sidecar="results/features/real_{split}.json",
+    log:
+        "results/logs/features/real_{split}.log",
     wildcard_constraints:
         split="|".join(SPLITS),
-    params:
-        cfg=cli_json(FEATURES),
+    conda:
+        "../../envs/features.yaml"
     threads: FEATURES["threads"]
     resources:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
-    log:
-        "results/logs/features/real_{split}.log",
-    conda:
-        "../../envs/features.yaml"
+    params:
+        cfg=cli_json(FEATURES),
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
         " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table} > {log} 2>&1"
@@ -39,15 +39,15 @@ rule features_generated:
     output:
         table="results/features/generated.parquet",
         sidecar="results/features/generated.json",
-    params:
-        cfg=cli_json(FEATURES),
-    threads: FEATURES["threads"]
-    resources:
-        gpu=1 if FEATURES["device"] == "cuda" else 0,
     log:
         "results/logs/features/generated.log",
     conda:
         "../../envs/features.yaml"
+    threads: FEATURES["threads"]
+    resources:
+        gpu=1 if FEATURES["device"] == "cuda" else 0,
+    params:
+        cfg=cli_json(FEATURES),
     shell:
         "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
         " --threads {threads} --out {output.table} > {log} 2>&1"

@@ -10,14 +10,14 @@ rule standins:
     output:
         manifest="results/generated/standins/manifest.parquet",
         images=directory("results/generated/standins/images"),
-    params:
-        cfg=cli_json(config["generated"]["standins"]),
-        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-    threads: 1
     log:
         "results/logs/generator/standins.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        cfg=cli_json(config["generated"]["standins"]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     shell:
         "python -m morphotrust generator standins --manifest {input.manifest} --stack {input.stack}"
         " --config {params.cfg} --out-dir {params.out_dir} > {log} 2>&1"
@@ -38,15 +38,15 @@ rule external:
     output:
         manifest="results/generated/external/manifest.parquet",
         images=directory("results/generated/external/images"),
-    params:
-        folder=EXTERNAL["folder"],
-        resolution=config["subsets"]["resolution"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-    threads: 1
     log:
         "results/logs/generator/external.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        folder=EXTERNAL["folder"],
+        resolution=config["subsets"]["resolution"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     shell:
         "python -m morphotrust generator external --folder {params.folder:q} --manifest {input.manifest:q}"
         " --sites {input.sites} --subsets-manifest {input.subsets} --resolution {params.resolution}"
@@ -63,8 +63,10 @@ GENERATOR = config["generator"]
 LATENT = GENERATOR["autoencoder"] != "none"
 AUTOENCODER_JSON = "results/autoencoder/autoencoder.json" if LATENT else []
 if GENERATOR["autoencoder"] == "sd-vae" and not GENERATOR["sd_vae"]["weights"]:
-    raise WorkflowError("morphotrust: generator.autoencoder is sd-vae: set generator.sd_vae.weights to a local copy "
-                        "of stabilityai/sd-vae-ft-mse (README: fetch it once with `hf download`)")
+    raise WorkflowError(
+        "morphotrust: generator.autoencoder is sd-vae: set generator.sd_vae.weights to a local copy "
+        "of stabilityai/sd-vae-ft-mse (README: fetch it once with `hf download`)"
+    )
 
 
 # The autoencoder (generator.autoencoder trained | sd-vae), before the flow model: trained - train it on the seen
@@ -77,8 +79,6 @@ rule autoencoder:
         stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
         weights=GENERATOR["sd_vae"]["weights"] if GENERATOR["autoencoder"] == "sd-vae" else [],
     output:
-        meta="results/autoencoder/autoencoder.json",
-        reconstructions=report("results/autoencoder/reconstructions.png", category="Generator"),
         **(
             {
                 "weights": "results/autoencoder/autoencoder.safetensors",
@@ -88,18 +88,20 @@ rule autoencoder:
             if GENERATOR["autoencoder"] == "trained"
             else {}
         ),
+        meta="results/autoencoder/autoencoder.json",
+        reconstructions=report("results/autoencoder/reconstructions.png", category="Generator"),
+    log:
+        "results/logs/generator/autoencoder.log",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         resolution=config["subsets"]["resolution"],
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
-    threads: GENERATOR["threads"]
-    resources:
-        gpu=1,
-    log:
-        "results/logs/generator/autoencoder.log",
-    conda:
-        "../../envs/generator.yaml"
     shell:
         "python -m morphotrust generator autoencoder --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
@@ -115,19 +117,19 @@ rule train:
         checkpoint="results/generator/checkpoint.pt",
         loss_csv="results/generator/loss.csv",
         loss_png=report("results/generator/loss.png", caption="../report/generator_loss.rst", category="Generator"),
+    log:
+        "results/logs/generator/train.log",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
         resolution=config["subsets"]["resolution"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         autoencoder=autoencoder_option,
-    threads: GENERATOR["threads"]
-    resources:
-        gpu=1,
-    log:
-        "results/logs/generator/train.log",
-    conda:
-        "../../envs/generator.yaml"
     shell:
         "python -m morphotrust generator train --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
@@ -142,20 +144,22 @@ rule sample:
         autoencoder=AUTOENCODER_JSON,
     output:
         manifest="results/generated/generator/manifest.parquet",
-        grid=report("results/generated/generator/grid.png", caption="../report/generator_grid.rst", category="Generator"),
+        grid=report(
+            "results/generated/generator/grid.png", caption="../report/generator_grid.rst", category="Generator"
+        ),
         summary="results/generated/generator/summary.json",
+    log:
+        "results/logs/generator/sample.log",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         autoencoder=autoencoder_option,
-    threads: GENERATOR["threads"]
-    resources:
-        gpu=1,
-    log:
-        "results/logs/generator/sample.log",
-    conda:
-        "../../envs/generator.yaml"
     shell:
         "python -m morphotrust generator sample --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
@@ -176,18 +180,18 @@ rule generation_translator:
     output:
         weights="results/generation_trust/translator.safetensors",
         meta="results/generation_trust/translator.json",
+    log:
+        "results/logs/generator/translator.log",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
         out=lambda wildcards, output: os.path.splitext(output.weights)[0],
         autoencoder=autoencoder_option,
-    threads: GENERATOR["threads"]
-    resources:
-        gpu=1,
-    log:
-        "results/logs/generator/translator.log",
-    conda:
-        "../../envs/generator.yaml"
     shell:
         "python -m morphotrust generator translator --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --features {input.features} --out {params.out} --config {params.cfg}"
@@ -212,6 +216,13 @@ rule generation_trust:
         step_scores="results/generation_trust/step_scores.parquet",
         decisions="results/generation_trust/decisions.parquet",
         decisions_csv="results/generation_trust/decisions.csv",
+    log:
+        "results/logs/generator/generation_trust.log",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
     params:
         cfg=cli_json(GENERATOR),
         validation_cfg=cli_json(config["validation"]),
@@ -220,13 +231,6 @@ rule generation_trust:
         scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         autoencoder=autoencoder_option,
-    threads: GENERATOR["threads"]
-    resources:
-        gpu=1,
-    log:
-        "results/logs/generator/generation_trust.log",
-    conda:
-        "../../envs/generator.yaml"
     shell:
         "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"

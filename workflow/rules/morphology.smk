@@ -61,14 +61,14 @@ rule morphology_pipeline:
         MORPHOLOGY_PIPELINE,
     output:
         "results/morphology/pipeline.cppipe",
-    params:
-        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
-        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
-    threads: 1
     log:
         "results/logs/morphology/pipeline.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
+        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
     shell:
         "python -m morphotrust morphology pipeline --template {input:q} --pixel-size-um {params.pixel_size}"
         " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
@@ -79,8 +79,13 @@ checkpoint morphology_prepare:
         manifest=lambda wildcards: MORPHOLOGY_MANIFESTS[wildcards.source],
     output:
         directory("results/morphology/{source}/chunks"),
+    log:
+        "results/logs/morphology/{source}/prepare.log",
     wildcard_constraints:
         source="|".join(MORPHOLOGY_SOURCES),
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
     params:
         resolution=MORPHOLOGY_SCALE["resolution_px"],
         native=lambda wildcards: f"--native-px {MORPHOLOGY_SCALE['native_px']}" if wildcards.source == "real" else "",
@@ -91,11 +96,6 @@ checkpoint morphology_prepare:
             else ""
         ),
         seed=MORPHOLOGY["seed"],
-    threads: 1
-    log:
-        "results/logs/morphology/{source}/prepare.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"
         " --resolution {params.resolution} {params.native} --chunk-size {params.chunk_size}"
@@ -107,14 +107,14 @@ rule morphology_scale:
         expand("results/morphology/{source}/chunks", source=MORPHOLOGY_SOURCES),
     output:
         "results/morphology/scale.json",
-    params:
-        scale=cli_json(MORPHOLOGY_SCALE),
-        resize=lambda wildcards, input: " ".join(os.path.join(d, "resize.json") for d in input),
-    threads: 1
     log:
         "results/logs/morphology/scale.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        scale=cli_json(MORPHOLOGY_SCALE),
+        resize=lambda wildcards, input: " ".join(os.path.join(d, "resize.json") for d in input),
     shell:
         "python -m morphotrust morphology scale --scale {params.scale} --resize {params.resize}"
         " --out {output} > {log} 2>&1"
@@ -128,18 +128,18 @@ rule morphology_chunk:
         pipeline="results/morphology/pipeline.cppipe",
     output:
         "results/morphology/{source}/image/chunk_{chunk}.csv",
+    log:
+        "results/logs/morphology/{source}/chunk_{chunk}.log",
     wildcard_constraints:
         source="|".join(MORPHOLOGY_SOURCES),
         chunk=r"\d+",
-    params:
-        cellprofiler=MORPHOLOGY_CELLPROFILER,
+    conda:
+        "../../envs/cellprofiler.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    log:
-        "results/logs/morphology/{source}/chunk_{chunk}.log",
-    conda:
-        "../../envs/cellprofiler.yaml"
+    params:
+        cellprofiler=MORPHOLOGY_CELLPROFILER,
     shell:
         "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
         " --pipeline {input.pipeline} --data-file {input.data} --out {output} --log {log}"
@@ -160,18 +160,18 @@ rule morphology_merge:
         ),
     output:
         "results/morphology/{source}_image.parquet",
+    log:
+        "results/logs/morphology/{source}/merge.log",
     wildcard_constraints:
         source="|".join(MORPHOLOGY_SOURCES),
-    params:
-        # the segmentation gate; only real sites can stop the run (failed generated images are trust's business)
-        gate=lambda wildcards: MORPHOLOGY_GATE_OPTIONS + (" --stop-on-failure" if wildcards.source == "real" else ""),
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    log:
-        "results/logs/morphology/{source}/merge.log",
-    conda:
-        "../../envs/core.yaml"
+    params:
+        # the segmentation gate; only real sites can stop the run (failed generated images are trust's business)
+        gate=lambda wildcards: MORPHOLOGY_GATE_OPTIONS + (" --stop-on-failure" if wildcards.source == "real" else ""),
     shell:
         "python -m morphotrust morphology merge --sites {input.chunks_dir}/sites.parquet --out {output}"
         " --source {wildcards.source} {params.gate} {input.tables} > {log} 2>&1"
@@ -187,18 +187,18 @@ rule morphology_clean:
         real="results/morphology/real_clean.parquet",
         generated="results/morphology/generated_clean.parquet",
         report="results/morphology/cleaning_report.json",
+    log:
+        "results/logs/morphology/clean.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         variance_filter=MORPHOLOGY["variance_filter"],
         relative_variance_threshold=MORPHOLOGY["relative_variance_threshold"],
         variance_threshold=MORPHOLOGY["variance_threshold"],
         max_abs_z=MORPHOLOGY["max_abs_z"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-    log:
-        "results/logs/morphology/clean.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "python -m morphotrust morphology clean --real {input.real} --generated {input.generated}"
         " --variance-filter {params.variance_filter} --relative-variance-threshold"
@@ -212,14 +212,14 @@ rule morphology_qc_pipeline:
         MORPHOLOGY_QC_PIPELINE,
     output:
         "results/morphology/qc_pipeline.cppipe",
-    params:
-        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
-        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
-    threads: 1
     log:
         "results/logs/morphology/qc_pipeline.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
+        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
     shell:
         "python -m morphotrust morphology pipeline --light --template {input:q} --pixel-size-um {params.pixel_size}"
         " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
@@ -232,18 +232,18 @@ rule morphology_qc_prepare:
         sites="results/data/sites/{experiment}/Plate{plate}",
     output:
         directory("results/morphology/qc/{experiment}/Plate{plate}/chunks"),
+    log:
+        "results/logs/morphology/qc/{experiment}_Plate{plate}_prepare.log",
     wildcard_constraints:
         **PLATE_PATTERN,
-    params:
-        resolution=MORPHOLOGY_SCALE["resolution_px"],
-        native=MORPHOLOGY_SCALE["native_px"],
+    conda:
+        "../../envs/core.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    log:
-        "results/logs/morphology/qc/{experiment}_Plate{plate}_prepare.log",
-    conda:
-        "../../envs/core.yaml"
+    params:
+        resolution=MORPHOLOGY_SCALE["resolution_px"],
+        native=MORPHOLOGY_SCALE["native_px"],
     shell:
         "python -m morphotrust morphology prepare --source qc --manifest {input.table} --resolution {params.resolution}"
         " --native-px {params.native} --chunk-size 1000000 --out-dir {output} > {log} 2>&1"
@@ -255,17 +255,17 @@ rule morphology_qc_plate:
         pipeline="results/morphology/qc_pipeline.cppipe",
     output:
         "results/morphology/qc/{experiment}/Plate{plate}/image.csv",
+    log:
+        "results/logs/morphology/qc/{experiment}_Plate{plate}.log",
     wildcard_constraints:
         **PLATE_PATTERN,
-    params:
-        cellprofiler=MORPHOLOGY_CELLPROFILER,
+    conda:
+        "../../envs/cellprofiler.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    log:
-        "results/logs/morphology/qc/{experiment}_Plate{plate}.log",
-    conda:
-        "../../envs/cellprofiler.yaml"
+    params:
+        cellprofiler=MORPHOLOGY_CELLPROFILER,
     shell:
         "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
         " --pipeline {input.pipeline} --data-file {input.chunks}/chunk_001.csv --out {output} --log {log}"
@@ -276,15 +276,15 @@ rule morphology_qc_merge:
         expand("results/morphology/qc/{experiment}/Plate{plate}/image.csv", zip, **PLATES),
     output:
         "results/morphology/qc_image.parquet",
-    params:
-        plates=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
-        gate=MORPHOLOGY_GATE_OPTIONS,
-    threads: 1
-    resources:
-        mem_mb=2000,
     log:
         "results/logs/morphology/qc_merge.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        plates=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
+        gate=MORPHOLOGY_GATE_OPTIONS,
     shell:
         "python -m morphotrust morphology qc-merge --out {output} {params.gate} {params.plates} > {log} 2>&1"

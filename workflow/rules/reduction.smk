@@ -12,12 +12,12 @@ rule reduction_fit:
     output:
         npz="results/reduction/reduction.npz",
         json="results/reduction/reduction.json",
-    params:
-        cfg=cli_json(REDUCTION),
     log:
         "results/logs/reduction/fit.log",
     conda:
         "../../envs/core.yaml"
+    params:
+        cfg=cli_json(REDUCTION),
     shell:
         "python -m morphotrust reduction fit --train {input.train} --config {params.cfg}"
         " --out results/reduction/reduction > {log} 2>&1"
@@ -32,10 +32,10 @@ rule reduction_transform:
     output:
         table="results/reduction/{name}.parquet",
         sidecar="results/reduction/{name}.json",
-    wildcard_constraints:
-        name="|".join([f"real_{s}" for s in SPLITS] + ["generated"]),
     log:
         "results/logs/reduction/{name}.log",
+    wildcard_constraints:
+        name="|".join([f"real_{s}" for s in SPLITS] + ["generated"]),
     conda:
         "../../envs/core.yaml"
     shell:

@@ -55,20 +55,20 @@ rule report_plate:
             subcategory="{experiment} Plate {plate}",
             labels={"plate": "{experiment} Plate {plate}", "content": "plate map"},
         ),
+    log:
+        "results/logs/report/plate/{experiment}_Plate{plate}.log",
     wildcard_constraints:
         experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
         plate=r"[0-9]+",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         cfg=cli_json(REPORT),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
-    threads: 1
-    resources:
-        mem_mb=2000,
-    log:
-        "results/logs/report/plate/{experiment}_Plate{plate}.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "python -m morphotrust report plate --experiment {wildcards.experiment} --plate {wildcards.plate} "
         + REPORT_OPTIONS
@@ -91,18 +91,18 @@ rule report_generated:
             category="Generated images",
             labels={"content": "nuclei per site per condition"},
         ),
+    log:
+        "results/logs/report/generated.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         cfg=cli_json(REPORT),
         source=config["generated"]["source"],
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
-    threads: 1
-    resources:
-        mem_mb=2000,
-    log:
-        "results/logs/report/generated.log",
-    conda:
-        "../../envs/core.yaml"
     shell:
         "python -m morphotrust report generated --source {params.source} "
         + REPORT_OPTIONS
@@ -137,6 +137,13 @@ rule report_summary:
             category="Run summary",
             labels={"content": "image-quality flags (table)"},
         ),
+    log:
+        "results/logs/report/summary.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         cfg=cli_json(REPORT),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
@@ -144,14 +151,9 @@ rule report_summary:
         features_dir=lambda wildcards, input: os.path.dirname(input.sidecars[0]),
         snakemake_version=SNAKEMAKE_VERSION,
         cellprofiler=config["morphology"]["cellprofiler"],
-        generation_trust=lambda wildcards, input: f"--generation-trust {input.generation_trust} " if input.generation_trust else "",
-    threads: 1
-    resources:
-        mem_mb=2000,
-    log:
-        "results/logs/report/summary.log",
-    conda:
-        "../../envs/core.yaml"
+        generation_trust=lambda wildcards, input: (
+            f"--generation-trust {input.generation_trust} " if input.generation_trust else ""
+        ),
     shell:
         "python -m morphotrust report summary --plate-reports {input.plates}"
         " --generated-report {input.generated_report}"

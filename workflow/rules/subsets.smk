@@ -11,12 +11,12 @@ rule subsets:
         summary="results/subsets/summary.csv",
         conditions="results/subsets/conditions.csv",
         coverage="results/subsets/coverage.csv",
-    params:
-        cfg=cli_json(config["subsets"]),
     log:
         "results/logs/subsets/manifest.log",
     conda:
         "../../envs/core.yaml"
+    params:
+        cfg=cli_json(config["subsets"]),
     shell:
         "python -m morphotrust subsets manifest --sites {input.sites} --conditions {input.conditions}"
         " --config {params.cfg} --out-dir results/subsets > {log} 2>&1"
@@ -27,14 +27,14 @@ rule subset_stack:
         "results/subsets/manifest.parquet",
     output:
         "results/subsets/stacks/{split}.npy",
-    wildcard_constraints:
-        split="|".join(SPLITS),
-    params:
-        resolution=config["subsets"]["resolution"],
     log:
         "results/logs/subsets/stack_{split}.log",
+    wildcard_constraints:
+        split="|".join(SPLITS),
     conda:
         "../../envs/core.yaml"
+    params:
+        resolution=config["subsets"]["resolution"],
     shell:
         "python -m morphotrust subsets stack --manifest {input} --split {wildcards.split}"
         " --resolution {params.resolution} --out {output} > {log} 2>&1"

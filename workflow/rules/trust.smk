@@ -17,16 +17,16 @@ rule trust_fit:
         scorer_json="results/trust/scorer.json",
         threshold="results/trust/threshold.json",
         real_scores="results/trust/real_scores.parquet",
-    params:
-        cfg=cli_json(TRUST),
-        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
-    threads: 2
-    resources:
-        mem_mb=4000,
     log:
         "results/logs/trust/fit.log",
     conda:
         "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=cli_json(TRUST),
+        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
     shell:
         "python -m morphotrust trust fit --train {input.train} {params.calibration} --config {params.cfg}"
         " --threads {threads} --out-dir results/trust > {log} 2>&1"
@@ -41,13 +41,13 @@ rule trust_adequacy:
     output:
         table="results/trust/adequacy.csv",
         warnings="results/trust/adequacy.json",
-    params:
-        min_auroc=TRUST["adequacy_min_auroc"],
-    threads: 1
     log:
         "results/logs/trust/adequacy.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    params:
+        min_auroc=TRUST["adequacy_min_auroc"],
     shell:
         "python -m morphotrust trust adequacy --scorer results/trust/scorer --heldout {input.heldout}"
         " --min-auroc {params.min_auroc} --out-dir results/trust > {log} 2>&1"
@@ -66,14 +66,16 @@ rule trust_score:
         scores="results/trust/generated_scores.parquet",
         scores_csv="results/trust/generated_scores.csv",
         summary="results/trust/condition_summary.csv",
-        histogram=report("results/trust/trust_histogram.png", caption="../report/trust_histogram.rst", category="Trust score"),
-    threads: 2
-    resources:
-        mem_mb=4000,
+        histogram=report(
+            "results/trust/trust_histogram.png", caption="../report/trust_histogram.rst", category="Trust score"
+        ),
     log:
         "results/logs/trust/score.log",
     conda:
         "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
     shell:
         "python -m morphotrust trust score --scorer results/trust/scorer --features {input.features}"
         " --real-scores {input.real_scores} --coverage {input.coverage} --adequacy {input.adequacy} --threads {threads}"

@@ -27,17 +27,22 @@ rule validation_centroid:
         table="results/validation/centroid.csv",
         per_condition="results/validation/centroid_per_condition.csv",
         per_sample="results/validation/centroid_per_sample.csv",
-        plot=report("results/validation/centroid.png", caption="../report/centroid.rst", category="Validation", subcategory="Centroid distance"),
+        plot=report(
+            "results/validation/centroid.png",
+            caption="../report/centroid.rst",
+            category="Validation",
+            subcategory="Centroid distance",
+        ),
         headline="results/validation/centroid.json",
-    params:
-        cfg=cli_json(config["validation"]),
-    threads: 1
-    resources:
-        mem_mb=4000,
     log:
         "results/logs/validation/centroid.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=cli_json(config["validation"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation centroid --real {input.real} --generated {input.generated}"
         " --trust {input.trust} --config {params.cfg} --out-dir results/validation > {log} 2>&1"
@@ -50,19 +55,25 @@ rule validation_deciles:
         trust=VALIDATION_TRUST,
     output:
         table="results/validation/deciles_{space}.csv",
-        plot=report("results/validation/deciles_{space}.png", caption="../report/deciles.rst", category="Validation", subcategory="Decile classifiers", labels={"space": "{space}"}),
+        plot=report(
+            "results/validation/deciles_{space}.png",
+            caption="../report/deciles.rst",
+            category="Validation",
+            subcategory="Decile classifiers",
+            labels={"space": "{space}"},
+        ),
         headline="results/validation/deciles_{space}.json",
+    log:
+        "results/logs/validation/deciles_{space}.log",
     wildcard_constraints:
         space="|".join(VALIDATION_SPACES),
-    params:
-        cfg=cli_json(config["validation"]),
+    conda:
+        "../../envs/core.yaml"
     threads: 2
     resources:
         mem_mb=4000,
-    log:
-        "results/logs/validation/deciles_{space}.log",
-    conda:
-        "../../envs/core.yaml"
+    params:
+        cfg=cli_json(config["validation"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation deciles --space {wildcards.space} --real {input.real}"
         " --generated {input.generated} --trust {input.trust} --config {params.cfg}"
@@ -77,17 +88,22 @@ rule validation_correlations:
     output:
         table="results/validation/correlations.csv",
         top_bottom="results/validation/correlations_top_bottom.csv",
-        plot=report("results/validation/correlations.png", caption="../report/correlations.rst", category="Validation", subcategory="Per-feature correlations"),
+        plot=report(
+            "results/validation/correlations.png",
+            caption="../report/correlations.rst",
+            category="Validation",
+            subcategory="Per-feature correlations",
+        ),
         headline="results/validation/correlations.json",
-    params:
-        cfg=cli_json(config["validation"]),
-    threads: 1
-    resources:
-        mem_mb=4000,
     log:
         "results/logs/validation/correlations.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=cli_json(config["validation"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation correlations --real {input.real} --generated {input.generated}"
         " --trust {input.trust} --config {params.cfg} --out-dir results/validation > {log} 2>&1"
@@ -103,19 +119,34 @@ rule validation_kid:
         selection="results/validation/kid_selection.csv",
         ranking="results/validation/kid_ranking.csv",
         deciles="results/validation/kid_deciles.csv",
-        ranking_plot=report("results/validation/kid_ranking.png", caption="../report/kid_ranking.rst", category="Validation", subcategory="KID"),
-        selection_plot=report("results/validation/kid_selection.png", caption="../report/kid_selection.rst", category="Validation", subcategory="KID"),
-        deciles_plot=report("results/validation/kid_deciles.png", caption="../report/kid_deciles.rst", category="Validation", subcategory="KID"),
+        ranking_plot=report(
+            "results/validation/kid_ranking.png",
+            caption="../report/kid_ranking.rst",
+            category="Validation",
+            subcategory="KID",
+        ),
+        selection_plot=report(
+            "results/validation/kid_selection.png",
+            caption="../report/kid_selection.rst",
+            category="Validation",
+            subcategory="KID",
+        ),
+        deciles_plot=report(
+            "results/validation/kid_deciles.png",
+            caption="../report/kid_deciles.rst",
+            category="Validation",
+            subcategory="KID",
+        ),
         headline="results/validation/kid.json",
-    params:
-        cfg=cli_json(config["validation"]),
-    threads: 2
-    resources:
-        mem_mb=8000,
     log:
         "results/logs/validation/kid.log",
     conda:
         "../../envs/core.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        cfg=cli_json(config["validation"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation kid --real {input.real} --generated {input.generated}"
         " --trust {input.trust} --config {params.cfg} --out-dir results/validation > {log} 2>&1"
@@ -128,23 +159,35 @@ rule validation_distances:
         trust=VALIDATION_TRUST,
     output:
         per_condition="results/validation/distances_{space}.csv",
-        per_condition_plot=report("results/validation/distances_{space}.png", caption="../report/distances.rst", category="Validation", subcategory="Distances", labels={"space": "{space}", "figure": "distances"}),
+        per_condition_plot=report(
+            "results/validation/distances_{space}.png",
+            caption="../report/distances.rst",
+            category="Validation",
+            subcategory="Distances",
+            labels={"space": "{space}", "figure": "distances"},
+        ),
         discrimination="results/validation/discrimination_{space}.csv",
-        discrimination_plot=report("results/validation/discrimination_{space}.png", caption="../report/discrimination.rst", category="Validation", subcategory="Discrimination", labels={"space": "{space}"}),
+        discrimination_plot=report(
+            "results/validation/discrimination_{space}.png",
+            caption="../report/discrimination.rst",
+            category="Validation",
+            subcategory="Discrimination",
+            labels={"space": "{space}"},
+        ),
         retrieval_map="results/validation/map_{space}.csv",
         retrieval_map_per_sample="results/validation/map_per_sample_{space}.csv",
         headline="results/validation/distances_{space}.json",
+    log:
+        "results/logs/validation/distances_{space}.log",
     wildcard_constraints:
         space="|".join(VALIDATION_SPACES),
-    params:
-        cfg=cli_json(config["validation"]),
+    conda:
+        "../../envs/core.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-    log:
-        "results/logs/validation/distances_{space}.log",
-    conda:
-        "../../envs/core.yaml"
+    params:
+        cfg=cli_json(config["validation"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation distances --space {wildcards.space} --real {input.real}"
         " --generated {input.generated} --trust {input.trust} --config {params.cfg}"
@@ -157,13 +200,18 @@ rule validation_shift:
         trust=VALIDATION_TRUST,
     output:
         table="results/validation/graded_shift.csv",
-        plot=report("results/validation/graded_shift.png", caption="../report/graded_shift.rst", category="Validation", subcategory="Graded shift"),
+        plot=report(
+            "results/validation/graded_shift.png",
+            caption="../report/graded_shift.rst",
+            category="Validation",
+            subcategory="Graded shift",
+        ),
         headline="results/validation/graded_shift.json",
-    threads: 1
     log:
         "results/logs/validation/graded_shift.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
     shell:
         "python -m morphotrust validation shift --real {input.real} --trust {input.trust} --out-dir results/validation > {log} 2>&1"
 
@@ -178,10 +226,10 @@ rule validation_summary:
         expand("results/validation/distances_{space}.json", space=VALIDATION_SPACES),
     output:
         "results/validation/summary.json",
-    threads: 1
     log:
         "results/logs/validation/summary.log",
     conda:
         "../../envs/core.yaml"
+    threads: 1
     shell:
         "python -m morphotrust validation summary --inputs {input} --out {output} > {log} 2>&1"
