@@ -94,8 +94,8 @@ def test_later_files_and_command_line_are_named(tmp_path):
      r"generated.external.folder .*not set, but generated.source is external"),
     (lambda t: t.replace("calibration: 0.2,", "calibration: 0.0,").replace("train: 0.6,", "train: 0.8,"),
      r"split_fractions.calibration .*0, but trust.calibration_source is calibration_split"),
-    (lambda t: t.replace("nuclei_diameter_px: null", "nuclei_diameter_px: [9, 4]"),
-     r"morphology.nuclei_diameter_px .*found \[9, 4\]"),
+    (lambda t: t.replace("nuclei_diameter_um: [6.0, 30.0]", "nuclei_diameter_um: [9, 4]"),
+     r"morphology.nuclei_diameter_um .*found \[9, 4\]"),
 ])
 def test_cross_key_checks(tmp_path, edit, expected):
     path, config = _write(tmp_path, edit)

