@@ -81,11 +81,6 @@ def _encoder_space(workdir):
     return reference(real, ["train", "calibration"]), generated
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (2026-12-01, issue 14's scale choice): CellProfiler now measures real sites at their native 128 px "
-    "while generated images (here: held-out copies made at the 64-px training resolution) are upsampled to it, so "
-    "a perfect 64-px generator sits at median z 5.6 instead of ~0. Real and generated must pass the same "
-    "resampling path before this holds again."))
 def test_held_out_copies_sit_at_real_spread_and_rank_first(workdir):
     per_sample = pd.read_csv(workdir / "results" / "validation" / "centroid_per_sample.csv")
     kinds = pd.read_parquet(workdir / "results" / "trust" / "generated_scores.parquet")

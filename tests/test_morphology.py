@@ -4,7 +4,10 @@ truth (DSB2018, ExampleFly) and on the demo's known nuclei: tests/test_segmentat
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +143,24 @@ def test_prepare_real_reads_native_sites_in_round_robin_chunks(tmp_path):
     prepare("real", manifest, tmp_path / "small", resolution=16, chunk_size=7, native_px=32, progress=False)
     small = np.array(Image.open(tmp_path / "small" / "images" / f"{key}_w5.png"))
     assert np.array_equal(small, resize_site(read_site(tmp_path / "sites" / "5.tif"), 16)[4])
+    # morphology.real_detail: generator: a real site takes the generated images' path (box filter to the
+    # generator's 16 px, then bicubic to the 32 px measured), so it equals a perfect 16-px generator's image
+    via = prepare("real", manifest, tmp_path / "via", resolution=32, chunk_size=7, native_px=32, via_px=16,
+                  progress=False)
+    assert json.loads((tmp_path / "via" / "resize.json").read_text())["resize"] == {
+        "32": "area average (box filter) to 16 px (the generator's resolution), then bicubic"}
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    write_site(perfect / "5.tif", resize_site(read_site(tmp_path / "sites" / "5.tif"), 16))
+    pd.DataFrame({"Metadata_condition": ["c"], "Metadata_image_path": [str(perfect / "5.tif")]}).to_parquet(
+        perfect / "manifest.parquet")
+    prepare("generated", perfect / "manifest.parquet", perfect / "chunks", resolution=32, chunk_size=1,
+            progress=False)
+    for stain in range(1, 7):
+        real_png = np.array(Image.open(tmp_path / "via" / "images" / f"{via['Metadata_SiteKey'][5]}_w{stain}.png"))
+        generated_png = np.array(Image.open(perfect / "chunks" / "images" / f"generated000000_w{stain}.png"))
+        assert np.array_equal(real_png, generated_png)
+        assert not np.array_equal(real_png, read_site(tmp_path / "sites" / "5.tif")[stain - 1])
     # a real site of another size than the pixel size was worked out for is an error, not a wrong scale
     with pytest.raises(InputError, match="morphology.pixel_size_um"):
         prepare("real", manifest, tmp_path / "bad", resolution=64, chunk_size=7, native_px=64, progress=False)
@@ -229,6 +250,32 @@ def test_missing_executable_says_how_to_install(tmp_path):
         resolve_executable(str(tmp_path / "nope" / "cellprofiler"))
     with pytest.raises(InputError, match="not on PATH"):
         resolve_executable("surely-no-such-cellprofiler")
+
+
+def test_a_stopped_chunk_kills_a_cellprofiler_that_ignores_sigterm(tmp_path):
+    """CellProfiler's JVM ignores SIGTERM mid-measurement; a Snakemake / SLURM stop must still end it (a live orphan
+    made the stopped workflow hang in CI). The stand-in child ignores SIGTERM the same way."""
+    child_pid = tmp_path / "child.pid"
+    stubborn = (f"import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    wrapper = (f"import sys; from morphotrust.morphology.cellprofiler import run_stoppable; "
+               f"run_stoppable([sys.executable, '-c', {stubborn!r}])")
+    process = subprocess.Popen([sys.executable, "-c", wrapper])
+    deadline = time.monotonic() + 60
+    while not child_pid.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.2)
+    pid = int(child_pid.read_text())
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the SIGTERM-ignoring child outlived its stopped wrapper")
 
 
 # --------------------------------------------------------------------------------------------------

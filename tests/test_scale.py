@@ -22,6 +22,7 @@ def test_schema_defaults_match_the_code():
     assert props["resolution"]["default"] == scale.NATIVE
     assert tuple(props["nuclei_diameter_um"]["default"]) == scale.DEFAULT_NUCLEI_DIAMETER_UM
     assert props["pixel_size_um"]["default"] is None
+    assert props["real_detail"]["default"] == "generator"
 
 
 def test_demo_and_rxrx1_pixel_sizes():
@@ -45,6 +46,17 @@ def test_scale_at_a_resolution_and_diameters():
     assert low == 2 and high == 12  # 6/2.6 = 2.3 -> 2; 30/2.6 = 11.5 -> 12 (never narrower than asked)
     assert scale.nuclei_diameter_px([10, 20], 1.0) == (10, 20)
     assert scale.nuclei_diameter_px([1, 1.2], 1.0) == (2, 3)  # at least 2 px, max above min
+
+
+def test_real_sites_take_the_generators_resolution_by_default():
+    demo = {**_config(), "subsets": {"resolution": 64}}
+    assert scale.scale_of(demo)["real_via_px"] == 64
+    assert scale.scale_of({**_config(real_detail="native"), "subsets": {"resolution": 64}})["real_via_px"] is None
+    # nothing to lose when the generator is as fine as the morphology, or morphology is coarser than it
+    assert scale.scale_of({**_config(), "subsets": {"resolution": 128}})["real_via_px"] is None
+    assert scale.scale_of({**_config(resolution=48), "subsets": {"resolution": 64}})["real_via_px"] is None
+    with pytest.raises(InputError, match="morphology.real_detail"):
+        scale.scale_of({**_config(real_detail="full"), "subsets": {"resolution": 64}})
 
 
 @pytest.mark.parametrize("morphology, key", [

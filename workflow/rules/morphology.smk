@@ -89,6 +89,11 @@ checkpoint morphology_prepare:
     params:
         resolution=MORPHOLOGY_SCALE["resolution_px"],
         native=lambda wildcards: f"--native-px {MORPHOLOGY_SCALE['native_px']}" if wildcards.source == "real" else "",
+        via=lambda wildcards: (
+            f"--via-px {MORPHOLOGY_SCALE['real_via_px']}"
+            if wildcards.source == "real" and MORPHOLOGY_SCALE["real_via_px"]
+            else ""
+        ),
         chunk_size=MORPHOLOGY["chunk_size"],
         cap=(
             f"--max-sites-per-condition {MORPHOLOGY['max_sites_per_condition']}"
@@ -98,7 +103,7 @@ checkpoint morphology_prepare:
         seed=MORPHOLOGY["seed"],
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"
-        " --resolution {params.resolution} {params.native} --chunk-size {params.chunk_size}"
+        " --resolution {params.resolution} {params.native} {params.via} --chunk-size {params.chunk_size}"
         " {params.cap} --seed {params.seed} --out-dir {output} > {log} 2>&1"
 
 

@@ -65,6 +65,8 @@ def cli(argv) -> None:
     prepare.add_argument("--resolution", type=int, required=True, help="px CellProfiler measures")
     prepare.add_argument("--native-px", type=int, default=None,
                          help="real sites: the native size the pixel size is worked out for (checked)")
+    prepare.add_argument("--via-px", type=int, default=None,
+                         help="pass each site through this size first (real sites: the generator's resolution)")
     prepare.add_argument("--chunk-size", type=int, required=True)
     prepare.add_argument("--max-sites-per-condition", type=int, default=None)
     prepare.add_argument("--seed", type=int, default=0)
@@ -122,7 +124,7 @@ def cli(argv) -> None:
 
         sites = prepare(args.source, args.manifest, args.out_dir, resolution=args.resolution,
                         chunk_size=args.chunk_size, max_sites_per_condition=args.max_sites_per_condition,
-                        seed=args.seed, native_px=args.native_px)
+                        seed=args.seed, native_px=args.native_px, via_px=args.via_px)
         print(f"{args.source}: {len(sites)} sites in {sites['chunk'].nunique()} chunk(s) -> {args.out_dir}")
     elif args.command == "scale":
         import json

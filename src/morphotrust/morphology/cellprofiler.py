@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +83,51 @@ def _single_thread_env() -> dict:
     return env
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends SIGKILL to CellProfiler if this wrapper dies, even by kill -9.
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_stoppable(command, **popen_args) -> int:
+    """Run `command` and return its exit status; a stop signal to this process kills it and its children.
+
+    CellProfiler (its embedded JVM) ignores SIGTERM while it measures, so a Snakemake or SLURM stop would leave it
+    running as an orphan and the stop would hang. It runs in its own session; on SIGTERM / SIGINT / SIGHUP this
+    process SIGKILLs that session (the chunk's outputs are only moved into place after success, so nothing
+    half-written remains) and then dies of the same signal.
+    """
+    process = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent, **popen_args)
+
+    stopped_by = []
+
+    def stop(signum, _frame):
+        # No process.wait() here: the interrupted main code may hold Popen's wait lock.
+        stopped_by.append(signum)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be caught
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS} if in_main_thread else {}
+    try:
+        returncode = process.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped_by:
+        signal.signal(stopped_by[0], signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by[0])
+    return returncode
+
+
 def run_chunk(executable: str, pipeline, data_file, out_csv, log) -> dict:
     """Run CellProfiler on one chunk CSV; move its Image.csv to `out_csv`. Returns a small summary."""
     executable = resolve_executable(executable)
@@ -98,8 +145,8 @@ def run_chunk(executable: str, pipeline, data_file, out_csv, log) -> dict:
     with open(log, "w") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=_single_thread_env(),
-                                    stdin=subprocess.DEVNULL).returncode
+        returncode = run_stoppable(command, stdout=handle, stderr=subprocess.STDOUT, env=_single_thread_env(),
+                                   stdin=subprocess.DEVNULL)
     seconds = time.monotonic() - start
 
     def fail(problem):

@@ -10,8 +10,10 @@ TIFFs), capped per condition, become one folder that CellProfiler reads:
     {out_dir}/resize.json                the sizes read and how they were brought to the resolution
 
 Generated images are brought to the real sites' scale: area averaging (PIL box filter) to shrink, bicubic to
-enlarge (a 64-px generator's images measured at 128 px). Real sites are resized only when morphology.resolution
-is an integer other than their own size.
+enlarge (a 64-px generator's images measured at 128 px). Real sites are resized when morphology.resolution is
+an integer other than their own size, and, with `via_px` (morphology.real_detail: generator), first box-filtered
+to the generator's resolution and enlarged back exactly as a generated image is: real and generated then carry
+the same detail, so a perfect generator measures as real rather than as blurred.
 
 merge: the per-chunk Image.csv tables become one table per source, one row per site, with the manifest's
 Metadata_ columns joined on the site key (CellProfiler's own Metadata_ columns are dropped), every column
@@ -84,6 +86,14 @@ def resample_method(size_in: int, size_out: int) -> str:
     return "area average (box filter)" if size_in > size_out else "bicubic"
 
 
+def resize_record(size_in: int, size_out: int, via_px: int | None = None) -> str:
+    """How a site of `size_in` px reaches `size_out` px, in words (resize.json, reports)."""
+    if via_px is not None and via_px < min(size_in, size_out):
+        return (f"{resample_method(size_in, via_px)} to {via_px} px (the generator's resolution), then "
+                f"{resample_method(via_px, size_out)}")
+    return resample_method(size_in, size_out)
+
+
 def to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
     """A uint8 `(6, H, W)` site at `resolution` px: box filter to shrink, bicubic to enlarge."""
     if image.shape[1] == resolution:
@@ -121,11 +131,12 @@ def _site_images(table: pd.DataFrame, manifest_path, native_px: int | None):
 
 def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size: int,
             max_sites_per_condition: int | None = None, seed: int = 0, native_px: int | None = None,
-            progress: bool = True) -> pd.DataFrame:
+            via_px: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Write PNGs, LoadData chunk CSVs, sites.parquet and resize.json for one source; return the sites table.
 
     `resolution`: px CellProfiler measures. `native_px` (real sites only): the size the pixel size was worked
-    out for; a real site of another size is an error rather than a silently wrong scale.
+    out for; a real site of another size is an error rather than a silently wrong scale. `via_px`: pass each
+    site through this size first (the generator's resolution) when it is below both the site's and `resolution`.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
@@ -147,6 +158,8 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     for key, image in tqdm(zip(keys, images), total=len(keys), desc=f"{source} sites -> PNG",
                            disable=not progress, mininterval=5):
         sizes.add(int(image.shape[1]))
+        if via_px is not None and via_px < min(image.shape[1], resolution):
+            image = to_resolution(image, via_px)
         image = to_resolution(image, resolution)
         row = {}
         for channel, name in enumerate(STAIN_NAMES):
@@ -164,7 +177,7 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     sites = pd.concat([pd.DataFrame({SITE_KEY: keys, "chunk": chunks}), metadata], axis=1)
     write_parquet(sites, out_dir / "sites.parquet")
     write_json({"source": source, "input_px": sorted(sizes), "resolution_px": int(resolution),
-                "resize": {str(s): resample_method(s, resolution) for s in sorted(sizes)}}, out_dir / "resize.json")
+                "resize": {str(s): resize_record(s, resolution, via_px) for s in sorted(sizes)}}, out_dir / "resize.json")
     return sites
 
 
