@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from morphotrust.errors import InputError
 from morphotrust.images import read_site, resize_site, write_site
-from morphotrust.morphology.cellprofiler import CellProfilerError, resolve_executable, run_chunk
+from morphotrust.morphology.cellprofiler import CellProfilerError, cellprofiler_command, resolve_executable, run_chunk
 from morphotrust.morphology.cleaning import FeatureCleaner, clean, is_metadata_like
 from morphotrust.morphology.fields import field_name, image_feature, to_field_conventions
 from morphotrust.morphology.pipeline import REFERENCE, rescale_pipeline, write_pipeline
@@ -510,6 +510,17 @@ def test_cellprofiler_on_demo_sites_in_chunks(demo_sites):
     numeric = [c for c in features + ["Image_Count_Nuclei"]]
     assert np.allclose(table[numeric].to_numpy(float), whole[numeric].to_numpy(float), rtol=1e-6, atol=1e-9,
                        equal_nan=True)
+
+    # the .npy hand-over measures exactly what CellProfiler measures on the PNGs itself
+    bare = work / "bare"
+    subprocess.run(cellprofiler_command(CELLPROFILER, pipeline, work / "whole" / "chunk_001.csv", bare), check=True,
+                   capture_output=True)
+    bare_table = pd.read_csv(bare / "Image.csv").sort_values("Metadata_SiteKey").reset_index(drop=True)
+    ours = pd.read_csv(work / "out_whole" / "chunk_001.csv").sort_values("Metadata_SiteKey").reset_index(drop=True)
+    measured = [c for c in bare_table.columns if bare_table[c].dtype.kind in "fi"
+                and not c.startswith(("ExecutionTime_", "Scaling_", "ImageQuality_Scaling_"))]
+    assert len(measured) > 2000 and set(measured) <= set(ours.columns)
+    pd.testing.assert_frame_equal(ours[measured], bare_table[measured], check_exact=False, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.cellprofiler
