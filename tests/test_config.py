@@ -96,6 +96,8 @@ def test_later_files_and_command_line_are_named(tmp_path):
      r"split_fractions.calibration .*0, but trust.calibration_source is calibration_split"),
     (lambda t: t.replace("nuclei_diameter_um: [6.0, 30.0]", "nuclei_diameter_um: [9, 4]"),
      r"morphology.nuclei_diameter_um .*found \[9, 4\]"),
+    (lambda t: t.replace("autoencoder: none ", "autoencoder: sd-vae ").replace("preset: tiny ", "preset: tiny/2 "),
+     r"generator.sd_vae.weights .*not set"),
 ])
 def test_cross_key_checks(tmp_path, edit, expected):
     path, config = _write(tmp_path, edit)

@@ -85,6 +85,8 @@ def test_paper_config_dry_runs_on_rxrx1_shaped_metadata(tmp_path, metadata):
     # as a user must: point features.weights at the local DINOv3 copy (the config checks the folder exists)
     (tmp_path / "dinov3-large").mkdir()
     config["features"]["weights"] = f"local-dir:{tmp_path / 'dinov3-large'}"
+    (tmp_path / "sd-vae-ft-mse").mkdir()  # and generator.sd_vae.weights at the local SD-VAE
+    config["generator"]["sd_vae"]["weights"] = str(tmp_path / "sd-vae-ft-mse")
     (tmp_path / "config" / "paper_rxrx1.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "paper_rxrx1.yaml"), "-n",
                            "--quiet", "rules", "--cores", "32", timeout=900)

@@ -194,6 +194,11 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
             where = "" if downsample == 1 else f" times the {autoencoder} autoencoder's downsampling {downsample}"
             add("subsets.resolution", f"{subsets['resolution']} px is not a multiple of the {preset} generator's "
                 f"patch size {patch}{where}", f"a multiple of {unit} (generator.preset: {preset})")
+        vae_weights = generator["sd_vae"]["weights"]
+        if autoencoder == "sd-vae" and (vae_weights is None or not os.path.exists(vae_weights)):
+            add("generator.sd_vae.weights", "not set" if vae_weights is None else f"no file or folder {vae_weights}",
+                "the local sd-vae-ft-mse (or ft-ema) folder or its .safetensors file (nothing is downloaded: "
+                "README, 'Latent space')")
         steps = generator["sampling_steps"]
         bad = [s for s in generator["generation_trust"]["check_steps"] if s >= steps]
         if bad:
