@@ -2,7 +2,6 @@
 
     .venv/bin/python benchmarks/bench_cellprofiler.py              # 40 demo sites at 64 px
     .venv/bin/python benchmarks/bench_cellprofiler.py --sites 12   # quicker
-    .venv/bin/python benchmarks/bench_cellprofiler.py --resolution 512 --sites 8 --cellprofiler-only
 
 Sites: rendered by the demo renderer (morphotrust.data, one cell type after another), box-filtered to
 --resolution, written as a generated manifest of canonical TIFFs. The pipeline is
@@ -10,10 +9,9 @@ resources/cellprofiler/rxrx1_six_stain.cppipe with sizes set for the demo's 112-
 time and in CPU time of the child processes (CPU time is the work done, little disturbed by other processes
 on a shared machine):
 
-  start-up and per site  bare `cellprofiler -c -r` on 1 site and on all sites (one process each), given the
-                         images as the workflow gives them (float .npy, morphology.cellprofiler.numpy_chunk):
-                         per site = (t_all - t_1) / (sites - 1), start-up = t_1 - per site; plus the mean
-                         seconds per site of each pipeline module (CellProfiler's ExecutionTime_ columns);
+  start-up and per site  bare `cellprofiler -c -r` on 1 site and on all sites (one process each; the images
+                         as float .npy, as the chunk jobs give them):
+                         per site = (t_all - t_1) / (sites - 1), start-up = t_1 - per site;
   workflow overhead      `snakemake` running the morphology rules (pipeline copy, prepare, one chunk job,
                          merge) on the same sites in one chunk, against the bare run on all sites;
   parallel speed-up      the same rules with the sites in 2 chunks and `--cores 2`, against 1 chunk.
@@ -94,7 +92,7 @@ def make_sites(work: Path, n: int, resolution: int) -> Path:
 def bare(executable, pipeline, chunks_dir: Path, out_dir: Path):
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    data_file = numpy_chunk(chunks_dir / "chunk_001.csv", out_dir)  # not timed: the wrapper's part
+    data_file = numpy_chunk(chunks_dir / "chunk_001.csv", out_dir)  # the images as the chunk jobs give them
     return timed(cellprofiler_command(executable, pipeline, data_file, out_dir))
 
 
@@ -125,7 +123,6 @@ def main() -> None:
     parser.add_argument("--cellprofiler", default=str(REPO / ".venv-cellprofiler" / "bin" / "cellprofiler"))
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the best time of each is kept")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--cellprofiler-only", action="store_true", help="skip the two Snakemake runs")
     args = parser.parse_args()
     if args.sites < 4 or args.sites % 2:
         parser.error("--sites must be even and at least 4")
@@ -152,15 +149,11 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved; the best of each kind is kept (least disturbed)
             runs["one"].append(bare(executable, pipeline, one, work / "out_one"))
             runs["all"].append(bare(executable, pipeline, work / "all", work / "out_all"))
-            if not args.cellprofiler_only:
-                runs["wf1"].append(workflow(work, executable, args.resolution, args.sites, cores=1))
-                runs["wf2"].append(workflow(work, executable, args.resolution, args.sites // 2, cores=2))
-        t_one, t_all, t_wf1, t_wf2 = ((min(w for w, _ in r), min(c for _, c in r)) if r else (float("nan"),) * 2
-                                      for r in runs.values())
+            runs["wf1"].append(workflow(work, executable, args.resolution, args.sites, cores=1))
+            runs["wf2"].append(workflow(work, executable, args.resolution, args.sites // 2, cores=2))
+        t_one, t_all, t_wf1, t_wf2 = ((min(w for w, _ in r), min(c for _, c in r)) for r in runs.values())
         per_site = [(a - o) / (args.sites - 1) for a, o in zip(t_all, t_one)]
         startup = [o - p for o, p in zip(t_one, per_site)]
-        image = pd.read_csv(work / "out_all" / "Image.csv")
-        modules = image[[c for c in image.columns if c.startswith("ExecutionTime_")]].mean().sort_values()[::-1]
 
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
@@ -175,7 +168,6 @@ def main() -> None:
         "workflow_overhead": {"wall": t_wf1[0] / t_all[0] - 1, "cpu": t_wf1[1] / t_all[1] - 1},
         "workflow_2_chunks_2_cores_s": {"wall": t_wf2[0], "cpu": t_wf2[1]},
         "parallel_speedup_2_jobs": t_wf1[0] / t_wf2[0],
-        "module_seconds_per_site": {name.removeprefix("ExecutionTime_"): value for name, value in modules.items()},
     }
     print(json.dumps(results, indent=2, default=float))
     print(f"\n| measure ({args.sites} sites, {args.resolution} px) | wall | CPU |\n|---|---|---|")
@@ -188,9 +180,6 @@ def main() -> None:
           f"{results['workflow_overhead']['cpu']:+.1%} |")
     print(f"| 2 chunks on 2 cores, s (speed-up {results['parallel_speedup_2_jobs']:.2f}x) | "
           f"{t_wf2[0]:.2f} | {t_wf2[1]:.2f} |")
-    print(f"\n| module | s per {args.resolution}-px site |\n|---|---|")
-    for name, value in results["module_seconds_per_site"].items():
-        print(f"| {name} | {value:.3f} |")
     if json_path:
         json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
 
