@@ -1,16 +1,17 @@
 """CellProfiler seconds per site at 64, 128, 256 and 512 px: the light QC pass (resources/cellprofiler/qc_light.cppipe)
 and the full six-stain pipeline (rxrx1_six_stain.cppipe).
 
-    .venv/bin/python benchmarks/bench_cellprofiler_resolutions.py                 # 8 demo sites per resolution, both pipelines
+    .venv/bin/python benchmarks/bench_cellprofiler_resolutions.py      # 8 demo sites per resolution, both pipelines
     .venv/bin/python benchmarks/bench_cellprofiler_resolutions.py --sites 16 --resolutions 128 512 --pipelines qc
 
 Sites: demo sites rendered natively at each resolution (the demo's 112-µm field: 112 / R µm per pixel), prepared
-with `morphology prepare --source qc` into one chunk as the workflow's per-plate job does, and the pipeline set
-from µm (`write_pipeline(..., light=True)`). Per resolution, bare `cellprofiler -c -r` runs on 1 site and on all
-sites (one process each): per site = (t_all - t_1) / (sites - 1), start-up = t_1 - per site. Wall time and the
-CPU time of the child processes (less disturbed by other load on a shared machine) are both reported. The full
-RxRx1 (125,510 sites at 512 px) cost = per-site CPU s x sites + one start-up per plate (RxRx1: 51 experiments x 4
-plates).
+with `morphology prepare --source qc` into one chunk as the workflow's per-plate job does, each pipeline set from
+µm (`write_pipeline`). Per resolution and pipeline, bare `cellprofiler -c -r` runs on 1 site and on all sites (one
+process each), the images handed over as the chunk jobs do (float .npy, morphology.cellprofiler.numpy_chunk):
+per site = (t_all - t_1) / (sites - 1), start-up = t_1 - per site; the mean seconds per site of each module come
+from CellProfiler's ExecutionTime_ columns. Wall time and the CPU time of the child processes (less disturbed by
+other load on a shared machine) are both reported. The QC pass on the full RxRx1 (125,510 sites at 512 px) costs
+per-site CPU s x sites + one start-up per plate (RxRx1: 51 experiments x 4 plates).
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
+from bench_cellprofiler import timed  # this folder is on sys.path when run as a script
 
 from morphotrust.data.demo import demo_pixel_size_um, render_site
 from morphotrust.images import write_site
@@ -37,18 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 RXRX1_SITES = 125_510
 RXRX1_PLATES = 51 * 4
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 PIPELINES = {"qc": "qc_light.cppipe", "full": "rxrx1_six_stain.cppipe"}
-
-
-def timed(command) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def prepared(work: Path, n: int, resolution: int) -> Path:
@@ -89,8 +78,8 @@ def main() -> None:
                                pixel_size_um=demo_pixel_size_um(resolution), nuclei_diameter_um=(6.0, 30.0),
                                light=name == "qc")
                 out_one, out_all = work / f"{name}_out1", work / f"{name}_outn"
-                one = timed(cellprofiler_command(executable, pipeline, numpy_chunk(data_one, out_one), out_one))
-                full = timed(cellprofiler_command(executable, pipeline, numpy_chunk(data_all, out_all), out_all))
+                one = timed(cellprofiler_command(executable, pipeline, numpy_chunk(data_one, out_one), out_one), env=ONE_THREAD)
+                full = timed(cellprofiler_command(executable, pipeline, numpy_chunk(data_all, out_all), out_all), env=ONE_THREAD)
                 per_wall = (full[0] - one[0]) / (args.sites - 1)
                 per_cpu = (full[1] - one[1]) / (args.sites - 1)
                 image = pd.read_csv(out_all / "Image.csv")
