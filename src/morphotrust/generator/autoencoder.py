@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..io import atomic_path, read_json, write_json
-from .distributed import Team, relaunch, team_for, under_torchrun, world_size, wrap
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, training_rows
+from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import to_model_scale, to_uint8
 
 KINDS = ("trained", "sd-vae", "none")
@@ -517,7 +517,7 @@ def cli(argv: list[str]) -> None:
     cfg = parse_config(args.config)
     if cfg["autoencoder"] == "trained" and world_size(cfg) > 1 and not under_torchrun():
         relaunch(["generator", "autoencoder", *argv], cfg, INTERRUPTED_EXIT)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads_per_process(args.threads))
     with team_for(resolve_device(cfg["device"])) as (team, device):
         result = autoencoder_stage(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
                                    team=team)

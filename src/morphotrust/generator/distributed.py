@@ -101,6 +101,11 @@ def world_size(cfg: dict) -> int:
     return int(cfg.get("gpus", 1)) * int(cfg.get("nodes", 1))
 
 
+def threads_per_process(threads: int) -> int:
+    """A job's CPU threads shared among the training processes of its node (torchrun sets LOCAL_WORLD_SIZE)."""
+    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 

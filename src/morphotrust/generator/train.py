@@ -32,9 +32,9 @@ from ..weights import PICKLE_CAUSE
 from ..io import atomic_path, write_csv
 from .autoencoder import KINDS as AUTOENCODERS
 from .autoencoder import PIXELS, Codec, load_codec
-from .distributed import Team, relaunch, team_for, under_torchrun, world_size, wrap
 from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
                    ignore_stop_signals, read_images, read_manifest, training_rows)
+from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import ATTRIBUTES, SiT, interpolate, model_config, to_model_scale
 
 CHECKPOINT_FORMAT = "morphotrust-sit-1"
@@ -377,7 +377,7 @@ def cli(argv: list[str]) -> None:
     cfg = parse_config(args.config)
     if world_size(cfg) > 1 and not under_torchrun():
         relaunch(["generator", "train", *argv], cfg, INTERRUPTED_EXIT)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads_per_process(args.threads))
     with team_for(resolve_device(cfg["device"])) as (team, device):
         result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
                        autoencoder=args.autoencoder, team=team)
