@@ -60,7 +60,8 @@ def worker(args) -> None:
 
 def run(processes: int, args, data: Path, tmp: Path) -> dict:
     times_file = tmp / f"times{processes}.json"
-    common = ["--worker", "--data", str(data), "--out", str(tmp / f"out{processes}"), "--times", str(times_file),
+    out = Path(tempfile.mkdtemp(dir=tmp))  # a fresh folder: no checkpoint to resume from
+    common = ["--worker", "--data", str(data), "--out", str(out), "--times", str(times_file),
               "--preset", args.preset, "--resolution", str(args.resolution), "--steps", str(args.steps),
               "--per-process-batch", str(args.global_batch // processes), "--threads", str(args.threads),
               "--device", args.device]
