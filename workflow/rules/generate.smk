@@ -244,6 +244,47 @@ rule generation_translator:
         " --threads {threads} {params.autoencoder} > {log} 2>&1"
 
 
+# generator.sample_shards > 1 also splits the early abandonment into condition groups (each shard calibrates the
+# same per-step thresholds); generation_trust then compares and summarises the merged tables.
+rule generation_trust_shard:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+        checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
+        translator=rules.generation_translator.output.weights,
+        translator_meta=rules.generation_translator.output.meta,
+        scorer="results/trust/scorer.npz",
+        scorer_meta="results/trust/scorer.json",
+    output:
+        thresholds="results/generation_trust/shards/{shard}.thresholds.parquet",
+        step_scores="results/generation_trust/shards/{shard}.step_scores.parquet",
+        decisions="results/generation_trust/shards/{shard}.decisions.parquet",
+    log:
+        "results/logs/generator/generation_trust_shard_{shard}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    params:
+        cfg=cli_json(GENERATOR),
+        shards=SAMPLE_SHARDS,
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        translator=lambda wildcards, input: os.path.splitext(input.translator)[0],
+        scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
+        prefix=lambda wildcards, output: output.decisions.removesuffix(".decisions.parquet"),
+        autoencoder=autoencoder_option,
+    shell:
+        "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
+        " --config {params.cfg} --threads {threads}"
+        " --shard {wildcards.shard} --shards {params.shards} --shard-out {params.prefix} {params.autoencoder}"
+        " > {log} 2>&1"
+
+
 rule generation_trust:
     input:
         manifest="results/subsets/manifest.parquet",
@@ -256,6 +297,7 @@ rule generation_trust:
         scorer_meta="results/trust/scorer.json",
         generated_scores="results/trust/generated_scores.parquet",
         centroid="results/validation/centroid_per_sample.csv",
+        shards=shard_paths(rules.generation_trust_shard.output.decisions, SAMPLE_SHARDS),
     output:
         summary="results/generation_trust/summary.json",
         thresholds="results/generation_trust/thresholds.csv",
@@ -277,9 +319,10 @@ rule generation_trust:
         scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         autoencoder=autoencoder_option,
+        merge=merge_option,
     shell:
         "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
         " --generated-scores {input.generated_scores} --centroid {input.centroid}"
         " --validation-config {params.validation_cfg} --out-dir {params.out_dir} --config {params.cfg}"
-        " --threads {threads} {params.autoencoder} > {log} 2>&1"
+        " --threads {threads} {params.autoencoder} {params.merge} > {log} 2>&1"
