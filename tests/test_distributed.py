@@ -16,7 +16,7 @@ import torch
 
 from morphotrust.errors import InputError
 from morphotrust.generator.autoencoder import train_autoencoder
-from morphotrust.generator.distributed import Team, torchrun_command, weights_digest
+from morphotrust.generator.distributed import Team, first_host, torchrun_command, weights_digest
 from morphotrust.generator.train import build_model, load_checkpoint, train
 from test_generator import RES, config, make_toy_subsets
 
@@ -136,6 +136,12 @@ def test_multi_node_launch_needs_a_slurm_allocation_and_uses_its_first_host():
     with pytest.raises(InputError, match="1 node"):
         torchrun_command(["generator", "train"], cfg, environ=dict(SLURM_JOB_ID="7", SLURM_JOB_NODELIST="n1",
                                                                    SLURM_JOB_NUM_NODES="1"))
+    slurm = dict(SLURM_JOB_ID="42", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_JOB_NUM_NODES="2")
+    multi = torchrun_command(["generator", "train"], cfg, environ=slurm)
+    assert multi[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1"]
+    assert {"--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu07:29611",
+            "--rdzv-id=42"} <= set(multi)
+    assert [first_host(n) for n in ("n1,n2", "a[3,5-6]", "rack1-[002-004].x,b1")] == ["n1", "a3", "rack1-002.x"]
     single = torchrun_command(["generator", "train", "--x"], ddp_config(gpus=4))
     assert single[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "--nnodes=1",
                           "-m", "morphotrust", "generator", "train", "--x"]

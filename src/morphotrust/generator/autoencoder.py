@@ -320,7 +320,7 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     equals an uninterrupted one on CPU. With a `team` of W torchrun workers it trains data-parallel (DDP) on
     this rank's slice of the global batch W x batch_size (distributed.py); rank 0 writes the files.
     Returns {"status", "step", "network": the trained network}."""
-    from .train import learning_rate, resolve_device, save_checkpoint, stop_signals
+    from .train import learning_rate, resolve_device, save_or_stop, stop_signals
 
     device = resolve_device(device)
     acfg = cfg["trained_autoencoder"]
@@ -380,15 +380,7 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", l1=f"{parts['l1']:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
-            stopping = team.any(stop["signal"] is not None, device)  # every rank stops at the same step
-            if stopping or step % acfg["checkpoint_every"] == 0 or step == steps:
-                team.check_replicas_agree(network, "autoencoder", device)
-                if team.is_main:
-                    save_checkpoint(latest, checkpoint(step))
-            if stopping:
-                team.barrier()  # the others wait for rank 0's checkpoint before they exit
-                team.say(f"{stop['signal'] or 'a stop signal on another rank'} received: saved {latest} at step "
-                         f"{step}; rerun to resume")
+            if save_or_stop(team, stop, step, acfg["checkpoint_every"], steps, latest, checkpoint, network, device):
                 return {"status": "interrupted", "step": step, "network": network}
     if team.is_main:
         write_losses(losses, acfg, out_dir)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,14 +141,13 @@ def wrap(model: torch.nn.Module, team: Team, device: torch.device) -> torch.nn.M
 # ------------------------------------------------------------------------------------------------ launching
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list (scontrol expands ranges like gpu[01-04])."""
-    try:
-        shown = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True)
-        return shown.stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        raise InputError(f"cannot expand SLURM node list {nodelist!r} with scontrol", where="SLURM_JOB_NODELIST",
-                         expected="a SLURM allocation (generator.nodes > 1 runs only inside one)") from None
+    """The first host of a SLURM node list: "gpu[07-09,11],cpu1" -> "gpu07" (zero padding kept)."""
+    match = re.match(r"([^,\[]+)(?:\[(\d+)[^\]]*\]([^,]*))?", nodelist.strip())
+    if not match:
+        raise InputError(f"cannot read the SLURM node list {nodelist!r}", where="SLURM_JOB_NODELIST",
+                         expected="host names such as gpu[01-04] (generator.nodes > 1 runs only inside SLURM)")
+    prefix, number, suffix = match.groups()
+    return prefix if number is None else f"{prefix}{number}{suffix}"
 
 
 def torchrun_command(module_argv: list[str], cfg: dict, environ=os.environ) -> list[str]:

@@ -241,21 +241,30 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
-            stopping = team.any(stop["signal"] is not None, device)  # every rank stops at the same step
-            if stopping or step % cfg["checkpoint_every"] == 0 or step == steps:
-                team.check_replicas_agree(ema, "EMA", device)
-                if team.is_main:
-                    save_checkpoint(latest, checkpoint(step))
-            if stopping:
-                team.barrier()  # the others wait for rank 0's checkpoint before they exit
-                team.say(f"{stop['signal'] or 'a stop signal on another rank'} received: saved {latest} at step "
-                         f"{step}; rerun to resume")
+            if save_or_stop(team, stop, step, cfg["checkpoint_every"], steps, latest, checkpoint, ema, device):
                 return {"status": "interrupted", "step": step}
     if team.is_main:
         save_checkpoint(out_dir / "checkpoint.pt", checkpoint(step))
         write_loss_curve(losses, cfg, out_dir)
     team.barrier()
     return {"status": "finished", "step": step}
+
+
+def save_or_stop(team: Team, stop: dict, step: int, every: int, steps: int, latest: Path, state, replica,
+                 device) -> bool:
+    """After an optimizer step: agree on stopping (a stop signal on any rank stops every rank at this step);
+    at a checkpoint step or a stop, check that `replica` (the EMA, the autoencoder) is equal on every rank and
+    save `state(step)` to `latest` on rank 0. True when the loop must stop."""
+    stopping = team.any(stop["signal"] is not None, device)
+    if stopping or step % every == 0 or step == steps:
+        team.check_replicas_agree(replica, type(replica).__name__, device)
+        if team.is_main:
+            save_checkpoint(latest, state(step))
+    if stopping:
+        team.barrier()  # the others wait for rank 0's checkpoint before they exit
+        team.say(f"{stop['signal'] or 'a stop signal on another rank'} received: saved {latest} at step {step}; "
+                 "rerun to resume")
+    return stopping
 
 
 def _train_step(forward, model, ema, optimizer, images, cell, sirna, step, cfg, null, device,
