@@ -7,8 +7,9 @@
 #   bash scripts/local_slurm.sh stop     # cancel jobs, stop the daemons, delete all state
 #
 # One node (`localhost`, this machine's CPUs and memory) in two partitions: `cpu` (default) and `gpu`.
-# The node has one *fake* GPU (gres gpu:1 backed by a symlink to /dev/null): jobs that ask for a GPU are
-# scheduled and see CUDA_VISIBLE_DEVICES=0, but there is no GPU behind it, so torch runs on the CPU.
+# The node has two *fake* GPUs (gres gpu:2 backed by symlinks to /dev/null): jobs that ask for GPUs are
+# scheduled and see CUDA_VISIBLE_DEVICES (0, 1 or 0,1), but there is no GPU behind it, so torch runs on the CPU
+# (two, so that generator.gpus: 2 training runs as 2 DDP processes through the profile).
 # There is no accounting database (no sacct): the workflow polls with squeue, so MinJobAge is long.
 # All state (configuration, munge key and socket, spool, logs) lives in $MORPHOTRUST_SLURM_DIR
 # (default /tmp/morphotrust-slurm). Client commands find the cluster through /etc/slurm/slurm.conf, a
@@ -59,6 +60,7 @@ write_config() {
     # Leave 5% for the system: slurmd marks the node invalid if it has less memory than declared.
     mem_mb=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)
     ln -sfn /dev/null "$DIR/fake-gpu0"
+    ln -sfn /dev/null "$DIR/fake-gpu1"
     cat > "$CONF" <<EOF
 # Written by scripts/local_slurm.sh: a single-node test cluster. Do not edit; it is rewritten on start.
 ClusterName=morphotrust-local
@@ -91,13 +93,13 @@ MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
     cat > "$DIR/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$NODE Name=gpu File=$DIR/fake-gpu0
+NodeName=$NODE Name=gpu File=$DIR/fake-gpu[0-1]
 EOF
     # slurm.conf and gres.conf must be in the same folder: slurmd looks for gres.conf next to SLURM_CONF.
 }

@@ -491,6 +491,25 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
     assert summary["steps_skipped_fraction"] == pytest.approx(skipped)
     steps = pd.read_parquet(tmp_path / "gt" / "step_scores.parquet")
     assert set(steps["step"]) <= {2, 5} and {"R", "F", "T", "threshold"} <= set(steps.columns)
+    # generator.sample_shards: 2 shard jobs + a merge write the same files byte for byte. Batches of 6 put samples
+    # of conditions 2 and 3 (shard 0 and 1) into one batch, which both shards run and which the merge reorders.
+    sharded_cfg = json.dumps(dict(cfg, sampling_batch_size=6))
+    shared = [*common[:-1], sharded_cfg, "--translator", str(tmp_path / "gt" / "translator"),
+              "--scorer", str(tmp_path / "scorer")]
+    post_args = ["--generated-scores", str(tmp_path / "generated_scores.parquet"), "--centroid",
+                 str(tmp_path / "centroid_per_sample.csv"), "--validation-config", '{"n_bootstrap": 200}']
+    for name in ("whole", "sharded"):
+        (tmp_path / name).mkdir()
+    cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "whole")])
+    for shard in range(2):
+        cli(["generation-trust", *shared, "--shard", str(shard), "--shards", "2",
+             "--shard-out", str(tmp_path / "sharded" / f"shard{shard}")])
+    cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "sharded"), "--merge",
+         *(str(tmp_path / "sharded" / f"shard{i}.decisions.parquet") for i in range(2))])
+    for name in ("thresholds.csv", "step_scores.parquet", "decisions.parquet", "decisions.csv", "summary.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes(), name
+    assert len(pd.read_parquet(tmp_path / "sharded" / "shard1.step_scores.parquet")) > 0
+
     # a translator fitted on another checkpoint is refused
     meta = json.loads((tmp_path / "gt" / "translator.json").read_text())
     (tmp_path / "gt" / "translator.json").write_text(json.dumps(dict(meta, checkpoint_step=-1)))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -49,9 +50,15 @@ def test_gpu_rules_and_only_they_go_to_the_gpu_partition():
     assert cpu != gpu
     declares_gpu = {name for name, body in workflow_rules().items() if re.search(r"\bgpu\s*=", body)}
     assert {"train", "sample"} <= declares_gpu, "the generator rules must declare resources: gpu=1"
+    # train and autoencoder take their GPU count from config generator.gpus / nodes (rule resources)
+    from_config = {name for name, body in workflow_rules().items() if "gpu=TRAINING_GPUS" in body}
+    assert from_config == {"train", "autoencoder"}
     for name, resources in profile["set-resources"].items():
         on_gpu = resources.get("slurm_partition", cpu) == gpu
         assert on_gpu == (name in declares_gpu), f"rule {name}: partition and GPU request disagree"
+        if name in from_config:
+            assert "gpu" not in resources, f"rule {name}: the profile's gpu would override generator.gpus"
+            continue
         assert (resources.get("gpu", 0) == 1) == on_gpu, f"rule {name}: GPU partition without gpu: 1, or vice versa"
     assert declares_gpu <= set(profile["set-resources"]), "a GPU rule is missing from the SLURM profile"
 
@@ -148,10 +155,32 @@ def test_demo_through_slurm(slurm_cluster, tmp_path):
         assert job["state"] == "COMPLETED", job
         assert job["partition"] == (gpu if job["gpus"] else cpu), job
         # Inside the job: the partition, and the node's one (fake) GPU for GPU jobs only.
-        expected = {"SLURM_JOB_PARTITION": job["partition"], **({"CUDA_VISIBLE_DEVICES": "0"} if job["gpus"] else {})}
-        assert job["environment"] == expected, job
+        assert job["environment"]["SLURM_JOB_PARTITION"] == job["partition"], job
+        visible = job["environment"].get("CUDA_VISIBLE_DEVICES")
+        assert (len(visible.split(",")) if visible else 0) == job["gpus"], job
 
     gpu_rules = {name for name, res in load_profile()["set-resources"].items() if res.get("gpu")}
     ran_on_gpu = {job["rule"] for job in jobs if job["gpus"]}
     assert "train" in ran_on_gpu and ran_on_gpu == submitted_rules & gpu_rules, ran_on_gpu
     assert (workdir / "results" / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_process_training_through_slurm(slurm_cluster, tmp_path):
+    """generator.gpus: 2 through the profile: the train job asks SLURM for 2 GPUs (the local cluster's two fake
+    ones), and the rule runs 2 DDP processes under torchrun (gloo: there is no GPU behind the fake ones)."""
+    workdir = make_workdir(tmp_path / "work", **{**TINY_DEMO, "generator.gpus": 2, "generator.steps": 6})
+    profile = small_profile(tmp_path / "profile")
+    run = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(profile),
+         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+         "--verbose", "--slurm-keep-successful-logs", "results/generator/checkpoint.pt"],
+        capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, f"training failed through SLURM:\n{run.stdout[-6000:]}{run.stderr[-6000:]}"
+    train = [job for job in slurm_jobs(workdir) if job["rule"] == "train"]
+    assert len(train) == 1 and train[0]["state"] == "COMPLETED" and train[0]["gpus"] == 2, train
+    assert train[0]["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1", train
+    log = (workdir / "results" / "logs" / "generator" / "train.log").read_text()
+    assert "torch.distributed.run --nproc-per-node=2" in log, log[-3000:]
+    assert len(pd.read_csv(workdir / "results" / "generator" / "loss.csv")) == 6

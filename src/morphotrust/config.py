@@ -210,6 +210,11 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
             add("generator.translator.block", f"block {block}, but the {preset} generator has {depth} blocks",
                 f"{-depth} .. {depth - 1}")
 
+    if generator["gpus"] * generator["nodes"] > 1 and str(generator["device"]).startswith("cuda:"):
+        add("generator.device", f"{generator['device']}, but generator.gpus x nodes = "
+            f"{generator['gpus'] * generator['nodes']} training processes each take their own GPU",
+            "auto, cuda or cpu with gpus x nodes > 1")
+
     diameter = config["morphology"]["nuclei_diameter_um"]
     if len(diameter) != 2 or not 0 < diameter[0] < diameter[1]:
         add("morphology.nuclei_diameter_um", f"found {diameter}", "[min, max] in µm with 0 < min < max")

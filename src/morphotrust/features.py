@@ -409,7 +409,7 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
     features = np.empty((n, encoder.feature_dim), dtype=np.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
                 if encoder.device.type == "cuda" else contextlib.nullcontext())
-    sites_per_batch = max(1, batch_size // N_CHANNELS) if encoder.channels == "per_stain" else batch_size
+    sites_per_batch = batch_sites(encoder, batch_size)
     done = 0
     batch: list[np.ndarray] = []
 
@@ -438,6 +438,11 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
     if not np.isfinite(features).all():
         raise ValueError(f"{encoder.name} produced non-finite features (try features.device: cpu)")
     return features
+
+
+def batch_sites(encoder: Encoder, batch_size: int) -> int:
+    """Sites per encoder batch (a per-stain site is 6 encoder inputs)."""
+    return max(1, batch_size // N_CHANNELS) if encoder.channels == "per_stain" else batch_size
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -533,21 +538,56 @@ def cli(argv: list[str]) -> None:
         sub.add_argument("--config", default="{}", help="the `features` config section as JSON")
         sub.add_argument("--threads", type=int, default=None, help="CPU threads (overrides the config)")
         sub.add_argument("--out", required=True, help="feature table (.parquet); a .json sidecar goes beside it")
+        sub.add_argument("--shard", type=int, default=0, help="condition group to extract (with --shards > 1)")
+        sub.add_argument("--shards", type=int, default=1, help="features.shards")
+        sub.add_argument("--merge", nargs="+", metavar="SHARD_TABLE",
+                         help="write --out from these shard tables (in shard order) instead of extracting")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge_shard_tables(args.merge, args.out)
+        print(f"{len(args.merge)} shards -> {args.out}")
+        return
 
     encoder, batch_size = encoder_from_config(json.loads(args.config), args.threads)
     print(_describe(encoder), flush=True)
     manifest = pd.read_parquet(args.manifest)
+    rows = real_split_rows(manifest, args.split) if args.command == "real" else manifest.reset_index(drop=True)
+    keep, source = slice(None), {"source": args.command}
+    if args.shards > 1:
+        rows, keep = shard_rows(rows, args.shard, args.shards, batch_sites(encoder, batch_size), args.manifest)
+        source["shard"] = [args.shard, args.shards]
     if args.command == "real":
-        rows = real_split_rows(manifest, args.split)
         images = iter_stack(args.stack, rows["Metadata_stack_index"].astype(int))
-        source = {"source": "real", "split": args.split, "manifest": args.manifest, "stack": args.stack}
+        source = {**source, "split": args.split, "manifest": args.manifest, "stack": args.stack}
         desc = f"features real {args.split}"
     else:
-        rows = manifest.reset_index(drop=True)
         images = iter_manifest_images(rows, args.manifest)
-        source = {"source": "generated", "manifest": args.manifest}
+        source["manifest"] = args.manifest
         desc = "features generated"
     features = extract(images, len(rows), encoder, batch_size, desc=desc)
+    rows, features = rows.iloc[keep].reset_index(drop=True), features[keep]
     write_features(rows, features, {**encoder.info, **source}, args.out)
     print(f"{len(rows)} images -> {features.shape[1]} features: {args.out}")
+
+
+def shard_rows(rows: pd.DataFrame, shard: int, shards: int, sites_per_batch: int, source):
+    """(rows to run, slice of the shard's own rows among them) for shard `shard` of `shards` (condition groups,
+    morphotrust.shards): every whole batch of the unsharded run that holds one of the shard's rows, so each
+    image meets the same batch neighbours and its features are byte-identical on CPU."""
+    from .shards import aligned_range, shard_range
+
+    start, stop = shard_range(rows["Metadata_condition"], shard, shards, source)
+    lo, hi = aligned_range(start, stop, sites_per_batch, len(rows))
+    return rows.iloc[lo:hi].reset_index(drop=True), slice(start - lo, stop - lo)
+
+
+def merge_shard_tables(paths, out) -> None:
+    """One feature table (and sidecar) from shard tables in shard order: the unsharded run's files."""
+    parts = [read_features(p) for p in paths]
+    info = {k: v for k, v in parts[0][2].items() if k not in ("shard", "n_images")}
+    for path, (_, _, other) in zip(paths, parts):
+        if {k: v for k, v in other.items() if k not in ("shard", "n_images")} != info:
+            raise InputError("shard tables of different runs (encoder or source differ)", file=path,
+                             expected=f"the shards of one features job ({paths[0]})")
+    meta = pd.concat([m for m, _, _ in parts], ignore_index=True)
+    write_features(meta, np.concatenate([f for _, f, _ in parts]), info, out)

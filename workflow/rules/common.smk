@@ -27,6 +27,16 @@ GENERATION_TRUST_SUMMARY = (
 )
 
 
+def shard_paths(pattern, shards, **wildcards):
+    """The shard outputs a merging job reads when a stage is split into `shards` > 1 jobs (none for 1)."""
+    return expand(pattern, shard=range(shards), **wildcards) if shards > 1 else []
+
+
+def merge_option(wildcards, input):
+    """`--merge SHARD_TABLE ...` for a job that merges its shards' tables; nothing for an unsharded one."""
+    return f"--merge {' '.join(input.shards)}" if input.shards else ""
+
+
 def autoencoder_option(wildcards, input):
     """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (generator.autoencoder
     trained | sd-vae); nothing in pixel space."""

@@ -6,6 +6,60 @@ FEATURES = config["features"]
 # A weights file that exists is an input, so replacing it reruns the features. A missing one is left to the job,
 # whose error says how to obtain it; other weight sources (wheel, folder, cache) are not tracked.
 FEATURE_WEIGHTS = [FEATURES["weights"]] if os.path.isfile(FEATURES["weights"]) else []
+# features.shards > 1: the *_shard jobs extract condition groups, the table jobs merge them (morphotrust.shards).
+FEATURE_SHARDS = FEATURES["shards"]
+GENERATED_MANIFEST = f"results/generated/{config['generated']['source']}/manifest.parquet"
+
+
+rule features_real_shard:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stack="results/subsets/stacks/{split}.npy",
+        weights=FEATURE_WEIGHTS,
+    output:
+        table="results/features/shards/real_{split}.{shard}.parquet",
+        sidecar="results/features/shards/real_{split}.{shard}.json",
+    log:
+        "results/logs/features/real_{split}.{shard}.log",
+    wildcard_constraints:
+        split="|".join(SPLITS),
+        shard=r"\d+",
+    conda:
+        "../../envs/features.yaml"
+    threads: FEATURES["threads"]
+    resources:
+        gpu=1 if FEATURES["device"] == "cuda" else 0,
+    params:
+        cfg=cli_json(FEATURES),
+        shards=FEATURE_SHARDS,
+    shell:
+        "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
+        " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table}"
+        " --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
+
+
+rule features_generated_shard:
+    input:
+        manifest=GENERATED_MANIFEST,
+        weights=FEATURE_WEIGHTS,
+    output:
+        table="results/features/shards/generated.{shard}.parquet",
+        sidecar="results/features/shards/generated.{shard}.json",
+    log:
+        "results/logs/features/generated.{shard}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../../envs/features.yaml"
+    threads: FEATURES["threads"]
+    resources:
+        gpu=1 if FEATURES["device"] == "cuda" else 0,
+    params:
+        cfg=cli_json(FEATURES),
+        shards=FEATURE_SHARDS,
+    shell:
+        "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
+        " --threads {threads} --out {output.table} --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
 rule features_real:
@@ -13,6 +67,9 @@ rule features_real:
         manifest="results/subsets/manifest.parquet",
         stack="results/subsets/stacks/{split}.npy",
         weights=FEATURE_WEIGHTS,
+        shards=lambda wildcards: shard_paths(
+            rules.features_real_shard.output.table, FEATURE_SHARDS, split=wildcards.split
+        ),
     output:
         table="results/features/real_{split}.parquet",
         sidecar="results/features/real_{split}.json",
@@ -27,15 +84,18 @@ rule features_real:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
+        merge=merge_option,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table} > {log} 2>&1"
+        " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table} {params.merge}"
+        " > {log} 2>&1"
 
 
 rule features_generated:
     input:
-        manifest=f"results/generated/{config['generated']['source']}/manifest.parquet",
+        manifest=GENERATED_MANIFEST,
         weights=FEATURE_WEIGHTS,
+        shards=shard_paths(rules.features_generated_shard.output.table, FEATURE_SHARDS),
     output:
         table="results/features/generated.parquet",
         sidecar="results/features/generated.json",
@@ -48,6 +108,7 @@ rule features_generated:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
+        merge=merge_option,
     shell:
         "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
-        " --threads {threads} --out {output.table} > {log} 2>&1"
+        " --threads {threads} --out {output.table} {params.merge} > {log} 2>&1"

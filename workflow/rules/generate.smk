@@ -62,6 +62,13 @@ GENERATOR = config["generator"]
 # generator job reads its autoencoder.json (none: pixel space, no autoencoder rule).
 LATENT = GENERATOR["autoencoder"] != "none"
 AUTOENCODER_JSON = "results/autoencoder/autoencoder.json" if LATENT else []
+# generator.gpus x nodes > 1: train and autoencoder run data-parallel under torchrun (morphotrust.generator.
+# distributed), threads x gpus CPUs per node. One node asks SLURM for --gpus=N; several nodes ask for
+# --gres=gpu:N, which is per node (--gpus would be spread over the nodes unevenly).
+TRAINING_THREADS = GENERATOR["threads"] * GENERATOR["gpus"]
+ONE_NODE = GENERATOR["nodes"] == 1
+TRAINING_GPUS = GENERATOR["gpus"] if ONE_NODE else 0
+TRAINING_GRES = "" if ONE_NODE else f"gpu:{GENERATOR['gpus']}"
 if GENERATOR["autoencoder"] == "sd-vae" and not GENERATOR["sd_vae"]["weights"]:
     raise WorkflowError(
         "morphotrust: generator.autoencoder is sd-vae: set generator.sd_vae.weights to a local copy "
@@ -94,9 +101,11 @@ rule autoencoder:
         "results/logs/generator/autoencoder.log",
     conda:
         "../../envs/generator.yaml"
-    threads: GENERATOR["threads"]
+    threads: TRAINING_THREADS
     resources:
-        gpu=1,
+        gpu=TRAINING_GPUS,
+        gres=TRAINING_GRES,
+        nodes=GENERATOR["nodes"],
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
@@ -121,9 +130,11 @@ rule train:
         "results/logs/generator/train.log",
     conda:
         "../../envs/generator.yaml"
-    threads: GENERATOR["threads"]
+    threads: TRAINING_THREADS
     resources:
-        gpu=1,
+        gpu=TRAINING_GPUS,
+        gres=TRAINING_GRES,
+        nodes=GENERATOR["nodes"],
     params:
         cfg=cli_json(GENERATOR),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stack),
@@ -136,12 +147,46 @@ rule train:
         " {params.autoencoder} > {log} 2>&1"
 
 
+# generator.sample_shards > 1: sample_shard jobs sample condition groups, the sample job merges their tables.
+SAMPLE_SHARDS = GENERATOR["sample_shards"]
+
+
+rule sample_shard:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
+    output:
+        table="results/generated/generator/shards/{shard}.parquet",
+    log:
+        "results/logs/generator/sample_shard_{shard}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    params:
+        cfg=cli_json(GENERATOR),
+        shards=SAMPLE_SHARDS,
+        stacks_dir="results/subsets/stacks",
+        out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.table)),
+        autoencoder=autoencoder_option,
+    shell:
+        "python -m morphotrust generator sample --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
+        " --shard {wildcards.shard} --shards {params.shards} --shard-out {output.table} {params.autoencoder}"
+        " > {log} 2>&1"
+
+
 rule sample:
     input:
         manifest="results/subsets/manifest.parquet",
         stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
         checkpoint="results/generator/checkpoint.pt",
         autoencoder=AUTOENCODER_JSON,
+        shards=shard_paths(rules.sample_shard.output.table, SAMPLE_SHARDS),
     output:
         manifest="results/generated/generator/manifest.parquet",
         grid=report(
@@ -160,10 +205,11 @@ rule sample:
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         autoencoder=autoencoder_option,
+        merge=merge_option,
     shell:
         "python -m morphotrust generator sample --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
-        " {params.autoencoder} > {log} 2>&1"
+        " {params.autoencoder} {params.merge} > {log} 2>&1"
 
 
 # During-generation trust: a translator from the generator's hidden state to encoder features, per-step
@@ -198,6 +244,47 @@ rule generation_translator:
         " --threads {threads} {params.autoencoder} > {log} 2>&1"
 
 
+# generator.sample_shards > 1 also splits the early abandonment into condition groups (each shard calibrates the
+# same per-step thresholds); generation_trust then compares and summarises the merged tables.
+rule generation_trust_shard:
+    input:
+        manifest="results/subsets/manifest.parquet",
+        stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
+        checkpoint="results/generator/checkpoint.pt",
+        autoencoder=AUTOENCODER_JSON,
+        translator=rules.generation_translator.output.weights,
+        translator_meta=rules.generation_translator.output.meta,
+        scorer="results/trust/scorer.npz",
+        scorer_meta="results/trust/scorer.json",
+    output:
+        thresholds="results/generation_trust/shards/{shard}.thresholds.parquet",
+        step_scores="results/generation_trust/shards/{shard}.step_scores.parquet",
+        decisions="results/generation_trust/shards/{shard}.decisions.parquet",
+    log:
+        "results/logs/generator/generation_trust_shard_{shard}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        "../../envs/generator.yaml"
+    threads: GENERATOR["threads"]
+    resources:
+        gpu=1,
+    params:
+        cfg=cli_json(GENERATOR),
+        shards=SAMPLE_SHARDS,
+        stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
+        translator=lambda wildcards, input: os.path.splitext(input.translator)[0],
+        scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
+        prefix=lambda wildcards, output: output.decisions.removesuffix(".decisions.parquet"),
+        autoencoder=autoencoder_option,
+    shell:
+        "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
+        " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
+        " --config {params.cfg} --threads {threads}"
+        " --shard {wildcards.shard} --shards {params.shards} --shard-out {params.prefix} {params.autoencoder}"
+        " > {log} 2>&1"
+
+
 rule generation_trust:
     input:
         manifest="results/subsets/manifest.parquet",
@@ -210,6 +297,7 @@ rule generation_trust:
         scorer_meta="results/trust/scorer.json",
         generated_scores="results/trust/generated_scores.parquet",
         centroid="results/validation/centroid_per_sample.csv",
+        shards=shard_paths(rules.generation_trust_shard.output.decisions, SAMPLE_SHARDS),
     output:
         summary="results/generation_trust/summary.json",
         thresholds="results/generation_trust/thresholds.csv",
@@ -231,9 +319,10 @@ rule generation_trust:
         scorer=lambda wildcards, input: os.path.splitext(input.scorer)[0],
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         autoencoder=autoencoder_option,
+        merge=merge_option,
     shell:
         "python -m morphotrust generator generation-trust --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
         " --checkpoint {input.checkpoint} --translator {params.translator} --scorer {params.scorer}"
         " --generated-scores {input.generated_scores} --centroid {input.centroid}"
         " --validation-config {params.validation_cfg} --out-dir {params.out_dir} --config {params.cfg}"
-        " --threads {threads} {params.autoencoder} > {log} 2>&1"
+        " --threads {threads} {params.autoencoder} {params.merge} > {log} 2>&1"

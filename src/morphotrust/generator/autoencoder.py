@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..io import atomic_path, read_json, write_json
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, training_rows
+from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import to_model_scale, to_uint8
 
 KINDS = ("trained", "sd-vae", "none")
@@ -313,14 +314,17 @@ def psnr_per_stain(real_uint8: np.ndarray, reconstructed_uint8: np.ndarray) -> l
 
 
 def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
-                      on_step=None) -> dict:
+                      on_step=None, team: Team = Team()) -> dict:
     """Train (or resume) the ConvAutoencoder on the seen-arm train split; checkpoints/latest.pt holds model,
     optimizer, losses and step, and the data order is EpochBatches' function of (seed, step), so a resumed run
-    equals an uninterrupted one on CPU. Returns {"status", "step", "network": the trained network}."""
-    from .train import learning_rate, resolve_device, save_checkpoint, stop_signals
+    equals an uninterrupted one on CPU. With a `team` of W torchrun workers it trains data-parallel (DDP) on
+    this rank's slice of the global batch W x batch_size (distributed.py); rank 0 writes the files.
+    Returns {"status", "step", "network": the trained network}."""
+    from .train import learning_rate, resolve_device, save_or_stop, stop_signals
 
     device = resolve_device(device)
     acfg = cfg["trained_autoencoder"]
+    global_batch = acfg["batch_size"] * team.size
     out_dir = Path(out_dir)
     latest = out_dir / "checkpoints" / "latest.pt"
     manifest = read_manifest(manifest_path)
@@ -328,9 +332,10 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     dataset = TrainingImages(stacks_dir, rows, build_vocabularies(rows), resolution)
     config = autoencoder_config(acfg)
     fingerprint = json.dumps(dict(network=config, data=data_fingerprint(rows), resolution=resolution,
-                                  seed=cfg["seed"], **{k: acfg[k] for k in ("lr", "warmup", "batch_size", "mse_weight",
-                                                                            "gradient_weight", "fft_weight")}),
-                             sort_keys=True)
+                                  seed=cfg["seed"], **{k: dict(acfg, batch_size=global_batch)[k]
+                                                       for k in ("lr", "warmup", "batch_size", "mse_weight",
+                                                                 "gradient_weight", "fft_weight")}),
+                             sort_keys=True)  # batch_size: the global batch
     torch.manual_seed(cfg["seed"])
     network = ConvAutoencoder(config).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=acfg["lr"], weight_decay=0.0)
@@ -342,9 +347,10 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             losses, start = state["losses"].tolist(), int(state["step"])
-            print(f"resuming from {latest} at step {start}", file=sys.stderr)
+            team.say(f"resuming from {latest} at step {start}")
         else:
-            print(f"{latest} was written with other settings or data: training from scratch", file=sys.stderr)
+            team.say(f"{latest} was written with other settings or data: training from scratch")
+    forward = wrap(network, team, device)
 
     def checkpoint(step):
         return dict(format=CHECKPOINT_FORMAT, network=config, fingerprint=fingerprint, step=step,
@@ -353,33 +359,32 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
 
     steps = acfg["steps"]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=EpochBatches(len(dataset), acfg["batch_size"], cfg["seed"], start, steps),
+        dataset, batch_sampler=EpochBatches(len(dataset), global_batch, cfg["seed"], start, steps, team),
         num_workers=cfg["num_workers"], worker_init_fn=ignore_stop_signals if cfg["num_workers"] else None)
     step = start
     network.train()
-    with stop_signals() as stop, \
-            tqdm(total=steps, initial=start, desc="autoencoder", unit="step", mininterval=5, file=sys.stderr) as bar:
+    with stop_signals() as stop, tqdm(total=steps, initial=start, desc="autoencoder", unit="step", mininterval=5,
+                                      file=sys.stderr, disable=not team.is_main) as bar:
         for images, _, _ in loader:
             x = to_model_scale(images.to(device))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, acfg)
-            loss, parts = reconstruction_loss(network(x), x, acfg)
+            loss, parts = reconstruction_loss(forward(x), x, acfg)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP: the gradients of the global batch's mean loss (equal slices)
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(team.mean(float(loss.detach()), device))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", l1=f"{parts['l1']:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
-            if stop["signal"] or step % acfg["checkpoint_every"] == 0 or step == steps:
-                save_checkpoint(latest, checkpoint(step))
-            if stop["signal"]:
-                print(f"{stop['signal']} received: saved {latest} at step {step}; rerun to resume", file=sys.stderr)
+            if save_or_stop(team, stop, step, acfg["checkpoint_every"], steps, latest, checkpoint, network, device):
                 return {"status": "interrupted", "step": step, "network": network}
-    write_losses(losses, acfg, out_dir)
+    if team.is_main:
+        write_losses(losses, acfg, out_dir)
+    team.barrier()
     return {"status": "finished", "step": step, "network": network.eval()}
 
 
@@ -401,10 +406,11 @@ def write_losses(losses, acfg, out_dir: Path) -> None:
 
 
 def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
-                      on_step=None) -> dict:
+                      on_step=None, team: Team = Team()) -> dict:
     """What the autoencoder rule runs: train (trained) or load (sd-vae) the autoencoder, fit the per-channel
     latent scaling on the training latents, and measure reconstructions of held-out real sites (evaluation
-    split): per-stain PSNR and a grid. Writes autoencoder.json (+ autoencoder.safetensors for trained)."""
+    split): per-stain PSNR and a grid. Writes autoencoder.json (+ autoencoder.safetensors for trained).
+    Under torchrun (`team`) all ranks train; rank 0 alone then fits the scaling and writes the files."""
     from .train import resolve_device
 
     kind = cfg["autoencoder"]
@@ -417,8 +423,8 @@ def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     rows = training_rows(manifest, manifest_path)
     meta = dict(format=FORMAT, kind=kind, resolution=int(resolution))
     if kind == "trained":
-        result = train_autoencoder(manifest_path, stacks_dir, out_dir, cfg, resolution, device, on_step)
-        if result["status"] == "interrupted":
+        result = train_autoencoder(manifest_path, stacks_dir, out_dir, cfg, resolution, device, on_step, team)
+        if result["status"] == "interrupted" or not team.is_main:
             return result
         network = result["network"]
         from safetensors.torch import save_file
@@ -489,7 +495,7 @@ def cli(argv: list[str]) -> None:
     """`morphotrust generator autoencoder ...`"""
     import argparse
 
-    from .train import INTERRUPTED_EXIT, add_common_arguments, parse_config
+    from .train import INTERRUPTED_EXIT, add_common_arguments, parse_config, resolve_device
 
     parser = argparse.ArgumentParser(prog="morphotrust generator autoencoder",
                                      description="Train (trained) or load (sd-vae) the autoencoder and fit its "
@@ -501,7 +507,11 @@ def cli(argv: list[str]) -> None:
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
-    result = autoencoder_stage(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, cfg["device"])
+    if cfg["autoencoder"] == "trained" and world_size(cfg) > 1 and not under_torchrun():
+        relaunch(["generator", "autoencoder", *argv], cfg, INTERRUPTED_EXIT)
+    torch.set_num_threads(threads_per_process(args.threads))
+    with team_for(resolve_device(cfg["device"])) as (team, device):
+        result = autoencoder_stage(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
+                                   team=team)
     if result["status"] == "interrupted":
         raise SystemExit(INTERRUPTED_EXIT)

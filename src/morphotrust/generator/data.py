@@ -163,10 +163,14 @@ class EpochBatches(torch.utils.data.Sampler):
     The index stream is the concatenation of one permutation per epoch (epoch e shuffled with seed
     (seed, e)); step s takes stream[s*B:(s+1)*B]. A resumed run therefore sees exactly the batches an
     uninterrupted run would, without any sampler state in the checkpoint.
+
+    With a `team` of W data-parallel ranks, `batch_size` is the GLOBAL batch and each rank gets its slice
+    (distributed.Team.share): W ranks see together exactly the batches of one process.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, steps: int, team=None):
         self.n, self.batch_size, self.seed, self.start_step, self.steps = n, batch_size, seed, start_step, steps
+        self.team = team
 
     def _epoch(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
@@ -187,7 +191,7 @@ class EpochBatches(torch.utils.data.Sampler):
                 if offset == self.n:
                     epoch, offset = epoch + 1, 0
                     order = self._epoch(epoch)
-            yield batch
+            yield batch if self.team is None else self.team.share(batch)
 
 
 def ignore_stop_signals(_worker_id=None):

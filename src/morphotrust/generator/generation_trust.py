@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..io import write_json, write_parquet, write_table
+from ..shards import shard_conditions
 from .data import ATTRIBUTE_COLUMNS, conditions_to_sample, encode, read_images, read_manifest, training_rows
 from .sample import (image_resolution, initial_noise, integrate, latent_noise_shape, load_sampler_model, sample_id,
                      sampling_plan)
@@ -120,10 +121,14 @@ def calibrate_thresholds(model, translator, block: int, images: np.ndarray, rows
 # ----------------------------------------------------------------------------------------------- early abandonment
 
 def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, codes: dict, cfg: dict,
-                      thresholds: pd.DataFrame, score_fn, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      thresholds: pd.DataFrame, score_fn, name: str,
+                      keep_conditions: set | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sample every condition as the sampling stage does, checking T at the chosen steps.
 
     Returns (per-step scores, one row per sample: abandoned_at, steps_run, evaluations, early_accept).
+    With `keep_conditions` (a shard's condition group) only the batches holding one of them run, as in the
+    unsharded run, and only their rows are kept; the per-step scores then carry _chunk and _position, the
+    order `merge_shards` restores.
     """
     steps = cfg["sampling_steps"]
     kappa = dict(zip(thresholds["step"], thresholds["threshold"]))
@@ -134,16 +139,22 @@ def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, c
                               for column in ("Metadata_cell_type", "Metadata_sirna_id", "Metadata_arm")})
     batch = cfg["sampling_batch_size"]
     step_records, sample_records = [], []
-    for start in tqdm(range(0, len(plan), batch), desc="generation trust", unit="batch", file=sys.stderr,
-                      mininterval=5):
+    starts = range(0, len(plan), batch)
+    if keep_conditions is not None:
+        starts = [s for s in starts if keep_conditions & set(plan["Metadata_condition"].iloc[s: s + batch])]
+    for start in tqdm(starts, desc="generation trust", unit="batch", file=sys.stderr, mininterval=5):
         chunk = plan.iloc[start: start + batch].reset_index(drop=True)
         chunk_requested = requested.iloc[start: start + batch].reset_index(drop=True)
+        mine = (np.ones(len(chunk), dtype=bool) if keep_conditions is None
+                else chunk["Metadata_condition"].isin(keep_conditions).to_numpy())
 
         def on_check(step, t, pooled, alive):
             scores = score_fn(translate(translator, pooled, t), attribute_values(chunk_requested.iloc[alive]))
             keep = scores["T"].to_numpy() <= kappa[step]
             table = scores.assign(Metadata_sample_id=chunk["Metadata_sample_id"].to_numpy()[alive], step=step, t=t,
                                   threshold=kappa[step], abandoned=~keep)
+            if keep_conditions is not None:
+                table = table.assign(_chunk=start, _position=start + alive)[mine[alive]]
             step_records.append(table)
             return keep
 
@@ -157,7 +168,7 @@ def early_abandonment(model, translator, block: int, conditions: pd.DataFrame, c
             "Metadata_sample_id": chunk["Metadata_sample_id"], "Metadata_condition": chunk["Metadata_condition"],
             "Metadata_arm": chunk_requested["Metadata_arm"], "abandoned_at_step": abandoned_at,
             "steps_run": np.where(abandoned_at < 0, steps, abandoned_at), "model_evaluations": evaluations,
-            "early_accept": abandoned_at < 0}))
+            "early_accept": abandoned_at < 0})[mine])
     step_scores = pd.concat(step_records, ignore_index=True)
     first = ["Metadata_sample_id", "step", "t"]
     step_scores = step_scores[first + [c for c in step_scores.columns if c not in first]]
@@ -253,10 +264,49 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
                            centroid_path=None, validation_cfg: dict | None = None, autoencoder=None) -> dict:
     """Per-step thresholds, early abandonment of every sample, and its comparison with the post-generation
     decisions; with `centroid_path` (the validation stage's centroid_per_sample.csv) also its selection gain."""
+    thresholds, step_scores, decisions = during_generation(manifest_path, stacks_dir, checkpoint_path,
+                                                           translator_path, scorer_path, cfg, device, autoencoder)
+    return compare_and_write(thresholds, step_scores, decisions, translator_path, scorer_path, generated_scores_path,
+                             out_dir, cfg, centroid_path, validation_cfg)
+
+
+SHARD_TABLES = ("thresholds", "step_scores", "decisions")
+
+
+def shard_stage(manifest_path, stacks_dir, checkpoint_path, translator_path, scorer_path, shard_prefix, cfg: dict,
+                shard: tuple[int, int], device: str = "cpu", autoencoder=None) -> None:
+    """One shard (condition group, morphotrust.shards) of the early abandonment: `shard_prefix`.{thresholds,
+    step_scores,decisions}.parquet. Every shard calibrates the (identical) per-step thresholds itself."""
+    tables = during_generation(manifest_path, stacks_dir, checkpoint_path, translator_path, scorer_path, cfg,
+                               device, autoencoder, shard)
+    for name, table in zip(SHARD_TABLES, tables):
+        write_parquet(table, f"{shard_prefix}.{name}.parquet")
+
+
+def merge_shards(shard_decisions, translator_path, scorer_path, generated_scores_path, out_dir, cfg: dict,
+                 centroid_path=None, validation_cfg: dict | None = None) -> dict:
+    """The outputs of the unsharded stage from its shards' PREFIX.decisions.parquet files (and their sibling
+    tables), in shard order, row for row."""
+    shard_prefixes = [str(p).removesuffix(".decisions.parquet") for p in shard_decisions]
+    parts = {name: [pd.read_parquet(f"{p}.{name}.parquet") for p in shard_prefixes] for name in SHARD_TABLES}
+    thresholds = parts["thresholds"][0]
+    if any(not t.equals(thresholds) for t in parts["thresholds"]):
+        raise InputError("the shards calibrated different thresholds", file=f"{shard_prefixes[0]}.thresholds.parquet",
+                         expected="shards of one run (same checkpoint, translator, scorer and config)")
+    step_scores = pd.concat(parts["step_scores"], ignore_index=True)  # unsharded order: batch, step, sample
+    step_scores = step_scores.sort_values(["_chunk", "step", "_position"], kind="stable", ignore_index=True)
+    decisions = pd.concat(parts["decisions"], ignore_index=True)
+    return compare_and_write(thresholds, step_scores.drop(columns=["_chunk", "_position"]), decisions,
+                             translator_path, scorer_path, generated_scores_path, out_dir, cfg, centroid_path,
+                             validation_cfg)
+
+
+def during_generation(manifest_path, stacks_dir, checkpoint_path, translator_path, scorer_path, cfg: dict,
+                      device: str = "cpu", autoencoder=None, shard: tuple[int, int] = (0, 1)):
+    """(per-step thresholds, per-step scores, per-sample early decisions) of every condition, or of one shard's."""
     from ..trust import TrustScorer
 
     device = resolve_device(device)
-    out_dir = Path(out_dir)
     model, state, codec = load_sampler_model(checkpoint_path, device, autoencoder)
     translator, tmeta = load_translator(translator_path)
     if tmeta["checkpoint"] != state["fingerprint"] or tmeta["checkpoint_step"] != int(state["step"]):
@@ -287,8 +337,20 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
 
     conditions = conditions_to_sample(manifest)
     codes = encode(conditions, state["vocabularies"], manifest_path)
+    keep = None if shard[1] == 1 else set(shard_conditions(conditions["Metadata_condition"], *shard))
     step_scores, decisions = early_abandonment(model, translator, block, conditions, codes, cfg,
-                                               thresholds, score_fn, state["generator"])
+                                               thresholds, score_fn, state["generator"], keep)
+    return thresholds, step_scores, decisions
+
+
+def compare_and_write(thresholds, step_scores, decisions, translator_path, scorer_path, generated_scores_path,
+                      out_dir, cfg: dict, centroid_path=None, validation_cfg: dict | None = None) -> dict:
+    """Compare the early decisions with the post-generation ones, summarise, and write the stage's files."""
+    from ..trust import TrustScorer
+
+    out_dir = Path(out_dir)
+    _, tmeta = load_translator(translator_path)
+    quantile = TrustScorer.load(scorer_path).quantile
     post = pd.read_parquet(generated_scores_path)
     for column in ("Metadata_sample_id", "T", "accepted"):
         if column not in post.columns:
@@ -302,7 +364,7 @@ def generation_trust_stage(manifest_path, stacks_dir, checkpoint_path, translato
                          file=generated_scores_path, expected=f"rows for samples like {decisions['Metadata_sample_id'][0]}")
     full = cfg["sampling_steps"] * (2 if cfg["sampler"] == "heun" else 1)
     summary = summarise(decisions, step_scores, thresholds, cfg, full)
-    summary.update(n_without_post_decision=missing, scorer_quantile=scorer.quantile,
+    summary.update(n_without_post_decision=missing, scorer_quantile=quantile,
                    translator=dict(block=tmeta["block"], t_values=tmeta["t_values"],
                                    held_out_loss_before=tmeta["held_out_before"],
                                    held_out_loss_after=tmeta["held_out_after"]))
@@ -355,15 +417,34 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
     parser.add_argument("--translator", required=True, help="results/generation_trust/translator")
     parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json)")
-    parser.add_argument("--generated-scores", required=True, help="results/trust/generated_scores.parquet")
+    parser.add_argument("--generated-scores", help="results/trust/generated_scores.parquet (not for a shard)")
     parser.add_argument("--centroid", help="results/validation/centroid_per_sample.csv (for the selection gain)")
     parser.add_argument("--validation-config", default="{}", help="the `validation` config section as JSON")
-    parser.add_argument("--out-dir", required=True, help="results/generation_trust")
+    parser.add_argument("--out-dir", help="results/generation_trust (not for a shard)")
+    parser.add_argument("--shard", type=int, default=0, help="condition group (with --shards > 1)")
+    parser.add_argument("--shards", type=int, default=1, help="generator.sample_shards")
+    parser.add_argument("--shard-out", help="the shard's tables: PREFIX.{thresholds,step_scores,decisions}.parquet")
+    parser.add_argument("--merge", nargs="+", metavar="SHARD_DECISIONS",
+                        help="write the outputs from these shards (their PREFIX.decisions.parquet, in shard order)")
     add_common_arguments(parser)
     add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
+    if args.merge and not (args.generated_scores and args.out_dir):
+        parser.error("--merge needs --generated-scores and --out-dir")
+    if args.merge:
+        merge_shards(args.merge, args.translator, args.scorer, args.generated_scores, args.out_dir, cfg,
+                     centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config))
+        return
+    if args.shards > 1:
+        if not args.shard_out:
+            parser.error("--shards > 1 needs --shard-out")
+        shard_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer, args.shard_out,
+                    cfg, (args.shard, args.shards), cfg["device"], autoencoder=args.autoencoder)
+        return
+    if not (args.generated_scores and args.out_dir):
+        parser.error("--generated-scores and --out-dir are required (except for a shard)")
     generation_trust_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer,
                            args.generated_scores, args.out_dir, cfg, cfg["device"],
                            centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config),

@@ -5,6 +5,12 @@ Sample k of condition c starts from noise drawn with seed (seed, crc32(c), k), a
 in fixed chunks of the full (condition, k) list, so every sample is the same whichever conditions were
 finished by an earlier, interrupted run. A condition is finished when its part file
 (`parts/<condition>.parquet`) exists; the manifest is assembled from the parts at the end.
+
+With generator.sample_shards = S > 1 the conditions are split into S contiguous groups (morphotrust.shards),
+each sampled by its own job (`--shard i --shards S`, parts under parts/shard-i-of-S/, its rows written to one
+shard table), and `--merge` assembles the manifest, grid and summary from the shard tables. A shard computes
+the same fixed chunks as the unsharded run (keeping its own conditions' samples), so the images and manifest
+are byte-identical on CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tqdm import tqdm
 
 from ..images import composite_rgb, read_site, write_site
 from ..io import atomic_path, read_json, write_json, write_parquet
+from ..shards import shard_conditions
 from .data import conditions_to_sample, encode, read_images, read_manifest
 from .model import to_uint8
 from .train import autocast, build_model, checkpoint_codec, load_checkpoint, resolve_device, seeded_generator
@@ -138,9 +145,19 @@ def latent_noise_shape(model) -> tuple[int, int, int]:
     return model.config["channels"], side, side
 
 
+def sampling_settings(state: dict, cfg: dict) -> dict:
+    """What the samples depend on besides their condition (a change discards earlier parts)."""
+    return dict(checkpoint=state["fingerprint"], checkpoint_step=int(state["step"]), sampler=cfg["sampler"],
+                sampling_steps=cfg["sampling_steps"], guidance_scale=cfg["guidance_scale"], seed=cfg["seed"],
+                samples_per_condition=cfg["samples_per_condition"], sampling_batch_size=cfg["sampling_batch_size"],
+                precision=cfg["precision"])
+
+
 def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict, device: str = "cpu",
-                 autoencoder=None) -> pd.DataFrame:
-    """Generate every condition's samples (skipping finished ones), then the manifest, grid and summary."""
+                 autoencoder=None, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+    """Generate every condition's samples (skipping finished ones), then the manifest, grid and summary.
+    With `shard` (i, S), S > 1: only condition group i, and only its rows are returned (no manifest, grid or
+    summary: `merge_shards` writes them)."""
     device = resolve_device(device)
     out_dir = Path(out_dir)
     manifest = read_manifest(manifest_path)
@@ -151,12 +168,12 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
     codes = encode(conditions, state["vocabularies"], manifest_path)
     n = cfg["samples_per_condition"]
     plan = sampling_plan(conditions, codes, n, cfg["seed"])
+    index, shards = shard
+    mine = set(shard_conditions(conditions["Metadata_condition"], index, shards))
 
-    parts_dir = out_dir / "parts"
-    settings = dict(checkpoint=state["fingerprint"], checkpoint_step=int(state["step"]), sampler=cfg["sampler"],
-                    sampling_steps=cfg["sampling_steps"], guidance_scale=cfg["guidance_scale"], seed=cfg["seed"],
-                    samples_per_condition=n, sampling_batch_size=cfg["sampling_batch_size"],
-                    precision=cfg["precision"])
+    # one folder per shard: shards never share a settings file or delete each other's parts
+    parts_dir = out_dir / "parts" / (f"shard-{index}-of-{shards}" if shards > 1 else "")
+    settings = sampling_settings(state, cfg)
     settings_path = parts_dir / "settings.json"
     if settings_path.exists() and read_json(settings_path) != settings:
         print("sampling settings or checkpoint changed: discarding earlier samples", file=sys.stderr)
@@ -168,9 +185,10 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
 
     batch = cfg["sampling_batch_size"]
     chunks = [plan.iloc[s: s + batch] for s in range(0, len(plan), batch)]
-    todo = [c for c in chunks if not all(part_path(x).exists() for x in c["Metadata_condition"].unique())]
-    print(f"{len(conditions)} conditions x {n} samples; {len(chunks) - len(todo)} of {len(chunks)} batches done "
-          f"earlier", file=sys.stderr)
+    chunks = [c for c in chunks if mine & set(c["Metadata_condition"])]
+    todo = [c for c in chunks if not all(part_path(x).exists() for x in mine & set(c["Metadata_condition"]))]
+    print(f"{len(mine)} conditions x {n} samples{f' (shard {index} of {shards})' if shards > 1 else ''}; "
+          f"{len(chunks) - len(todo)} of {len(chunks)} batches done earlier", file=sys.stderr)
     written: dict[str, set] = {}
     for chunk in tqdm(todo, desc="sample", unit="batch", file=sys.stderr, mininterval=5):
         noise = initial_noise(chunk["seed"].tolist(), latent_noise_shape(model))
@@ -180,21 +198,41 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
                                     precision=cfg["precision"])
         images = to_uint8(codec.decode(latents)).cpu().numpy()
         for row, image in zip(chunk.itertuples(index=False), images):
-            write_site(image_path(out_dir, name, row.Metadata_condition, row.k), image)
-            written.setdefault(row.Metadata_condition, set()).add(row.k)
-        for condition in chunk["Metadata_condition"].unique():
+            if row.Metadata_condition in mine:  # a chunk at a shard boundary also holds the next shard's
+                write_site(image_path(out_dir, name, row.Metadata_condition, row.k), image)
+                written.setdefault(row.Metadata_condition, set()).add(row.k)
+        for condition in mine & set(chunk["Metadata_condition"]):
             if len(written[condition]) == n and not part_path(condition).exists():
                 info = conditions[conditions["Metadata_condition"] == condition].iloc[0]
                 write_parquet(condition_rows(info, out_dir, name, n, cfg["seed"]), part_path(condition))
 
-    generated = pd.concat([pd.read_parquet(part_path(c)) for c in conditions["Metadata_condition"]], ignore_index=True)
+    ordered = [c for c in conditions["Metadata_condition"] if c in mine]
+    generated = pd.concat([pd.read_parquet(part_path(c)) for c in ordered], ignore_index=True)
+    if shards > 1:
+        return generated
+    write_sampling_outputs(generated, manifest, stacks_dir, out_dir, state, settings)
+    return generated
+
+
+def merge_shards(manifest_path, stacks_dir, checkpoint_path, shard_tables, out_dir, cfg: dict) -> pd.DataFrame:
+    """The manifest, summary and grid of a sharded run from its shard tables (in shard order): the same files
+    as the unsharded run."""
+    generated = pd.concat([pd.read_parquet(p) for p in shard_tables], ignore_index=True)
+    state = load_checkpoint(checkpoint_path)
+    write_sampling_outputs(generated, read_manifest(manifest_path), stacks_dir, Path(out_dir), state,
+                           sampling_settings(state, cfg))
+    return generated
+
+
+def write_sampling_outputs(generated, manifest, stacks_dir, out_dir: Path, state: dict, settings: dict) -> None:
+    name, resolution = state["generator"], image_resolution(state)
     write_parquet(generated, out_dir / "manifest.parquet")
     summary = condition_dependence(generated, manifest, stacks_dir, resolution)
-    summary.update(generator=name, n_conditions=len(conditions), n_samples=len(generated), **settings)
+    summary.update(generator=name, n_conditions=int(generated["Metadata_condition"].nunique()),
+                   n_samples=len(generated), **settings)
     write_json(summary, out_dir / "summary.json")
     write_grid(generated, manifest, stacks_dir, resolution, out_dir / "grid.png", name)
     print(json.dumps({k: summary[k] for k in ("condition_mean_r", "condition_mean_r_centred")}), file=sys.stderr)
-    return generated
 
 
 def sample_id(name: str, condition: str, k: int) -> str:
@@ -308,10 +346,22 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks (real sites for the grid)")
     parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
     parser.add_argument("--out-dir", required=True, help="results/generated/generator")
+    parser.add_argument("--shard", type=int, default=0, help="condition group to sample (with --shards > 1)")
+    parser.add_argument("--shards", type=int, default=1, help="generator.sample_shards")
+    parser.add_argument("--shard-out", help="the shard's table (with --shards > 1)")
+    parser.add_argument("--merge", nargs="+", metavar="SHARD_TABLE",
+                        help="write the manifest, grid and summary from these shard tables (in shard order)")
     add_common_arguments(parser)
     add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
     torch.set_num_threads(args.threads)
-    run_sampling(args.manifest, args.stacks_dir, args.checkpoint, args.out_dir, cfg, cfg["device"],
-                 autoencoder=args.autoencoder)
+    if args.merge:
+        merge_shards(args.manifest, args.stacks_dir, args.checkpoint, args.merge, args.out_dir, cfg)
+        return
+    if args.shards > 1 and not args.shard_out:
+        parser.error("--shards > 1 needs --shard-out")
+    generated = run_sampling(args.manifest, args.stacks_dir, args.checkpoint, args.out_dir, cfg, cfg["device"],
+                             autoencoder=args.autoencoder, shard=(args.shard, args.shards))
+    if args.shards > 1:
+        write_parquet(generated, args.shard_out)

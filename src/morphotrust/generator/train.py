@@ -8,6 +8,9 @@ exactly on CPU.
 SIGTERM and SIGUSR1 (SLURM preemption or time limit) make the loop finish the current step, save the
 checkpoint and stop; the command then exits with status 75 so Snakemake marks the job incomplete, and a
 rerun resumes from `checkpoints/latest.pt`.
+
+generator.gpus x generator.nodes > 1 trains data-parallel under torchrun (distributed.py): generator.batch_size
+per process, the same trajectory as one process with the global batch.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .autoencoder import KINDS as AUTOENCODERS
 from .autoencoder import PIXELS, Codec, load_codec
 from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
                    ignore_stop_signals, read_images, read_manifest, training_rows)
+from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import ATTRIBUTES, SiT, interpolate, model_config, to_model_scale
 
 CHECKPOINT_FORMAT = "morphotrust-sit-1"
@@ -124,7 +128,8 @@ def checkpoint_codec(state: dict, autoencoder, device, checkpoint_path="checkpoi
 
 
 def training_fingerprint(cfg: dict, config: dict, vocabularies: dict, data_id: str, codec: Codec = PIXELS) -> str:
-    """What must be unchanged for a checkpoint to be resumed (not the step count: training may be extended)."""
+    """What must be unchanged for a checkpoint to be resumed (not the step count: training may be extended).
+    batch_size is the global batch: W processes x b and one process x W b share checkpoints."""
     keys = ("seed", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop")
     latent = {} if codec.kind == "none" else dict(autoencoder=codec.describe())  # pixel fingerprints unchanged
     return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **latent,
@@ -158,15 +163,18 @@ def build_model(state: dict, weights: str = "ema") -> SiT:
 
 
 def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
-          on_step=None, autoencoder=None) -> dict:
+          on_step=None, autoencoder=None, team: Team = Team(), models: dict | None = None) -> dict:
     """Train (or resume) and write checkpoint.pt, loss.csv and loss.png under `out_dir`.
 
     With `autoencoder` (the autoencoder stage's autoencoder.json; needed unless generator.autoencoder is none)
     the model learns the scaled latents of the training images, encoded once before the first step.
     Returns {"status": "finished" | "interrupted", "step": int}. `on_step(step)` is called after every
-    optimizer step (progress hooks, tests).
+    optimizer step (progress hooks, tests). With a `team` of W > 1 torchrun workers (distributed.team_for) the
+    model trains data-parallel on this rank's slice of the global batch of W x generator.batch_size; rank 0
+    writes every file. A `models` dict is filled with this rank's "model" and "ema" (tests, benchmarks).
     """
     device = resolve_device(device)
+    global_batch = cfg["batch_size"] * team.size
     out_dir = Path(out_dir)
     latest = out_dir / "checkpoints" / "latest.pt"
     manifest = read_manifest(manifest_path)
@@ -179,8 +187,9 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     dataset = TrainingImages(stacks_dir, rows, vocabularies, resolution)
     if codec.kind != "none":
         dataset = TrainingLatents(dataset, codec.encode_uint8(read_images(stacks_dir, rows, resolution),
-                                                              progress=True, device=device))
-    fingerprint = training_fingerprint(cfg, config, vocabularies, data_fingerprint(rows), codec)
+                                                              progress=team.is_main, device=device))
+    fingerprint = training_fingerprint(dict(cfg, batch_size=global_batch), config, vocabularies,
+                                       data_fingerprint(rows), codec)
 
     torch.manual_seed(cfg["seed"])  # weight initialisation
     model = SiT(config).to(device)
@@ -189,7 +198,7 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     losses: list[float] = []
     start = 0
-    if latest.exists():
+    if latest.exists():  # every rank reads the same checkpoint
         state = load_checkpoint(latest)
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
@@ -197,12 +206,15 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
             optimizer.load_state_dict(state["optimizer"])
             losses = state["losses"].tolist()
             start = int(state["step"])
-            print(f"resuming from {latest} at step {start}", file=sys.stderr)
+            team.say(f"resuming from {latest} at step {start}")
             if start > cfg["steps"]:
-                print(f"the checkpoint is already past generator.steps = {cfg['steps']}: keeping its {start} steps "
-                      f"(delete {latest.parent} to train a shorter model from scratch)", file=sys.stderr)
+                team.say(f"the checkpoint is already past generator.steps = {cfg['steps']}: keeping its {start} "
+                         f"steps (delete {latest.parent} to train a shorter model from scratch)")
         else:
-            print(f"{latest} was written with other settings or data: training from scratch", file=sys.stderr)
+            team.say(f"{latest} was written with other settings or data: training from scratch")
+    forward = wrap(model, team, device)
+    if models is not None:
+        models.update(model=model, ema=ema)
 
     def checkpoint(step: int) -> dict:
         return dict(format=CHECKPOINT_FORMAT, model_config=config, vocabularies=vocabularies,
@@ -213,49 +225,71 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
 
     steps = cfg["steps"]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=EpochBatches(len(dataset), cfg["batch_size"], cfg["seed"], start, steps),
+        dataset, batch_sampler=EpochBatches(len(dataset), global_batch, cfg["seed"], start, steps, team),
         num_workers=cfg["num_workers"], worker_init_fn=ignore_stop_signals if cfg["num_workers"] else None,
         pin_memory=device.type == "cuda")
     null = {a: config["vocab_sizes"][a] for a in ATTRIBUTES}
     step = start
     model.train()
-    with stop_signals() as stop, \
-            tqdm(total=steps, initial=start, desc="train", unit="step", mininterval=5, file=sys.stderr) as bar:
+    with stop_signals() as stop, tqdm(total=steps, initial=start, desc="train", unit="step", mininterval=5,
+                                      file=sys.stderr, disable=not team.is_main) as bar:
         for images, cell, sirna in loader:
-            loss = _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device)
+            loss = _train_step(forward, model, ema, optimizer, images, cell, sirna, step, cfg, null, device, team)
             losses.append(loss)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
-            if stop["signal"] or step % cfg["checkpoint_every"] == 0 or step == steps:
-                save_checkpoint(latest, checkpoint(step))
-            if stop["signal"]:
-                print(f"{stop['signal']} received: saved {latest} at step {step}; rerun to resume",
-                      file=sys.stderr)
+            if save_or_stop(team, stop, step, cfg["checkpoint_every"], steps, latest, checkpoint, ema, device):
                 return {"status": "interrupted", "step": step}
-    save_checkpoint(out_dir / "checkpoint.pt", checkpoint(step))
-    write_loss_curve(losses, cfg, out_dir)
+    if team.is_main:
+        save_checkpoint(out_dir / "checkpoint.pt", checkpoint(step))
+        write_loss_curve(losses, cfg, out_dir)
+    team.barrier()
     return {"status": "finished", "step": step}
 
 
-def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, device) -> float:
+def save_or_stop(team: Team, stop: dict, step: int, every: int, steps: int, latest: Path, state, replica,
+                 device) -> bool:
+    """After an optimizer step: agree on stopping (a stop signal on any rank stops every rank at this step);
+    at a checkpoint step or a stop, check that `replica` (the EMA, the autoencoder) is equal on every rank and
+    save `state(step)` to `latest` on rank 0. True when the loop must stop."""
+    stopping = team.any(stop["signal"] is not None, device)
+    if stopping or step % every == 0 or step == steps:
+        team.check_replicas_agree(replica, type(replica).__name__, device)
+        if team.is_main:
+            save_checkpoint(latest, state(step))
+    if stopping:
+        team.barrier()  # the others wait for rank 0's checkpoint before they exit
+        team.say(f"{stop['signal'] or 'a stop signal on another rank'} received: saved {latest} at step {step}; "
+                 "rerun to resume")
+    return stopping
+
+
+def _train_step(forward, model, ema, optimizer, images, cell, sirna, step, cfg, null, device,
+                team: Team = Team()) -> float:
+    """One optimizer step on this rank's slice of the global batch; returns the global batch's mean loss.
+    `forward` is `model` itself or its DDP wrapper. The noise, times and dropout of step s are drawn for the
+    whole global batch from (seed, s) and sliced, so they do not depend on the number of ranks."""
     rng = seeded_generator(cfg["seed"], step, device=device)
     x = images.to(device, non_blocking=True)
     x = to_model_scale(x) if x.dtype == torch.uint8 else x.float()  # pixels, or latents already scaled
     cell, sirna = cell.to(device), sirna.to(device)
     n = x.shape[0]
-    t = torch.rand(n, generator=rng, device=device)
-    noise = torch.randn(x.shape, generator=rng, device=device)
+    total, mine = n * team.size, slice(team.rank * n, (team.rank + 1) * n)
+    t = torch.rand(total, generator=rng, device=device)[mine]
+    noise = torch.randn((total, *x.shape[1:]), generator=rng, device=device)[mine]
     # Classifier-free guidance: each attribute is replaced by its null token independently.
-    cell = torch.where(torch.rand(n, generator=rng, device=device) < cfg["p_drop"]["cell_type"], null["cell_type"], cell)
-    sirna = torch.where(torch.rand(n, generator=rng, device=device) < cfg["p_drop"]["sirna_id"], null["sirna_id"], sirna)
+    drop_cell = torch.rand(total, generator=rng, device=device)[mine] < cfg["p_drop"]["cell_type"]
+    drop_sirna = torch.rand(total, generator=rng, device=device)[mine] < cfg["p_drop"]["sirna_id"]
+    cell = torch.where(drop_cell, null["cell_type"], cell)
+    sirna = torch.where(drop_sirna, null["sirna_id"], sirna)
     x_t, velocity = interpolate(x, noise, t)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
     with autocast(device, cfg["precision"]):
-        predicted = model(x_t, t, cell, sirna)
+        predicted = forward(x_t, t, cell, sirna)
     loss = F.mse_loss(predicted.float(), velocity)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -266,7 +300,7 @@ def _train_step(model, ema, optimizer, images, cell, sirna, step, cfg, null, dev
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p, 1 - decay)
-    return float(loss.detach())
+    return team.mean(float(loss.detach()), device)
 
 
 def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path, ylabel: str = "velocity MSE",
@@ -350,8 +384,11 @@ def cli(argv: list[str]) -> None:
     add_autoencoder_argument(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
-    result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, cfg["device"],
-                   autoencoder=args.autoencoder)
+    if world_size(cfg) > 1 and not under_torchrun():
+        relaunch(["generator", "train", *argv], cfg, INTERRUPTED_EXIT)
+    torch.set_num_threads(threads_per_process(args.threads))
+    with team_for(resolve_device(cfg["device"])) as (team, device):
+        result = train(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
+                       autoencoder=args.autoencoder, team=team)
     if result["status"] == "interrupted":
         raise SystemExit(INTERRUPTED_EXIT)
