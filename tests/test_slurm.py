@@ -159,7 +159,8 @@ def test_demo_through_slurm(slurm_cluster, tmp_path):
         visible = job["environment"].get("CUDA_VISIBLE_DEVICES")
         assert (len(visible.split(",")) if visible else 0) == job["gpus"], job
 
-    gpu_rules = {name for name, res in load_profile()["set-resources"].items() if res.get("gpu")}
+    # the GPU rules: the profile's gpu: 1 ones, and train / autoencoder, whose GPU count comes from generator.gpus
+    gpu_rules = {name for name, body in workflow_rules().items() if re.search(r"\bgpu\s*=", body)}
     ran_on_gpu = {job["rule"] for job in jobs if job["gpus"]}
     assert "train" in ran_on_gpu and ran_on_gpu == submitted_rules & gpu_rules, ran_on_gpu
     assert (workdir / "results" / "validation" / "summary.json").is_file()

@@ -143,7 +143,8 @@ def numpy_chunk(data_file, work) -> Path:
     with open(data_file, newline="") as handle:
         reader = csv.DictReader(handle)
         fields, rows = list(reader.fieldnames or []), list(reader)
-    stains = [f[len("FileName_"):] for f in fields if f.startswith("FileName_") and f"PathName_{f[9:]}" in fields]
+    named = [f[len("FileName_"):] for f in fields if f.startswith("FileName_")]
+    stains = [name for name in named if f"PathName_{name}" in fields]
     target = Path(work) / "npy"
     (target / "images").mkdir(parents=True, exist_ok=True)
     for row in rows:
