@@ -86,9 +86,14 @@ def resample_method(size_in: int, size_out: int) -> str:
     return "area average (box filter)" if size_in > size_out else "bicubic"
 
 
+def passes_through(via_px: int | None, size_in: int, size_out: int) -> bool:
+    """Whether a site of `size_in` px takes the detour through `via_px` on its way to `size_out` px."""
+    return via_px is not None and via_px < min(size_in, size_out)
+
+
 def resize_record(size_in: int, size_out: int, via_px: int | None = None) -> str:
     """How a site of `size_in` px reaches `size_out` px, in words (resize.json, reports)."""
-    if via_px is not None and via_px < min(size_in, size_out):
+    if passes_through(via_px, size_in, size_out):
         return (f"{resample_method(size_in, via_px)} to {via_px} px (the generator's resolution), then "
                 f"{resample_method(via_px, size_out)}")
     return resample_method(size_in, size_out)
@@ -158,7 +163,7 @@ def prepare(source: str, manifest_path, out_dir, *, resolution: int, chunk_size:
     for key, image in tqdm(zip(keys, images), total=len(keys), desc=f"{source} sites -> PNG",
                            disable=not progress, mininterval=5):
         sizes.add(int(image.shape[1]))
-        if via_px is not None and via_px < min(image.shape[1], resolution):
+        if passes_through(via_px, image.shape[1], resolution):
             image = to_resolution(image, via_px)
         image = to_resolution(image, resolution)
         row = {}
