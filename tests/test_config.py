@@ -98,6 +98,8 @@ def test_later_files_and_command_line_are_named(tmp_path):
      r"morphology.nuclei_diameter_um .*found \[9, 4\]"),
     (lambda t: t.replace("autoencoder: none ", "autoencoder: sd-vae ").replace("preset: tiny ", "preset: tiny/2 "),
      r"generator.sd_vae.weights .*not set"),
+    (lambda t: t.replace("source: generator ", "source: reconstructions "),
+     r"generated.source .*reconstructions, but generator.autoencoder is none"),
 ])
 def test_cross_key_checks(tmp_path, edit, expected):
     path, config = _write(tmp_path, edit)

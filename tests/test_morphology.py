@@ -399,6 +399,21 @@ def test_cleaner_saves_without_pickle_and_clean_writes_report(tmp_path):
         loaded.transform(generated.drop(columns="Cells_JustAbove"))
 
 
+def test_clean_applies_the_real_fit_to_every_other_source(tmp_path):
+    real, generated = _tables()
+    reconstructions = generated.iloc[:7].copy()
+    reconstructions["Image_Count_Nuclei"] *= 3.0
+    real.to_parquet(tmp_path / "real_image.parquet")
+    generated.to_parquet(tmp_path / "generated_image.parquet")
+    reconstructions.to_parquet(tmp_path / "reconstructions_image.parquet")
+    report = clean(tmp_path / "real_image.parquet", tmp_path / "generated_image.parquet", tmp_path / "out",
+                   also=[tmp_path / "reconstructions_image.parquet"])
+    saved = pd.read_parquet(tmp_path / "out" / "reconstructions_clean.parquet")
+    expected, _ = FeatureCleaner.fit(real).transform(reconstructions)
+    assert report["n_reconstructions_rows_dropped_nan"] == 0 and len(saved) == 7
+    pd.testing.assert_frame_equal(saved.reset_index(drop=True), expected.reset_index(drop=True))
+
+
 def test_cleaner_refuses_when_every_real_row_has_nan():
     real, _ = _tables()
     real["Cytoplasm_X_Mean"] = np.nan

@@ -91,8 +91,9 @@ def test_paper_config_dry_runs_on_rxrx1_shaped_metadata(tmp_path, metadata):
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "paper_rxrx1.yaml"), "-n",
                            "--quiet", "rules", "--cores", "32", timeout=900)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    for rule in ("train", "sample", "features_generated", "trust_score", "report_summary"):
+    for rule in ("autoencoder", "train", "sample", "trust_score", "ceiling", "report_summary"):
         assert jobs.get(rule) == "1", (rule, result.stdout[-3000:])
     assert jobs.get("features_real") == "3"  # one per split
+    assert jobs.get("features_generated") == "2"  # the generations and the SD-VAE's held-out reconstructions
     # the plates holding the listed conditions each get a QC report: many, on RxRx1's 51 x 4 plates
     assert int(jobs["report_plate"]) > 50

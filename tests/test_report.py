@@ -436,6 +436,31 @@ def test_summary_shows_what_stopping_during_generation_saved_and_kept(world, tmp
         assert shown in page.all_text, shown
 
 
+def test_summary_sets_the_latent_ceiling_beside_the_generated_images(world):
+    """Only with results/ceiling/ceiling.json (a run with an autoencoder) is the panel shown."""
+    out_dir = world / "results" / "report"
+    without = build_summary(_inputs(world), {}, [(EXPERIMENT, 1)], out_dir, results_dir=world / "results")[0]
+    assert "The ceiling of the latent space (autoencoder reconstructions)" not in Page(without).headings
+    arm = {"n": 12, "accepted": 0.25, "median_R": 7.5, "median_T": 9.25, "n_measured": 8, "median_z": 3.5}
+    ceiling = {"autoencoder": "trained", "latent_shape": [8, 16, 16], "psnr_per_stain": [30.1, 25.2, 31.0, 26.4,
+                                                                                         28.3, 23.9],
+               "psnr_mean": 27.5, "arms": {"all": arm, "seen": dict(arm, n=6), "unseen": dict(arm, n=0)}}
+    path = world / "results" / "ceiling" / "ceiling.json"
+    path.parent.mkdir(parents=True)
+    try:
+        path.write_text(json.dumps(ceiling))
+        page = Page(build_summary(_inputs(world), {}, [(EXPERIMENT, 1)], out_dir, results_dir=world / "results")[0])
+    finally:
+        path.unlink()
+        path.parent.rmdir()
+    assert "The ceiling of the latent space (autoencoder reconstructions)" in page.headings
+    text = page.all_text
+    for shown in ("reconstructions (the ceiling)", "generated images", "30.1, 25.2, 31, 26.4, 28.3, 23.9", "25%",
+                  "9.25", "3.5"):
+        assert shown in text, shown
+    assert "unseen" not in text.split("reconstructions (the ceiling)")[1].split("generated images")[0]
+
+
 def test_cli_writes_the_three_reports(world):
     r = "results"
     common = ["--manifest", f"{r}/subsets/manifest.parquet", "--stacks-dir", f"{r}/subsets/stacks",
@@ -523,6 +548,7 @@ def cli_json(section):
     return shlex.quote(json.dumps(section, sort_keys=True))
 GENERATION_TRUST_SUMMARY = []
 COVERAGE_EXPERIMENT = []
+CEILING = []
 include: {rules!r}
 rule all:
     input: "results/report/summary.html"

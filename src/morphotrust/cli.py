@@ -14,7 +14,7 @@ import sys
 from .errors import InputError, OutputError
 
 STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "morphology", "validation", "report",
-          "coverage_experiment")
+          "coverage_experiment", "ceiling")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -194,11 +194,6 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
             where = "" if downsample == 1 else f" times the {autoencoder} autoencoder's downsampling {downsample}"
             add("subsets.resolution", f"{subsets['resolution']} px is not a multiple of the {preset} generator's "
                 f"patch size {patch}{where}", f"a multiple of {unit} (generator.preset: {preset})")
-        vae_weights = generator["sd_vae"]["weights"]
-        if autoencoder == "sd-vae" and (vae_weights is None or not os.path.exists(vae_weights)):
-            add("generator.sd_vae.weights", "not set" if vae_weights is None else f"no file or folder {vae_weights}",
-                "the local sd-vae-ft-mse (or ft-ema) folder or its .safetensors file (nothing is downloaded: "
-                "README, 'Latent space')")
         steps = generator["sampling_steps"]
         bad = [s for s in generator["generation_trust"]["check_steps"] if s >= steps]
         if bad:
@@ -209,6 +204,16 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
         if not -depth <= block < depth:
             add("generator.translator.block", f"block {block}, but the {preset} generator has {depth} blocks",
                 f"{-depth} .. {depth - 1}")
+
+    # the autoencoder rule runs whenever there is one: its held-out reconstructions are scored (the ceiling)
+    vae_weights = generator["sd_vae"]["weights"]
+    if generator["autoencoder"] == "sd-vae" and (vae_weights is None or not os.path.exists(vae_weights)):
+        add("generator.sd_vae.weights", "not set" if vae_weights is None else f"no file or folder {vae_weights}",
+            "the local sd-vae-ft-mse (or ft-ema) folder or its .safetensors file (nothing is downloaded: "
+            "README, 'Latent space')")
+    if config["generated"]["source"] == "reconstructions" and generator["autoencoder"] == "none":
+        add("generated.source", "reconstructions, but generator.autoencoder is none",
+            "generator.autoencoder trained or sd-vae (the reconstructions are its held-out sites, round-tripped)")
 
     if generator["gpus"] * generator["nodes"] > 1 and str(generator["device"]).startswith("cuda:"):
         add("generator.device", f"{generator['device']}, but generator.gpus x nodes = "

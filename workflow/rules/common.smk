@@ -27,6 +27,11 @@ GENERATION_TRUST_SUMMARY = (
 )
 
 
+# With an autoencoder (generator.autoencoder trained | sd-vae), its held-out reconstructions are scored like
+# generations: the ceiling of any generator on its latents (ceiling.smk).
+CEILING = ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" else []
+
+
 def shard_paths(pattern, shards, **wildcards):
     """The shard outputs a merging job reads when a stage is split into `shards` > 1 jobs (none for 1)."""
     return expand(pattern, shard=range(shards), **wildcards) if shards > 1 else []

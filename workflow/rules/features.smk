@@ -9,6 +9,11 @@ FEATURE_WEIGHTS = [FEATURES["weights"]] if os.path.isfile(FEATURES["weights"]) e
 # features.shards > 1: the *_shard jobs extract condition groups, the table jobs merge them (morphotrust.shards).
 FEATURE_SHARDS = FEATURES["shards"]
 GENERATED_MANIFEST = f"results/generated/{config['generated']['source']}/manifest.parquet"
+# The image sets the trust score scores: the generated set and, with an autoencoder, the held-out reconstructions
+# (the ceiling, ceiling.smk). Same rules, one {scored} wildcard.
+SCORED_MANIFESTS = {"generated": GENERATED_MANIFEST}
+if LATENT:
+    SCORED_MANIFESTS["reconstructions"] = "results/generated/reconstructions/manifest.parquet"
 
 
 rule features_real_shard:
@@ -40,14 +45,15 @@ rule features_real_shard:
 
 rule features_generated_shard:
     input:
-        manifest=GENERATED_MANIFEST,
+        manifest=lambda wildcards: SCORED_MANIFESTS[wildcards.scored],
         weights=FEATURE_WEIGHTS,
     output:
-        table="results/features/shards/generated.{shard}.parquet",
-        sidecar="results/features/shards/generated.{shard}.json",
+        table="results/features/shards/{scored}.{shard}.parquet",
+        sidecar="results/features/shards/{scored}.{shard}.json",
     log:
-        "results/logs/features/generated.{shard}.log",
+        "results/logs/features/{scored}.{shard}.log",
     wildcard_constraints:
+        scored="|".join(SCORED_MANIFESTS),
         shard=r"\d+",
     conda:
         "../../envs/features.yaml"
@@ -93,14 +99,18 @@ rule features_real:
 
 rule features_generated:
     input:
-        manifest=GENERATED_MANIFEST,
+        manifest=lambda wildcards: SCORED_MANIFESTS[wildcards.scored],
         weights=FEATURE_WEIGHTS,
-        shards=shard_paths(rules.features_generated_shard.output.table, FEATURE_SHARDS),
+        shards=lambda wildcards: shard_paths(
+            rules.features_generated_shard.output.table, FEATURE_SHARDS, scored=wildcards.scored
+        ),
     output:
-        table="results/features/generated.parquet",
-        sidecar="results/features/generated.json",
+        table="results/features/{scored}.parquet",
+        sidecar="results/features/{scored}.json",
     log:
-        "results/logs/features/generated.log",
+        "results/logs/features/{scored}.log",
+    wildcard_constraints:
+        scored="|".join(SCORED_MANIFESTS),
     conda:
         "../../envs/features.yaml"
     threads: FEATURES["threads"]

@@ -79,7 +79,8 @@ if GENERATOR["autoencoder"] == "sd-vae" and not GENERATOR["sd_vae"]["weights"]:
 # The autoencoder (generator.autoencoder trained | sd-vae), before the flow model: trained - train it on the seen
 # arm's train split (resumable: results/autoencoder/checkpoints/, loss.csv, loss.png); sd-vae - load the frozen VAE.
 # Either way fit the per-channel latent scaling on the training latents and reconstruct the held-out evaluation
-# sites (per-stain PSNR in autoencoder.json, reconstructions.png): the ceiling of any generator on these latents.
+# sites (per-stain PSNR in autoencoder.json, reconstructions.png), written as a generated set too
+# (results/generated/reconstructions/): the ceiling of any generator on these latents, scored in ceiling.smk.
 rule autoencoder:
     input:
         manifest="results/subsets/manifest.parquet",
@@ -97,6 +98,8 @@ rule autoencoder:
         ),
         meta="results/autoencoder/autoencoder.json",
         reconstructions=report("results/autoencoder/reconstructions.png", category="Generator"),
+        reconstructions_manifest="results/generated/reconstructions/manifest.parquet",
+        reconstructions_images=directory("results/generated/reconstructions/images"),
     log:
         "results/logs/generator/autoencoder.log",
     conda:
@@ -111,10 +114,11 @@ rule autoencoder:
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         resolution=config["subsets"]["resolution"],
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
+        reconstructions_dir=lambda wildcards, output: os.path.dirname(output.reconstructions_manifest),
     shell:
         "python -m morphotrust generator autoencoder --manifest {input.manifest} --stacks-dir {params.stacks_dir}"
-        " --resolution {params.resolution} --out-dir {params.out_dir} --config {params.cfg} --threads {threads}"
-        " > {log} 2>&1"
+        " --resolution {params.resolution} --out-dir {params.out_dir} --reconstructions-dir"
+        " {params.reconstructions_dir} --config {params.cfg} --threads {threads} > {log} 2>&1"
 
 
 rule train:

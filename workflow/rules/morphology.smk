@@ -24,7 +24,8 @@
 # (`snakemake --lint` flags globals in shell commands).
 
 MORPHOLOGY = config["morphology"]
-MORPHOLOGY_SOURCES = ["real", "generated"]
+# With an autoencoder, its held-out reconstructions are measured too (the ceiling, ceiling.smk).
+MORPHOLOGY_SOURCES = ["real", *SCORED_MANIFESTS]
 # The pipeline and a relative CellProfiler path are looked up in the working directory first, then in the
 # repository (where scripts/install_cellprofiler.sh puts .venv-cellprofiler/), so `--directory` runs work.
 MORPHOLOGY_REPO = os.path.dirname(os.path.abspath(workflow.basedir))
@@ -34,10 +35,9 @@ MORPHOLOGY_PIPELINE, MORPHOLOGY_CELLPROFILER = (
 )
 if os.sep not in MORPHOLOGY["cellprofiler"]:  # a bare name is looked up on PATH by the job
     MORPHOLOGY_CELLPROFILER = MORPHOLOGY["cellprofiler"]
-MORPHOLOGY_MANIFESTS = {
-    "real": "results/subsets/manifest.parquet",
-    "generated": f"results/generated/{config['generated']['source']}/manifest.parquet",
-}
+MORPHOLOGY_MANIFESTS = {"real": "results/subsets/manifest.parquet", **SCORED_MANIFESTS}
+# per-image tables cleaned besides real and generated (with the cleaner fitted on real rows)
+MORPHOLOGY_ALSO = [f"results/morphology/{source}_image.parquet" for source in SCORED_MANIFESTS if source != "generated"]
 MORPHOLOGY_QC_PIPELINE = (
     MORPHOLOGY["qc_pipeline"]
     if os.path.isabs(MORPHOLOGY["qc_pipeline"]) or os.path.exists(MORPHOLOGY["qc_pipeline"])
@@ -186,11 +186,13 @@ rule morphology_clean:
     input:
         real="results/morphology/real_image.parquet",
         generated="results/morphology/generated_image.parquet",
+        also=MORPHOLOGY_ALSO,
     output:
         cleaner="results/morphology/cleaner.npz",
         cleaner_json="results/morphology/cleaner.json",
         real="results/morphology/real_clean.parquet",
         generated="results/morphology/generated_clean.parquet",
+        also=[path.replace("_image", "_clean") for path in MORPHOLOGY_ALSO],
         report="results/morphology/cleaning_report.json",
     log:
         "results/logs/morphology/clean.log",
@@ -204,8 +206,9 @@ rule morphology_clean:
         relative_variance_threshold=MORPHOLOGY["relative_variance_threshold"],
         variance_threshold=MORPHOLOGY["variance_threshold"],
         max_abs_z=MORPHOLOGY["max_abs_z"],
+        also=lambda wildcards, input: f"--also {' '.join(input.also)}" if input.also else "",
     shell:
-        "python -m morphotrust morphology clean --real {input.real} --generated {input.generated}"
+        "python -m morphotrust morphology clean --real {input.real} --generated {input.generated} {params.also}"
         " --variance-filter {params.variance_filter} --relative-variance-threshold"
         " {params.relative_variance_threshold} --variance-threshold {params.variance_threshold}"
         " --max-abs-z {params.max_abs_z}"

@@ -1,5 +1,5 @@
 # Feature reduction (morphotrust.reduction) between the encoder features and the trust score: fitted on the
-# real seen-arm training features only, then applied unchanged to every real split and to the generated features
+# real seen-arm training features only, then applied unchanged to every real split and to the scored (generated, reconstructed) features
 # (config `reduction`; method none passes the features through). The trust score reads results/reduction/.
 
 REDUCTION = config["reduction"]
@@ -35,7 +35,7 @@ rule reduction_transform:
     log:
         "results/logs/reduction/{name}.log",
     wildcard_constraints:
-        name="|".join([f"real_{s}" for s in SPLITS] + ["generated"]),
+        name="|".join([f"real_{s}" for s in SPLITS] + list(SCORED_MANIFESTS)),
     conda:
         "../../envs/core.yaml"
     shell:

@@ -117,6 +117,7 @@ rule report_summary:
         sidecars=expand("results/features/{name}.json", name=[f"real_{s}" for s in SPLITS] + ["generated"]),
         generation_trust=GENERATION_TRUST_SUMMARY,
         coverage_experiment=COVERAGE_EXPERIMENT,
+        ceiling=CEILING,
         morphology_scale="results/morphology/scale.json",
     output:
         html=report(

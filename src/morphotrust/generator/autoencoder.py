@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, training_rows
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
@@ -406,10 +406,11 @@ def write_losses(losses, acfg, out_dir: Path) -> None:
 
 
 def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device: str = "cpu",
-                      on_step=None, team: Team = Team()) -> dict:
+                      on_step=None, team: Team = Team(), reconstructions_dir=None) -> dict:
     """What the autoencoder rule runs: train (trained) or load (sd-vae) the autoencoder, fit the per-channel
     latent scaling on the training latents, and measure reconstructions of held-out real sites (evaluation
-    split): per-stain PSNR and a grid. Writes autoencoder.json (+ autoencoder.safetensors for trained).
+    split): per-stain PSNR and a grid, and (`reconstructions_dir`) the reconstructions as a generated set.
+    Writes autoencoder.json (+ autoencoder.safetensors for trained).
     Under torchrun (`team`) all ranks train; rank 0 alone then fits the scaling and writes the files."""
     from .train import resolve_device
 
@@ -445,7 +446,8 @@ def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     meta.update(latent_channels=codec.latent_channels, downsample=codec.downsample, latent_mean=mean, latent_std=std,
                 latent_shape=list(codec.latent_shape(resolution)))
     codec = Codec(kind, network, mean, std, meta["fingerprint"]).to(device)
-    meta["reconstruction"] = evaluate_reconstructions(codec, manifest, stacks_dir, resolution, out_dir, device)
+    meta["reconstruction"] = evaluate_reconstructions(codec, manifest, stacks_dir, resolution, out_dir, device,
+                                                      reconstructions_dir)
     write_json(meta, out_dir / "autoencoder.json")
     print(json.dumps(dict(kind=kind, psnr_per_stain=meta["reconstruction"]["psnr_per_stain"])), file=sys.stderr)
     return dict(result, meta=meta)
@@ -457,16 +459,47 @@ def evaluation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_reconstructions(codec: Codec, manifest: pd.DataFrame, stacks_dir, resolution: int, out_dir: Path,
-                             device="cpu") -> dict:
-    """Per-stain PSNR of held-out real sites after encode -> decode, and reconstructions.png."""
+                             device="cpu", reconstructions_dir=None) -> dict:
+    """Per-stain PSNR of held-out real sites after encode -> decode, and reconstructions.png. With
+    `reconstructions_dir`, the reconstructions are also written as a generated set (`write_reconstructions`)."""
     rows = evaluation_rows(manifest)
     if rows.empty:
+        if reconstructions_dir is not None:
+            raise InputError("no held-out real sites (evaluation split of the seen and unseen arms) to reconstruct",
+                             file=Path(stacks_dir).parent / "manifest.parquet",
+                             expected="evaluation sites in results/subsets (config subsets.evaluation_fraction)")
         return dict(n_sites=0, psnr_per_stain=None, psnr_mean=None)
     real = read_images(stacks_dir, rows, resolution)
-    reconstructed = codec.decode_uint8(codec.encode_uint8(real, device=device), device=device)
+    reconstructed = codec.decode_uint8(codec.encode_uint8(real, progress=True, device=device), device=device)
     psnr = psnr_per_stain(real, reconstructed)
     write_reconstruction_grid(real[:8], reconstructed[:8], out_dir / "reconstructions.png")
+    if reconstructions_dir is not None:
+        write_reconstructions(rows, reconstructed, f"autoencoder:{codec.kind}", reconstructions_dir)
     return dict(n_sites=int(len(rows)), split="evaluation", psnr_per_stain=psnr, psnr_mean=float(np.mean(psnr)))
+
+
+def write_reconstructions(rows: pd.DataFrame, images: np.ndarray, generator: str, out_dir) -> pd.DataFrame:
+    """The reconstructions as a generated set: out_dir/images/*.tif and out_dir/manifest.parquet, each requested
+    under its site's own condition. Scored like generations, they are the ceiling of any generator on these
+    latents (morphotrust.ceiling), and `generated.source: reconstructions` runs every analysis on them."""
+    from ..images import write_site
+
+    out_dir = Path(out_dir)
+    ids = [f"reconstruction-{site}" for site in rows["Metadata_site_id"]]
+    paths = [out_dir / "images" / f"{sample_id}.tif" for sample_id in ids]
+    for path, image in zip(paths, images):
+        write_site(path, image)
+    table = pd.DataFrame({
+        "Metadata_sample_id": ids,
+        "Metadata_image_path": [str(p) for p in paths],
+        **{c: rows[c].to_numpy() for c in ("Metadata_cell_type", "Metadata_sirna_id", "Metadata_sirna",
+                                          "Metadata_condition", "Metadata_arm")},
+        "Metadata_source": "generated",
+        "Metadata_generator": generator,
+        "Metadata_real_site_id": rows["Metadata_site_id"].to_numpy(),
+    })
+    write_parquet(table, out_dir / "manifest.parquet")
+    return table
 
 
 def write_reconstruction_grid(real: np.ndarray, reconstructed: np.ndarray, path) -> None:
@@ -504,6 +537,8 @@ def cli(argv: list[str]) -> None:
     parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
     parser.add_argument("--resolution", type=int, required=True, help="subsets.resolution")
     parser.add_argument("--out-dir", required=True, help="results/autoencoder")
+    parser.add_argument("--reconstructions-dir", help="also write the held-out reconstructions as a generated set "
+                                                      "here (results/generated/reconstructions)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     cfg = parse_config(args.config)
@@ -512,6 +547,6 @@ def cli(argv: list[str]) -> None:
     torch.set_num_threads(threads_per_process(args.threads))
     with team_for(resolve_device(cfg["device"])) as (team, device):
         result = autoencoder_stage(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
-                                   team=team)
+                                   team=team, reconstructions_dir=args.reconstructions_dir)
     if result["status"] == "interrupted":
         raise SystemExit(INTERRUPTED_EXIT)

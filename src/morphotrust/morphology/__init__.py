@@ -9,7 +9,8 @@ Steps (each a `morphotrust morphology <command>`, one Snakemake rule each; workf
              pycytominer's conventions, segmentation gate   (sites.py, fields.py, gate.py; --stop-on-failure: real)
   qc-merge   the light QC pass of every plate (pipeline --light, prepare --source qc, run-chunk per plate)
              -> qc_image.parquet with the segmentation gate; stops when most sites fail it  (sites.py, gate.py)
-  clean      feature cleaning fitted on real rows only (pycytominer) -> cleaner + clean tables (cleaning.py)
+  clean      feature cleaning fitted on real rows only (pycytominer) -> cleaner + clean tables of every source
+             (cleaning.py)
 
 Submodules are imported lazily: `run-chunk` must work inside the CellProfiler conda environment, which
 has only the standard library besides CellProfiler.
@@ -60,7 +61,7 @@ def cli(argv) -> None:
     pipeline.add_argument("--out", required=True)
 
     prepare = commands.add_parser("prepare", help="write PNGs and LoadData chunk CSVs for one source")
-    prepare.add_argument("--source", required=True, choices=("real", "generated", "qc"))
+    prepare.add_argument("--source", required=True, choices=("real", "generated", "reconstructions", "qc"))
     prepare.add_argument("--manifest", required=True)
     prepare.add_argument("--resolution", type=int, required=True, help="px CellProfiler measures")
     prepare.add_argument("--native-px", type=int, default=None,
@@ -98,6 +99,8 @@ def cli(argv) -> None:
     clean = commands.add_parser("clean", help="fit the feature cleaner on real rows, apply to both")
     clean.add_argument("--real", required=True)
     clean.add_argument("--generated", required=True)
+    clean.add_argument("--also", nargs="+", default=(), metavar="SOURCE_image.parquet",
+                       help="more per-image tables to clean with the same cleaner (-> SOURCE_clean.parquet)")
     clean.add_argument("--out-dir", required=True)
     clean.add_argument("--variance-filter", choices=("relative", "raw"), default="relative",
                        help="relative: SD / mean |value| <= --relative-variance-threshold (unit-free); raw: the "
@@ -154,7 +157,7 @@ def cli(argv) -> None:
         from .cleaning import clean
 
         report = clean(args.real, args.generated, args.out_dir, args.variance_filter, args.variance_threshold,
-                       args.relative_variance_threshold, args.max_abs_z)
+                       args.relative_variance_threshold, args.max_abs_z, also=args.also)
         print(f"kept {report['kept_features']} features ({args.variance_filter} variance filter; kept under each: "
               f"{report['kept_features_by_variance_filter']}); dropped columns: {report['dropped_columns']}; "
               f"real rows used {report['n_real_rows_used']} of {report['n_real_rows_in']}; generated rows dropped "

@@ -223,8 +223,10 @@ def _row_ids(table: pd.DataFrame, index) -> list:
 
 def clean(real_path, generated_path, out_dir, variance_filter: str = VARIANCE_FILTER,
           variance_threshold: float = VARIANCE_THRESHOLD,
-          relative_variance_threshold: float = RELATIVE_VARIANCE_THRESHOLD, max_abs_z: float = MAX_ABS_Z) -> dict:
-    """Fit on the real per-image table, apply to both; write the cleaner, clean tables and the report."""
+          relative_variance_threshold: float = RELATIVE_VARIANCE_THRESHOLD, max_abs_z: float = MAX_ABS_Z,
+          also=()) -> dict:
+    """Fit on the real per-image table, apply to the generated one and to every table in `also`
+    (SOURCE_image.parquet -> SOURCE_clean.parquet); write the cleaner, clean tables and the report."""
     out_dir = Path(out_dir)
     real = pd.read_parquet(real_path)
     generated = pd.read_parquet(generated_path)
@@ -252,5 +254,11 @@ def clean(real_path, generated_path, out_dir, variance_filter: str = VARIANCE_FI
     cleaner.save(out_dir / "cleaner.npz", out_dir / "cleaner.json")
     write_parquet(real_clean, out_dir / "real_clean.parquet")
     write_parquet(generated_clean, out_dir / "generated_clean.parquet")
+    for path in also:
+        other = pd.read_parquet(path)
+        other_clean, other_dropped = cleaner.transform(other, source=path)
+        name = Path(path).stem.removesuffix("_image")
+        report[f"n_{name}_rows_dropped_nan"] = len(other_dropped)
+        write_parquet(other_clean, out_dir / f"{name}_clean.parquet")
     write_json(report, out_dir / "cleaning_report.json")
     return report

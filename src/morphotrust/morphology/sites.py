@@ -41,10 +41,12 @@ from .fields import to_field_conventions
 STAIN_NAMES = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
 # qc: every ingested site of one plate (results/data/ingest/{experiment}/Plate{plate}/sites.parquet) for the
 # light QC pass; read like the real sites (native TIFFs, the same resolution).
-SOURCES = ("real", "generated", "qc")
+# reconstructions: held-out real sites round-tripped through the autoencoder, read like generated images.
+SOURCES = ("real", "generated", "reconstructions", "qc")
 REQUIRED = {
     "real": ("Metadata_condition", "Metadata_image_path"),
     "generated": ("Metadata_condition", "Metadata_image_path"),
+    "reconstructions": ("Metadata_condition", "Metadata_image_path"),
     "qc": ("Metadata_site_id", "Metadata_image_path"),
 }
 # Image-quality columns the QC report reads (CellProfiler's names, as in a chunk's Image.csv; Image_-prefixed

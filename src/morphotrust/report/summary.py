@@ -48,6 +48,9 @@ CATALOGUE = [
     ("trust/trust_histogram.png", "trust scores, real vs generated"),
     ("generation_trust/*.csv", "during-generation trust: per-step thresholds and decisions"),
     ("generation_trust/summary.json", "during-generation trust: compute saved vs quality kept"),
+    ("autoencoder/autoencoder.json", "the autoencoder: latent shape and scaling, held-out PSNR per stain"),
+    ("ceiling/ceiling.json", "the latent-space ceiling: held-out reconstructions scored like generations"),
+    ("ceiling/generated_scores.csv", "T, R, F and accept/abstain of each held-out reconstruction"),
     ("morphology/real_image.parquet", "CellProfiler per-image measurements of the real sites"),
     ("morphology/generated_image.parquet", "CellProfiler per-image measurements of the generated images"),
     ("morphology/*_clean.parquet", "cleaned, standardised CellProfiler features"),
@@ -429,6 +432,44 @@ def generation_trust_section(inputs: Inputs) -> str:
         "selection.", body)
 
 
+def ceiling_section(results_dir: Path, generated: pd.DataFrame | None) -> str:
+    """The autoencoder's held-out reconstructions scored like generations (results/ceiling/ceiling.json), beside
+    the generated images' own figures: how much of the generator's result the latent space already decides."""
+    from ..ceiling import ARMS, arm_figures
+
+    ceiling = read_json_optional(Path(results_dir) / "ceiling" / "ceiling.json")
+    if not ceiling:
+        return ""
+    per_sample = Path(results_dir) / "validation" / "centroid_per_sample.csv"
+    per_sample = pd.read_csv(per_sample) if per_sample.is_file() else None
+    rows = []
+    for label, figures in (("reconstructions (the ceiling)", ceiling["arms"]),
+                           ("generated images", {arm: arm_figures(generated, per_sample, arm) for arm in ARMS}
+                            if generated is not None and "R" in generated else {})):
+        rows += [{"images": label, "arm": arm, "n": f["n"], "accepted": percent(f["accepted"]),
+                  "median R": f["median_R"], "median T": f["median_T"],
+                  "median centroid z": f["median_z"], "measured by CellProfiler": f["n_measured"]}
+                 for arm, f in figures.items() if f["n"]]
+    psnr = ceiling.get("psnr_per_stain") or []
+    shape = ceiling.get("latent_shape")
+    body = facts([("autoencoder", ceiling.get("autoencoder")),
+                  ("latents (channels × height × width)", " × ".join(map(str, shape)) if shape else None),
+                  ("PSNR per stain w1..w6 (dB)", ", ".join(fmt(v) for v in psnr) if psnr else None),
+                  ("mean PSNR (dB)", ceiling.get("psnr_mean"))])
+    body += table(pd.DataFrame(rows)) + (
+        '<p class="small">Tables: <code>results/ceiling/</code> (scores of the reconstructions, their centroid '
+        "distances); picture: <code>results/autoencoder/reconstructions.png</code>. z = 0: as close to the real "
+        "centroid of the condition as real sites are.</p>")
+    return section(
+        "ceiling", "The ceiling of the latent space (autoencoder reconstructions)",
+        "The generator draws in the latent space of an autoencoder, so its images can at best look like what the "
+        "decoder makes of real sites. Held-out real sites, encoded and decoded, are scored here exactly like "
+        "generated images: if the trust score rejects them, it will reject every generation on these latents, "
+        "however well the flow model is trained.",
+        "reconstructions accepted at close to the real rate (~95%) with median z near 0; the generated images "
+        "below that, by how much the flow model still has to learn.", body)
+
+
 def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]], out_dir, *,
                   results_dir="results", generated_html=None, plates_dir=None, snakemake_version: str | None = None,
                   cellprofiler: str | None = None) -> tuple[str, pd.DataFrame, bytes | None]:
@@ -586,12 +627,14 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
                     catalogue(results_dir, out_dir))
 
     generation = generation_trust_section(inputs)
+    ceiling = ceiling_section(results_dir, generated)
     nav = [("overview", "Overview"), ("conditions", "Conditions"),
            *([("coverage", "Coverage")] if coverage_html else []), ("validation", "Validation"),
-           *([("generation", "During generation")] if generation else []), ("qc", "QC"), ("encoder", "Encoder"),
+           *([("generation", "During generation")] if generation else []),
+           *([("ceiling", "Ceiling")] if ceiling else []), ("qc", "QC"), ("encoder", "Encoder"),
            ("versions", "Versions"), ("files", "Files")]
-    body = "".join([overview, trust_conditions, coverage_html, validation, generation, qc_section, encoder, versions,
-                    files])
+    body = "".join([overview, trust_conditions, coverage_html, validation, generation, ceiling, qc_section, encoder,
+                    versions, files])
     document = page("morphotrust run summary", "Which generated cell images to trust: across plates and conditions",
                     banners, nav, body)
     return document, flags, acceptance_png

@@ -31,6 +31,7 @@ from ..io import write_csv
 from .common import ANALYSED_ARMS, Table, load_space, reference, save_figure, settings, write_headline
 from .stats import bootstrap_mean_difference, encode, group_indices, matched_random_masks
 
+PER_CONDITION_COLUMNS = ["condition", "arm", "n_real", "n_generated", "real_spread_mean", "real_spread_sd", "flag"]
 OUTPUTS = {
     "summary": "centroid.csv",
     "per_condition": "centroid_per_condition.csv",
@@ -137,7 +138,7 @@ def centroid_z(reference: Table, generated: Table, n_half_splits: int = 10, min_
         "excess_distance": distance - spread_mean,
         "z": z,
     })
-    return per_sample, pd.DataFrame(rows)
+    return per_sample, pd.DataFrame(rows, columns=PER_CONDITION_COLUMNS)  # no rows: no measurable generated image
 
 
 def accepted_vs_random(per_sample: pd.DataFrame, n_seeds: int = 5, n_bootstrap: int = 2000,

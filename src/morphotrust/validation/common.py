@@ -207,11 +207,14 @@ def load_space(space: str, real_paths, generated_path, trust_path) -> tuple[Tabl
     real_arms = real.meta["Metadata_arm"].isin(ANALYSED_ARMS).to_numpy()
     gen_arms = generated.meta["Metadata_arm"].isin(ANALYSED_ARMS).to_numpy()
     attrs = generated.meta.attrs
-    generated = generated.subset(gen_arms)
-    generated.meta.attrs = attrs
-    if len(generated) == 0:
+    if len(generated) and not gen_arms.any():
         raise InputError("no generated samples of a seen or unseen condition", file=generated_path,
                          expected="Metadata_arm values seen / unseen")
+    if not len(generated):  # e.g. CellProfiler found no cells in any generated image: the cleaning dropped them all
+        print(f"WARNING: {generated_path} has no rows: no generated image has {space} features to validate",
+              flush=True)
+    generated = generated.subset(gen_arms)
+    generated.meta.attrs = attrs
     return real.subset(real_arms), generated
 
 

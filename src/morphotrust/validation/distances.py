@@ -30,6 +30,11 @@ from .common import ANALYSED_ARMS, SPACE_NAMES, Table, load_space, reference, sa
 from .stats import (bootstrap_mean_difference, distances, encode, group_indices, matched_random_masks,
                     mean_off_diagonal, median_bandwidth, rbf_mmd2, spearman)
 
+PER_CONDITION_COLUMNS = ["condition", "arm", "n_generated_used", "n_real_used", "mean_T", "acceptance_rate",
+                         "energy_distance", "mmd2_rbf", "centroid_distance", "flag"]
+RANK_COLUMNS = ["condition", "arm", "n_candidates", "rank_energy", "nearest_energy", "rank_centroid",
+                "nearest_centroid", "flag"]
+
 
 def outputs(space: str) -> dict:
     return {"per_condition": f"distances_{space}.csv", "per_condition_plot": f"distances_{space}.png",
@@ -113,9 +118,10 @@ def condition_distances(reference: Table, generated: Table, max_per_set: int = 5
         })
         ranks.append({"condition": name, "arm": rows[-1]["arm"], **_ranks(energy[code], centroid[code], t, real_names),
                       "flag": "no real samples of this condition: cannot be ranked" if t < 0 else ""})
-    per_condition = pd.DataFrame(rows)
+    # explicit columns: no rows when CellProfiler measured no generated image (all dropped by the cleaning)
+    per_condition = pd.DataFrame(rows, columns=PER_CONDITION_COLUMNS)
     per_condition.attrs["rbf_bandwidth"] = bandwidth
-    return per_condition, pd.DataFrame(ranks), energy
+    return per_condition, pd.DataFrame(ranks, columns=RANK_COLUMNS), energy
 
 
 def _ranks(energy: np.ndarray, centroid: np.ndarray, true: int, real_names: np.ndarray) -> dict:
