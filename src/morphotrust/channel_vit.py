@@ -3,43 +3,45 @@
 A site of C stains (6 for RxRx1; any C up to the family's maximum) is cut into patches stain by stain with ONE
 single-channel patch embedding shared by all stains; each stain's patch tokens get the 2-D position embedding
 (and, where the family has one, the stain's channel embedding); a class token is prepended and the C x grid²
-tokens go through the transformer together, so every stain attends to every other. Two published families are
-built here and loaded only from a local weights file (`features.encoder` names the family, `features.weights`
-the file); nothing is ever downloaded.
+tokens go through the transformer together, so every stain attends to every other. Two published families,
+loaded only from a local weights file (`features.encoder` names the family, `features.weights` the file):
 
-| family (`features.encoder`) | `openphenom`: Recursion OpenPhenom (Phenom CA-MAE-S/16) encoder | `chada_vit`: ChAda-ViT (`chadavit16-moyen`) |
-|---|---|---|
-| source of the facts | github.com/recursionpharma/maes_microscopy (`vit.py`, `mae_modules.py`, `huggingface_mae.py`, timm 0.9.7) and huggingface.co/recursionpharma/OpenPhenom | github.com/nicoboou/chadavit (`src/backbones/vit/chada_vit.py`, `HOW_TO_USE.ipynb`) |
-| embed dim / depth / heads / patch | 384 / 12 / 6 / 16 | 192 / 12 / 2 / 16 |
-| block | timm `ParallelScalingBlock` (parallel attention + MLP, no qkv bias, QK LayerNorm, LayerScale 1e-4, LayerNorm eps 1e-6) | post-norm `TransformerEncoderLayer` variant of the repository (norm1 before attention and again after the residual, ReLU MLP 2048 wide, LayerNorm eps 1e-5) |
-| input size (native) | 256 px (16 x 16 patches per stain) | 224 px (14 x 14) |
-| position embedding | fixed 2-D sin-cos table, the same for every stain (recomputed for other grids) | learned, the same for every stain (bicubic interpolation for other grids, as DINO does) |
-| channel (stain) embedding | none: the encoder is channel-agnostic (the MAE decoder has modality tokens, the encoder none) | learned `channel_token`, one per channel slot (10 slots) |
-| max stains | 11 (`max_in_chans`) | 10 (`max_number_channels`) |
-| input normalisation | pixel / 255, then each stain standardised over its own pixels (InstanceNorm2d, no affine) | raw pixel values as float (the repository's IDRCell100k pipeline has no mean/std step) |
-| pooling, `features.channels: all` | mean of all patch tokens of the last block, before any final norm (`MAEModel.predict`) -> 384 | the class token after the final LayerNorm (`return_all_tokens=False`) -> 192 |
-| pooling, `features.channels: per_stain` | each stain's patch tokens averaged separately, concatenated w1..wC (`return_channelwise_embeddings=True`) -> 384·C | each stain's patch tokens (after the final LayerNorm) averaged separately, concatenated -> 192·C (our choice; the repository returns all tokens) |
+openphenom - Recursion's OpenPhenom (Phenom CA-MAE-S/16) encoder; facts from github.com/recursionpharma/
+  maes_microscopy (vit.py, mae_modules.py, huggingface_mae.py; timm 0.9.7) and huggingface.co/recursionpharma/
+  OpenPhenom. ViT-S/16: dim 384, 12 timm ParallelScalingBlocks (parallel attention + MLP, no qkv bias, QK
+  LayerNorm, LayerScale 1e-4, LayerNorm eps 1e-6), 6 heads, 256 px (16 x 16 patches per stain), up to 11 stains.
+  Position: a fixed 2-D sin-cos table, the same for every stain. Channel embedding: none (channel-agnostic).
+  Input: pixel / 255, each stain standardised over its own pixels (InstanceNorm2d). Pooling (MAEModel.predict):
+  mean of all patch tokens of the last block, no final norm (`all`, 384); per stain concatenated
+  (`per_stain`, return_channelwise_embeddings, 384·C).
+chada_vit - ChAda-ViT (chadavit16-moyen); facts from github.com/nicoboou/chadavit (src/backbones/vit/
+  chada_vit.py, HOW_TO_USE.ipynb). Dim 192, 12 post-norm encoder layers of the repository (norm1 before attention
+  and again after the residual, ReLU MLP 2048 wide, LayerNorm eps 1e-5), 2 heads, final LayerNorm eps 1e-6,
+  224 px (14 x 14), up to 10 stains. Position: learned, the same for every stain (bicubic interpolation for other
+  grids, as DINO). Channel embedding: learned `channel_token` per slot. Input: raw pixel values (no mean/std step
+  in the repository's IDRCell100k pipeline). Pooling: the class token after the final norm (`all`,
+  return_all_tokens=False, 192); each stain's normalised patch tokens averaged, concatenated (`per_stain`, ours).
+  Heads: the pretraining constructor chada_vit() uses 2, the notebook the class default 12; the weights' shapes
+  are the same, so the file cannot tell: we follow pretraining (2).
 
-Key mapping (file key -> module key). The weights file may be a safetensors file or a torch tensor file (a
-zip-format torch file is read as such whatever its suffix: OpenPhenom's `model.safetensors` has been published in
-that format); a top-level `state_dict` entry (Lightning / OpenPhenom checkpoints) is unwrapped. Keys are taken
-from the first prefix of the family's list that holds the anchor key (the patch embedding), every other key
-(decoders, projection heads, momentum encoders) is ignored and counted in the sidecar:
+Key mapping (file key -> module key; `rename_key`, inverse `to_file_layout`). The file may be safetensors or a
+torch tensor file (a zip-format torch file is read as one whatever its suffix: OpenPhenom's `model.safetensors`
+has been published so); a top-level `state_dict` entry is unwrapped. The first prefix of the family's list that
+holds the anchor key is taken; keys outside it (decoder, heads, momentum encoder) are ignored and counted.
 
-| | openphenom | chada_vit |
-|---|---|---|
-| prefixes tried | `encoder.vit_backbone.`, `vit_backbone.`, none | `backbone.`, `encoder.`, none |
-| patch embedding | `patch_embed.proj.weight` (384, 1, 16, 16), `.bias` -> `patch_embed.weight`, `.bias` | `token_learner.proj.weight` (192, 1, 16, 16), `.bias` -> `patch_embed.weight`, `.bias` |
-| class token | `cls_token` (1, 1, 384) | `cls_token` (1, 1, 192) |
-| position embedding | `pos_embed` (1, 1 + 11·256, 384), checked to be the sin-cos table | `pos_embed` (1, 1, 197, 192) |
-| channel embedding | - | `channel_token` (1, 10, 1, 192) -> `channel_embed` |
-| blocks | `blocks.{i}.` + `in_norm`, `in_proj`, `mlp_bias`, `q_norm`, `k_norm`, `attn_out_proj`, `mlp_out_proj`, `ls.gamma` (same names) | `blocks.{i}.` + `self_attn.in_proj_weight/bias`, `self_attn.out_proj`, `linear1`, `linear2`, `norm1`, `norm2` (same names) |
-| final norm | `fc_norm.weight/bias` (loaded; not applied by OpenPhenom's `predict`, so not here) | `norm.weight/bias` |
+  openphenom, prefixes `encoder.vit_backbone.`, `vit_backbone.`, none:
+    patch_embed.proj.weight (384, 1, 16, 16), .bias -> patch_embed.weight, .bias
+    cls_token (1, 1, 384); pos_embed (1, 1 + 11·256, 384), checked to be the sin-cos table
+    blocks.{i}.{in_norm, in_proj, mlp_bias, q_norm, k_norm, attn_out_proj, mlp_out_proj, ls.gamma} (kept)
+    fc_norm.weight, .bias (kept; loaded but, as in OpenPhenom's predict(), not applied)
+  chada_vit, prefixes `backbone.`, `encoder.`, none:
+    token_learner.proj.weight (192, 1, 16, 16), .bias -> patch_embed.weight, .bias
+    cls_token (1, 1, 192); pos_embed (1, 1, 197, 192); channel_token (1, 10, 1, 192) -> channel_embed
+    blocks.{i}.{self_attn.in_proj_weight, self_attn.in_proj_bias, self_attn.out_proj, linear1, linear2, norm1,
+    norm2} (kept); norm.weight, .bias (kept)
 
 A file whose keys or shapes differ is an InputError naming the file, the missing, unexpected and misshapen keys
-and what the family expects. ChAda-ViT's repository builds the pretraining backbone with 2 heads
-(`chada_vit()` in chada_vit.py), its HOW_TO_USE notebook with the class default of 12; heads do not change the
-weights' shapes, so the file cannot tell: we follow the pretraining constructor (2).
+and what the family expects. Tables and sources: docs/channel_adaptive_encoders.md.
 """
 
 from __future__ import annotations
