@@ -27,6 +27,7 @@ from morphotrust.morphology.sites import STAIN_NAMES
 from morphotrust.report import DEFAULTS, Inputs, cli, plates_with_conditions, report_settings
 from morphotrust.report.figures import well_position
 from morphotrust.report.generated import build_generated_report
+from morphotrust.report.inputs import RECONSTRUCTION_LABEL, STANDIN_LABEL, generated_banners
 from morphotrust.report.plate import build_plate_report
 from morphotrust.report.qc import focus_reference, site_flags, sparse_sites, well_summary
 from morphotrust.report.summary import build_summary
@@ -459,6 +460,14 @@ def test_summary_sets_the_latent_ceiling_beside_the_generated_images(world):
                   "9.25", "3.5"):
         assert shown in text, shown
     assert "unseen" not in text.split("reconstructions (the ceiling)")[1].split("generated images")[0]
+
+
+def test_a_generated_set_that_no_generator_made_is_bannered():
+    made = pd.DataFrame({"Metadata_generator": ["morphotrust-sit-tiny"] * 2})
+    assert generated_banners(made) == [] and generated_banners(None) == []
+    assert generated_banners(made.assign(Metadata_generator="standin:blur")) == [("standin", STANDIN_LABEL)]
+    assert generated_banners(made.assign(Metadata_generator="autoencoder:sd-vae")) == [("standin",
+                                                                                        RECONSTRUCTION_LABEL)]
 
 
 def test_cli_writes_the_three_reports(world):

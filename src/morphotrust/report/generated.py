@@ -12,9 +12,8 @@ from ..io import atomic_path, write_text
 from . import figures
 from .config import report_settings
 from .html import esc, facts, img, missing, page, percent, section, table
-from .inputs import (MANIFEST_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic, read_table,
+from .inputs import (MANIFEST_COLUMNS, Inputs, generated_banners, generated_measurements, is_synthetic, read_table,
                      real_measurements, scored_generated)
-from .plate import STANDIN_LABEL
 from .qc import COUNT, all_flags, focus_reference, measured, not_measured
 from .sections import features_section, gallery_section, quality_panel, trust_section, validation_section
 
@@ -36,8 +35,7 @@ def build_generated_report(inputs: Inputs, cfg: dict | None = None,
 
     synthetic = is_synthetic(manifest, real_cp)
     banners = [("synthetic", SYNTHETIC_LABEL)] if synthetic else []
-    if is_standin(generated):
-        banners.append(("standin", STANDIN_LABEL))
+    banners += generated_banners(generated)
     makers = ", ".join(sorted(generated["Metadata_generator"].astype(str).unique())) \
         if "Metadata_generator" in generated.columns else "not recorded"
     arms = generated.drop_duplicates("Metadata_condition")["Metadata_arm"].value_counts()

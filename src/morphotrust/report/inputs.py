@@ -160,6 +160,21 @@ def is_synthetic(*tables) -> bool:
     return False
 
 
+STANDIN_LABEL = "Generated images are demo STAND-INS (copies and corrupted copies of real sites), not a generator"
+RECONSTRUCTION_LABEL = ("Generated images are the autoencoder's RECONSTRUCTIONS of held-out real sites (the "
+                        "latent-space ceiling), not a generator")
+
+
+def generated_banners(generated: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """(css class, text) banners for a generated set that is not a generator's: stand-ins or reconstructions."""
+    if is_standin(generated):
+        return [("standin", STANDIN_LABEL)]
+    if generated is not None and "Metadata_generator" in generated.columns and \
+            generated["Metadata_generator"].astype(str).str.startswith("autoencoder:").any():
+        return [("standin", RECONSTRUCTION_LABEL)]
+    return []
+
+
 def is_standin(generated: pd.DataFrame | None) -> bool:
     """True if the generated set holds the demo stand-ins (corrupted copies of real sites), not a generator."""
     if generated is None:

@@ -14,13 +14,12 @@ from ..morphology.fields import PLATE
 from . import figures
 from .config import report_settings
 from .html import facts, img, missing, note, page, section, table
-from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic,
+from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_banners, generated_measurements, is_synthetic,
                      on_plate, qc_measurements, read_required, read_table, real_measurements,
                      scored_generated)
 from .qc import FAILED, all_flags, focus_reference, not_measured, well_summary
 from .sections import features_section, gallery_section, quality_panel, trust_section, validation_section
 
-STANDIN_LABEL = "Generated images are demo STAND-INS (copies and corrupted copies of real sites), not a generator"
 SKIPPED_COLUMNS = ("experiment", "plate", "site_id", "file", "problem")
 STUDIED_ARMS = ("seen", "unseen")
 WELL_COLUMNS = {"Metadata_well": "well", "sites_measured": "sites measured", "mean_nuclei": "nuclei per site (mean)",
@@ -113,8 +112,7 @@ def build_plate_report(experiment: str, plate: int, inputs: Inputs, cfg: dict | 
         generated[generated["Metadata_condition"].isin(conditions)].reset_index(drop=True)
     synthetic = is_synthetic(plate_sites, plate_manifest, sites)
     banners = [("synthetic", SYNTHETIC_LABEL)] if synthetic else []
-    if is_standin(generated):
-        banners.append(("standin", STANDIN_LABEL))
+    banners += generated_banners(generated)
 
     # --- overview
     cell_types = ", ".join(sorted(plate_sites["Metadata_cell_type"].astype(str).unique()))

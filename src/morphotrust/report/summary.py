@@ -17,10 +17,10 @@ from ..morphology.fields import PLATE
 from . import figures
 from .config import report_settings
 from .html import esc, facts, fmt, img, missing, note, page, percent, section, table
-from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_measurements, is_standin, is_synthetic,
+from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_banners, generated_measurements, is_synthetic,
                      on_plate, qc_measurements, read_json_optional, read_table, scored_generated,
                      validation_table)
-from .plate import STANDIN_LABEL, plate_file_name, plate_skipped
+from .plate import plate_file_name, plate_skipped
 from .qc import FAILED, all_flags, focus_reference, well_summary
 from .sections import acceptance_table
 
@@ -487,8 +487,7 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
     rules = cfg["verdict"]
 
     banners = [("synthetic", SYNTHETIC_LABEL)] if is_synthetic(manifest, sites) else []
-    if is_standin(generated):
-        banners.append(("standin", STANDIN_LABEL))
+    banners += generated_banners(generated)
 
     # headline
     conditions = condition_table(inputs, generated, rules)
