@@ -29,7 +29,8 @@ Encoder specs: `channels:input_px` (encoder features only), `channels:input_px:a
 features followed by the per-stain image statistics of `morphotrust.features.stain_statistics`; img/s combines
 the two measured rates) and `statistics` (the statistics alone, `features.statistics: only`, no encoder).
 `--per-block K ...` adds reductions fitted per feature block (`reduction.per_block`, blocks from
-`morphotrust.features.feature_blocks`), whitened or not, without the residual column.
+`morphotrust.features.feature_blocks`, statistics blocks kept whole), whitened or not, without the residual
+column.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from morphotrust.adequacy import adequacy_table  # noqa: E402
 from morphotrust.features import N_CHANNELS, extract, feature_blocks, load_encoder, stain_statistics  # noqa: E402
-from morphotrust.reduction import FeatureReduction  # noqa: E402
+from morphotrust.reduction import FeatureReduction, block_ranges  # noqa: E402
 from morphotrust.trust import TrustScorer  # noqa: E402
 
 ATTRIBUTES = ("cell_type", "sirna_id")
@@ -186,8 +187,7 @@ def attrs(meta):
 
 def evaluate(features, sets, corrupted, reduction, blocks=None):
     train_meta, cal_meta, held_meta = sets["train"][0], sets["calibration"][0], sets["evaluation"][0]
-    red = FeatureReduction(**reduction).fit(features["train"], [(b["start"], b["stop"]) for b in blocks or []]
-                                            or None)
+    red = FeatureReduction(**reduction).fit(features["train"], block_ranges(blocks) if blocks else None)
     scorer = TrustScorer().fit(red.transform(features["train"]), attrs(train_meta),
                                red.transform(features["calibration"]), attrs(cal_meta))
     held = red.transform(features["evaluation"])

@@ -122,6 +122,8 @@ def test_per_block_fits_each_block_alone_and_gives_every_block_the_same_variance
                                atol=1e-6)
     with pytest.raises(InputError, match="contiguous"):
         FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (41, 55)])
+    explicit = FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (40, 55, 7)])
+    assert [len(part.components_) for part in explicit.parts_] == [2, 7]
     with pytest.raises(InputError, match="reduction.per_block"):
         FeatureReduction("pca", n_components=2, per_block="yes").fit(X)
 
@@ -232,5 +234,8 @@ def test_cli_per_block_takes_the_blocks_from_the_sidecar(tmp_path):
          "--config", json.dumps({"method": "pca", "n_components": 3, "per_block": True})])
     red = FeatureReduction.load(tmp_path / "red")
     assert red.blocks_.tolist() == [[0, 40], [40, 55]]
-    expected = FeatureReduction("pca", n_components=3, per_block=True).fit(X.astype(np.float32), [(0, 40), (40, 55)])
+    # the encoder block keeps n_components, the statistics block all its 15 columns
+    assert [len(part.components_) for part in red.parts_] == [3, 15]
+    expected = FeatureReduction("pca", n_components=3, per_block=True).fit(X.astype(np.float32),
+                                                                          [(0, 40), (40, 55, 15)])
     np.testing.assert_allclose(red.transform(X), expected.transform(X), atol=1e-6)

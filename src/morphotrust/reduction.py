@@ -24,9 +24,11 @@ Method (`method: pca`, scikit-learn conventions: `fit` then `transform`, fitted 
 `method: none` passes the features through unchanged (same table, same columns).
 
 With `per_block` (pca only) the map above is fitted separately on each block of columns named in the feature
-sidecar (`feature_blocks`: one per stain for `per_stain` encoder features, one per stain for the image statistics
-of `features.statistics`, see morphotrust.features), keeping min(n_components, block width) components per
-block. Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
+sidecar (`feature_blocks`: one per stain for `per_stain` encoder features, one for a composite encoder, one per
+stain for the image statistics of `features.statistics`, see morphotrust.features). An encoder block keeps
+min(n_components, block width) components; a statistics block keeps all its 15 (they are already few, and
+dropping some would drop exactly the per-stain signals they are there for; measured in BENCHMARKS.md).
+Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
 variance and v̄ the mean of the v̄_b: every block enters the trust score with the same average variance, so a
 stain (or the statistics) with little variance of its own is not drowned by the others, nor by the trust
 score's Ledoit–Wolf shrinkage towards a multiple of the identity. The blocks' z (and residuals) are concatenated,
@@ -95,8 +97,9 @@ class FeatureReduction:
                                  expected="true or false")
 
     def fit(self, X, blocks=None) -> "FeatureReduction":
-        """Fit on real training features; `blocks` ((start, stop) column ranges covering all columns in order,
-        e.g. from the feature sidecar's `feature_blocks`) is used with per_block, one block when None."""
+        """Fit on real training features. With per_block, `blocks` lists the column ranges, covering all columns
+        in order, as (start, stop) (keeps min(n_components, width) components) or (start, stop, k) (keeps k);
+        see `block_ranges`. One block when None."""
         self._check_params()
         X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
@@ -129,14 +132,16 @@ class FeatureReduction:
         return self
 
     def _fit_blocks(self, X, blocks) -> "FeatureReduction":
-        blocks = [(0, X.shape[1])] if blocks is None else [(int(a), int(b)) for a, b in blocks]
-        if not blocks or blocks[0][0] != 0 or blocks[-1][1] != X.shape[1] or any(
-                a >= b or b != c for (a, b), (c, _) in zip(blocks, blocks[1:] + [(blocks[-1][1], None)])):
+        blocks = [(0, X.shape[1])] if blocks is None else [tuple(int(v) for v in block) for block in blocks]
+        starts, stops = [block[0] for block in blocks], [block[1] for block in blocks]
+        if (not blocks or starts[0] != 0 or stops[-1] != X.shape[1] or starts[1:] != stops[:-1]
+                or any(a >= b for a, b in zip(starts, stops))):
             raise InputError(f"feature blocks {blocks}", where="reduction.per_block",
                              expected=f"contiguous, non-empty column ranges covering columns 0..{X.shape[1]}")
-        self.blocks_ = np.array(blocks, dtype=np.int64)
-        self.parts_ = [FeatureReduction("pca", min(int(self.n_components), b - a), self.whiten, self.residual)
-                       .fit(X[:, a:b]) for a, b in blocks]
+        kept = [block[2] if len(block) > 2 else min(int(self.n_components), block[1] - block[0]) for block in blocks]
+        self.blocks_ = np.array([starts, stops], dtype=np.int64).T
+        self.parts_ = [FeatureReduction("pca", k, self.whiten, self.residual).fit(X[:, a:b])
+                       for k, a, b in zip(kept, starts, stops)]
         average = np.array([part.explained_variance_.mean() for part in self.parts_])
         self.block_scale_ = np.sqrt(average.mean() / average)
         self.n_components_ = sum(part.n_components_ - 1 for part in self.parts_) + 1
@@ -263,6 +268,14 @@ class FeatureReduction:
 # Workflow stage: `morphotrust reduction fit|transform`
 
 
+def block_ranges(feature_blocks: list[dict]) -> list[tuple]:
+    """The `blocks` argument of `FeatureReduction.fit` for a sidecar's `feature_blocks`: statistics blocks are
+    kept whole, encoder blocks get n_components."""
+    return [(b["start"], b["stop"], b["stop"] - b["start"]) if b["name"].startswith("statistics")
+            else (b["start"], b["stop"]) for b in feature_blocks]
+
+
+
 def reduction_config(text: str) -> dict:
     try:
         cfg = json.loads(text)
@@ -288,7 +301,7 @@ def fit_stage(train, cfg: dict, out) -> FeatureReduction:
             raise InputError("the sidecar lists no feature_blocks", file=sidecar_path(train),
                              where="reduction.per_block", expected="a feature table written by this version of "
                              "`morphotrust features` (rerun the features stage)")
-        blocks = [(block["start"], block["stop"]) for block in info["feature_blocks"]]
+        blocks = block_ranges(info["feature_blocks"])
     if "Metadata_arm" not in meta.columns:
         raise InputError("column Metadata_arm missing", file=train, expected="a real feature table")
     seen = (meta["Metadata_arm"] == "seen").to_numpy()
