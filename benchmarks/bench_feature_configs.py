@@ -27,7 +27,8 @@ Writes --out .json and .md.
 
 Encoder specs: `channels:input_px` (encoder features only), `channels:input_px:append` (the same encoder
 features followed by the per-stain image statistics of `morphotrust.features.stain_statistics`; img/s combines
-the two measured rates) and `statistics` (the statistics alone, `features.statistics: only`, no encoder).
+the two measured rates), `statistics` (the statistics alone, `features.statistics: only`, no encoder) and
+`per_stain:input_px:stages` (a probe: per-stain features pooled from the intermediate encoder stages).
 `--per-block K ...` adds reductions fitted per feature block (`reduction.per_block`, blocks from
 `morphotrust.features.feature_blocks`, statistics blocks kept whole), whitened or not, without the residual
 column.
@@ -51,6 +52,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from morphotrust.adequacy import adequacy_table  # noqa: E402
 from morphotrust.features import N_CHANNELS, extract, feature_blocks, load_encoder, stain_statistics  # noqa: E402
+from morphotrust.features import _to_inputs as F_inputs  # noqa: E402
 from morphotrust.reduction import FeatureReduction, block_ranges  # noqa: E402
 from morphotrust.trust import TrustScorer  # noqa: E402
 
@@ -139,9 +141,44 @@ def statistics_for(sets, corrupted):
     return data, speed
 
 
+def stage_features_for(config, sets, corrupted, cache: Path):
+    """per_stain features pooled from the encoder's intermediate stages (timm forward_intermediates, global
+    average of each stage, concatenated per stain) instead of its last layer; cached like features_for. A probe
+    (issue 11, point 1, step 2b), not a features option: it did not help enough (BENCHMARKS.md)."""
+    import torch
+
+    path = cache / f"{config['channels']}_{config['image_size']}_stages.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            data = {k: npz[k] for k in npz.files}
+        return data, float(data.pop("__img_per_s"))
+    encoder = load_encoder(channels="per_stain", image_size=config["image_size"], device="cpu", threads=1)
+
+    def pooled(images):
+        out = []
+        for start in range(0, len(images), 2):  # 2 sites = 12 encoder inputs per pass, as batch 16 gives
+            batch = list(images[start:start + 2])
+            with torch.inference_mode():
+                stages = encoder.model.forward_intermediates(F_inputs(encoder, batch), intermediates_only=True)
+                out.append(torch.cat([t.mean(dim=(2, 3)) for t in stages], dim=1).reshape(len(batch), -1).numpy())
+        return np.concatenate(out)
+
+    start = time.perf_counter()
+    data = {split: pooled(images) for split, (_, images) in sets.items()}
+    speed = sum(len(images) for _, images in sets.values()) / (time.perf_counter() - start)
+    data.update({f"c:{name}": pooled(images) for name, images in corrupted.items()})
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, __img_per_s=speed, **data)
+    return data, speed
+
+
 def features_with_blocks(config, sets, corrupted, cache: Path):
     """(features by image set, img/s, feature blocks) of one encoder spec (see the module doc)."""
     statistics = config.get("statistics", "none")
+    if statistics == "stages":
+        data, speed = stage_features_for(config, sets, corrupted, cache)
+        dim = data["train"].shape[1] // N_CHANNELS
+        return data, speed, feature_blocks("per_stain", "none", dim)
     if statistics == "only":
         data, speed = statistics_for(sets, corrupted)
         return data, speed, feature_blocks("per_stain", "only", 0)
@@ -253,7 +290,8 @@ def markdown(results, meta):
         rates = ", ".join(f"{k}: {v:.2f}" for k, v in m["pair_rate"].items())
         acc = m["corruption_acceptance"]
         encoder = r["encoder"]
-        channels = {"only": "statistics only", "append": f"{encoder['channels']} +statistics"}.get(
+        channels = {"only": "statistics only", "append": f"{encoder['channels']} +statistics",
+                    "stages": f"{encoder['channels']} intermediate stages"}.get(
             encoder.get("statistics"), encoder["channels"])
         size = "as stored (64)" if encoder.get("statistics") == "only" else encoder["image_size"] or 224
         lines.append(
@@ -265,18 +303,45 @@ def markdown(results, meta):
     return "\n".join(lines) + "\n"
 
 
+def speed_only(args):
+    """img/s of the real `extract` (statistics included where the spec asks) on the clean seen sites."""
+    sets, _, _ = build_images(args.workdir)
+    images = np.concatenate([images for _, images in sets.values()])
+    encoders = {}
+    for spec in args.encoders:
+        if spec == "statistics":
+            encoders[spec] = load_encoder(statistics="only")
+        else:
+            channels, size, *statistics = spec.split(":")
+            encoders[spec] = load_encoder(channels=channels, image_size=int(size), device="cpu", threads=1,
+                                          statistics=(statistics or ["none"])[0])
+    rates = {spec: [] for spec in encoders}
+    for _ in range(args.speed):
+        for spec, encoder in encoders.items():
+            start = time.perf_counter()
+            extract(images, len(images), encoder, 16, desc=spec)
+            rates[spec].append(len(images) / (time.perf_counter() - start))
+            print(f"{spec}: {rates[spec][-1]:.1f} img/s", flush=True)
+    Path(f"{args.out}.speed.json").write_text(json.dumps({"n_images": len(images), "img_per_s": rates}, indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="a demo run with results/subsets/")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/morphotrust-bench-features"))
     parser.add_argument("--encoders", nargs="+", default=["composite:224", "per_stain:64", "per_stain:96"],
-                        help="channels:input_px[:append], or statistics")
+                        help="channels:input_px[:append|:stages], or statistics")
     parser.add_argument("--pca", nargs="+", type=int, default=[16, 32, 64], help="PCA components to try")
     parser.add_argument("--per-block", nargs="*", type=int, default=[],
                         help="PCA components per feature block to try (reduction.per_block)")
     parser.add_argument("--no-plain", action="store_true", help="leave out the whole-vector PCA reductions")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
+    parser.add_argument("--speed", type=int, default=0, metavar="REPEATS",
+                        help="only time `extract` on the clean seen sites for each encoder spec, REPEATS rounds "
+                             "in turn (fresh, not cached; 1 torch thread, batch 16), and write OUT.speed.json")
     args = parser.parse_args()
+    if args.speed:
+        return speed_only(args)
     sets, corrupted, meta = build_images(args.workdir)
     meta["n_heldout"] = len(sets["evaluation"][0])
     reductions = [{"method": "none"}]
