@@ -24,7 +24,8 @@ Six channels meet a 3-channel encoder in one of two ways (`features.channels`):
 
 Per-stain image statistics (`features.statistics`): `none` (encoder features only), `append` (the encoder
 features followed by `stain_statistics`), `only` (the statistics alone; no encoder is loaded). Fifteen numbers per
-stain, w1..w6 (90 columns), computed on the site as stored (no resize), in uint8 units:
+stain, w1..w6 (90 columns), computed on the site as stored (no resize, so real and generated sites must share a
+resolution, as they do: the subsets stage stores real sites at the generator's), in uint8 units:
 log(1 + x) of the mean, the standard deviation and the 10/50/90/99 % intensity quantiles; the fraction of pixels
 above 10 / 25 / 50 % of the stain's fixed display range (`COMPOSITE_RANGES`); log(1 + mean gradient magnitude);
 log(1e-3 + mean power) of the mean-free stain in five radial frequency bands (0.02-0.05-0.1-0.2-0.35-0.71 cycles
@@ -405,6 +406,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     result.info = {
         "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels],
         "statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
+        "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
         "feature_blocks": feature_blocks(channels, statistics, int(probe.shape[1])),
         "pooling": result.pooling, "feature_dim": result.feature_dim,
         "encoder_dim": int(probe.shape[1]), "image_size": size, "resize": f"{interpolation}, no crop",
