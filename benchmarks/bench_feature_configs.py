@@ -24,6 +24,14 @@ the seen calibration sites. Measured:
 
 Encoder features are cached per configuration in --cache, so rerunning the analysis is cheap.
 Writes --out .json and .md.
+
+Encoder specs: `channels:input_px` (encoder features only), `channels:input_px:append` (the same encoder
+features followed by the per-stain image statistics of `morphotrust.features.stain_statistics`; img/s combines
+the two measured rates), `statistics` (the statistics alone, `features.statistics: only`, no encoder) and
+`per_stain:input_px:stages` (a probe: per-stain features pooled from the intermediate encoder stages).
+`--per-block K ...` adds reductions fitted per feature block (`reduction.per_block`, blocks from
+`morphotrust.features.feature_blocks`, statistics blocks kept whole), whitened or not, without the residual
+column.
 """
 
 from __future__ import annotations
@@ -43,8 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from morphotrust.adequacy import adequacy_table  # noqa: E402
-from morphotrust.features import load_encoder, extract  # noqa: E402
-from morphotrust.reduction import FeatureReduction  # noqa: E402
+from morphotrust.features import N_CHANNELS, extract, feature_blocks, load_encoder, stain_statistics  # noqa: E402
+from morphotrust.features import _to_inputs as F_inputs  # noqa: E402
+from morphotrust.reduction import FeatureReduction, block_ranges  # noqa: E402
 from morphotrust.trust import TrustScorer  # noqa: E402
 
 ATTRIBUTES = ("cell_type", "sirna_id")
@@ -123,6 +132,65 @@ def build_images(workdir):
                              "single_stain_gains": (1.5 * stain_high).round(3).tolist()}
 
 
+def statistics_for(sets, corrupted):
+    """Per-stain statistics of every image set, and their img/s over the clean sites (1 process, numpy)."""
+    start = time.perf_counter()
+    data = {split: stain_statistics(images) for split, (_, images) in sets.items()}
+    speed = sum(len(images) for _, images in sets.values()) / (time.perf_counter() - start)
+    data.update({f"c:{name}": stain_statistics(images) for name, images in corrupted.items()})
+    return data, speed
+
+
+def stage_features_for(config, sets, corrupted, cache: Path):
+    """per_stain features pooled from the encoder's intermediate stages (timm forward_intermediates, global
+    average of each stage, concatenated per stain) instead of its last layer; cached like features_for. A probe
+    (issue 11, point 1, step 2b), not a features option: it did not help enough (BENCHMARKS.md)."""
+    import torch
+
+    path = cache / f"{config['channels']}_{config['image_size']}_stages.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            data = {k: npz[k] for k in npz.files}
+        return data, float(data.pop("__img_per_s"))
+    encoder = load_encoder(channels="per_stain", image_size=config["image_size"], device="cpu", threads=1)
+
+    def pooled(images):
+        out = []
+        for start in range(0, len(images), 2):  # 2 sites = 12 encoder inputs per pass, as batch 16 gives
+            batch = list(images[start:start + 2])
+            with torch.inference_mode():
+                stages = encoder.model.forward_intermediates(F_inputs(encoder, batch), intermediates_only=True)
+                out.append(torch.cat([t.mean(dim=(2, 3)) for t in stages], dim=1).reshape(len(batch), -1).numpy())
+        return np.concatenate(out)
+
+    start = time.perf_counter()
+    data = {split: pooled(images) for split, (_, images) in sets.items()}
+    speed = sum(len(images) for _, images in sets.values()) / (time.perf_counter() - start)
+    data.update({f"c:{name}": pooled(images) for name, images in corrupted.items()})
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, __img_per_s=speed, **data)
+    return data, speed
+
+
+def features_with_blocks(config, sets, corrupted, cache: Path):
+    """(features by image set, img/s, feature blocks) of one encoder spec (see the module doc)."""
+    statistics = config.get("statistics", "none")
+    if statistics == "stages":
+        data, speed = stage_features_for(config, sets, corrupted, cache)
+        dim = data["train"].shape[1] // N_CHANNELS
+        return data, speed, feature_blocks("per_stain", "none", dim)
+    if statistics == "only":
+        data, speed = statistics_for(sets, corrupted)
+        return data, speed, feature_blocks("per_stain", "only", 0)
+    data, speed = features_for(config, sets, corrupted, cache)
+    dim = data["train"].shape[1] // (N_CHANNELS if config["channels"] == "per_stain" else 1)
+    if statistics == "append":
+        extra, extra_speed = statistics_for(sets, corrupted)
+        data = {key: np.hstack([value, extra[key]]) for key, value in data.items()}
+        speed = 1.0 / (1.0 / speed + 1.0 / extra_speed)
+    return data, speed, feature_blocks(config["channels"], statistics, dim)
+
+
 def features_for(config, sets, corrupted, cache: Path):
     key = f"{config['channels']}_{config['image_size']}"
     path = cache / f"{key}.npz"
@@ -154,9 +222,9 @@ def attrs(meta):
     return {a: meta[f"Metadata_{a}"].to_numpy() for a in ATTRIBUTES}
 
 
-def evaluate(features, sets, corrupted, reduction):
+def evaluate(features, sets, corrupted, reduction, blocks=None):
     train_meta, cal_meta, held_meta = sets["train"][0], sets["calibration"][0], sets["evaluation"][0]
-    red = FeatureReduction(**reduction).fit(features["train"])
+    red = FeatureReduction(**reduction).fit(features["train"], block_ranges(blocks) if blocks else None)
     scorer = TrustScorer().fit(red.transform(features["train"]), attrs(train_meta),
                                red.transform(features["calibration"]), attrs(cal_meta))
     held = red.transform(features["evaluation"])
@@ -216,12 +284,18 @@ def markdown(results, meta):
     for r in results:
         m = r["metrics"]
         red = r["reduction"]
-        red_name = ("none" if red["method"] == "none" else f"PCA {red['n_components']}"
+        red_name = ("none" if red["method"] == "none" else
+                    f"{'per-block ' if red.get('per_block') else ''}PCA {red['n_components']}"
                     f"{' white' if red['whiten'] else ''}{' +resid' if red['residual'] else ''}")
         rates = ", ".join(f"{k}: {v:.2f}" for k, v in m["pair_rate"].items())
         acc = m["corruption_acceptance"]
+        encoder = r["encoder"]
+        channels = {"only": "statistics only", "append": f"{encoder['channels']} +statistics",
+                    "stages": f"{encoder['channels']} intermediate stages"}.get(
+            encoder.get("statistics"), encoder["channels"])
+        size = "as stored (64)" if encoder.get("statistics") == "only" else encoder["image_size"] or 224
         lines.append(
-            f"| {r['encoder']['channels']} | {r['encoder']['image_size'] or 224} | {red_name} | {r['img_per_s']:.1f} | "
+            f"| {channels} | {size} | {red_name} | {r['img_per_s']:.1f} | "
             f"{m['pair_rate_min']:.3f} ({rates}) | {m['wrong_sirna_auroc_T']:.3f} | {m['single_stain_auroc_min']:.3f} "
             f"({m['single_stain_auroc_worst']}) | {m['brightness_auroc_min']:.3f} | {m['clean_acceptance']:.3f} | "
             f"{acc['blur0.5']:.2f} / {acc['blur0.75']:.2f} / {acc['resample2']:.2f} | "
@@ -229,26 +303,63 @@ def markdown(results, meta):
     return "\n".join(lines) + "\n"
 
 
+def speed_only(args):
+    """img/s of the real `extract` (statistics included where the spec asks) on the clean seen sites."""
+    sets, _, _ = build_images(args.workdir)
+    images = np.concatenate([images for _, images in sets.values()])
+    encoders = {}
+    for spec in args.encoders:
+        if spec == "statistics":
+            encoders[spec] = load_encoder(statistics="only")
+        else:
+            channels, size, *statistics = spec.split(":")
+            encoders[spec] = load_encoder(channels=channels, image_size=int(size), device="cpu", threads=1,
+                                          statistics=(statistics or ["none"])[0])
+    rates = {spec: [] for spec in encoders}
+    for _ in range(args.speed):
+        for spec, encoder in encoders.items():
+            start = time.perf_counter()
+            extract(images, len(images), encoder, 16, desc=spec)
+            rates[spec].append(len(images) / (time.perf_counter() - start))
+            print(f"{spec}: {rates[spec][-1]:.1f} img/s", flush=True)
+    Path(f"{args.out}.speed.json").write_text(json.dumps({"n_images": len(images), "img_per_s": rates}, indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="a demo run with results/subsets/")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/morphotrust-bench-features"))
     parser.add_argument("--encoders", nargs="+", default=["composite:224", "per_stain:64", "per_stain:96"],
-                        help="channels:input_px")
+                        help="channels:input_px[:append|:stages], or statistics")
     parser.add_argument("--pca", nargs="+", type=int, default=[16, 32, 64], help="PCA components to try")
+    parser.add_argument("--per-block", nargs="*", type=int, default=[],
+                        help="PCA components per feature block to try (reduction.per_block)")
+    parser.add_argument("--no-plain", action="store_true", help="leave out the whole-vector PCA reductions")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
+    parser.add_argument("--speed", type=int, default=0, metavar="REPEATS",
+                        help="only time `extract` on the clean seen sites for each encoder spec, REPEATS rounds "
+                             "in turn (fresh, not cached; 1 torch thread, batch 16), and write OUT.speed.json")
     args = parser.parse_args()
+    if args.speed:
+        return speed_only(args)
     sets, corrupted, meta = build_images(args.workdir)
     meta["n_heldout"] = len(sets["evaluation"][0])
-    reductions = [{"method": "none"}] + [{"method": "pca", "n_components": k, "whiten": w, "residual": r}
-                                         for k in args.pca for w in (False, True) for r in (False, True)]
+    reductions = [{"method": "none"}]
+    if not args.no_plain:
+        reductions += [{"method": "pca", "n_components": k, "whiten": w, "residual": r}
+                       for k in args.pca for w in (False, True) for r in (False, True)]
+    reductions += [{"method": "pca", "n_components": k, "whiten": w, "residual": False, "per_block": True}
+                   for k in args.per_block for w in (False, True)]
     results = []
     for spec in args.encoders:
-        channels, size = spec.split(":")
-        config = {"channels": channels, "image_size": int(size)}
-        features, speed = features_for(config, sets, corrupted, args.cache)
+        if spec == "statistics":
+            config = {"channels": "per_stain", "image_size": None, "statistics": "only"}
+        else:
+            channels, size, *statistics = spec.split(":")
+            config = {"channels": channels, "image_size": int(size), "statistics": (statistics or ["none"])[0]}
+        features, speed, blocks = features_with_blocks(config, sets, corrupted, args.cache)
         for reduction in reductions:
-            metrics = evaluate(features, sets, corrupted, reduction)
+            metrics = evaluate(features, sets, corrupted, reduction, blocks)
             results.append({"encoder": config, "reduction": reduction, "img_per_s": speed, "metrics": metrics})
             print(markdown(results[-1:], meta).splitlines()[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -265,6 +265,61 @@ def test_streaming_matches_a_list_and_batch_size_does_not_matter(lite0):
         F.extract([np.zeros((3, 8, 8), np.uint8)], 1, lite0)
 
 
+# --- per-stain image statistics (features.statistics) ---------------------------------------------------
+
+
+def test_stain_statistics_of_known_images():
+    site = np.zeros((6, 32, 32), dtype=np.uint8)
+    site[0] = 20  # w1 flat at 20: 39 % of its display range (0-51)
+    site[3, :, :16] = 150  # w4: half the field at 150 of 191, a vertical edge
+    stats = F.stain_statistics(site[None]).reshape(6, -1)
+    names = list(F.STATISTIC_NAMES)
+    assert stats.shape == (6, 15) and len(names) == 15
+    assert stats[0, names.index("log_mean")] == pytest.approx(np.log1p(20))
+    assert stats[0, names.index("log_std")] == pytest.approx(0.0)
+    assert stats[0, names.index("log_q99")] == pytest.approx(np.log1p(20))
+    assert [stats[0, names.index(f"above_{p}pct")] for p in (10, 25, 50)] == [1.0, 1.0, 0.0]
+    assert stats[0, names.index("log_gradient")] == pytest.approx(0.0)
+    assert stats[3, names.index("above_50pct")] == pytest.approx(0.5)
+    assert stats[3, names.index("log_q10")] == pytest.approx(0.0) and stats[3, names.index("log_q90")] == pytest.approx(np.log1p(150))
+    assert stats[3, names.index("log_gradient")] > 0
+    # a brighter w5 changes w5's statistics only: every stain has its own columns
+    sites = np.stack(random_sites(4, size=32, seed=2))
+    brighter = sites.copy()
+    brighter[:, 4] = np.clip(brighter[:, 4].astype(np.int32) * 2, 0, 255).astype(np.uint8)
+    before, after = F.stain_statistics(sites).reshape(4, 6, 15), F.stain_statistics(brighter).reshape(4, 6, 15)
+    np.testing.assert_array_equal(np.delete(before, 4, axis=1), np.delete(after, 4, axis=1))
+    assert (after[:, 4, names.index("log_mean")] > before[:, 4, names.index("log_mean")] + 0.5).all()
+    # blur takes power from the high-frequency bands, not from the mean
+    from scipy.ndimage import gaussian_filter
+
+    blurred = np.rint(gaussian_filter(sites.astype(np.float32), (0, 0, 1.5, 1.5))).astype(np.uint8)
+    smooth = F.stain_statistics(blurred).reshape(4, 6, 15)
+    high = names.index("log_power_0.35_0.71")
+    assert (smooth[:, :, high] < before[:, :, high] - 1.0).all()
+    np.testing.assert_allclose(smooth[:, :, 0], before[:, :, 0], atol=0.02)
+
+
+def test_statistics_only_needs_no_encoder_and_append_follows_the_encoder_features(lite0):
+    sites = random_sites(5, size=32, seed=4)
+    only = F.load_encoder(statistics="only")
+    assert only.model is None and only.feature_dim == 90 and only.info["weights"] == "none"
+    assert [b["name"] for b in only.info["feature_blocks"]] == [f"statistics_w{i}" for i in range(1, 7)]
+    out = F.extract(iter(sites), 5, only, batch_size=2)
+    np.testing.assert_array_equal(out, F.stain_statistics(np.stack(sites)))
+    appended = F.load_encoder(image_size=64, device="cpu", threads=1, statistics="append")
+    assert appended.feature_dim == lite0.feature_dim + 90
+    both = F.extract(sites, 5, appended, batch_size=5)
+    np.testing.assert_allclose(both[:, :1280], F.extract(sites, 5, lite0, batch_size=5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(both[:, 1280:], out)
+    assert [(b["name"], b["start"], b["stop"]) for b in appended.info["feature_blocks"][:2]] == [
+        ("encoder", 0, 1280), ("statistics_w1", 1280, 1295)]
+    per_stain = F.feature_blocks("per_stain", "append", 1280)
+    assert [b["name"] for b in per_stain][:2] == ["encoder_w1", "encoder_w2"] and per_stain[-1]["stop"] == 6 * 1295
+    with pytest.raises(InputError, match="features.statistics"):
+        F.load_encoder(statistics="some")
+
+
 # --- sources and outputs ----------------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ def test_save_load_is_exact_and_pickle_free(tmp_path):
     with np.load(npz, allow_pickle=False) as arrays:
         assert sorted(arrays.files) == ["components", "explained_variance", "explained_variance_ratio", "mean"]
     assert json.loads(meta.read_text())["params"] == {"method": "pca", "n_components": 7, "whiten": True,
-                                                      "residual": True}
+                                                      "residual": True, "per_block": False}
     loaded = FeatureReduction.load(tmp_path / "reduction")
     np.testing.assert_array_equal(loaded.transform(X), red.transform(X))
     assert loaded.identity() == red.identity()
@@ -82,6 +82,64 @@ def test_save_load_is_exact_and_pickle_free(tmp_path):
     np.savez(npz, **changed)
     with pytest.raises(InputError, match="checksum"):
         FeatureReduction.load(tmp_path / "reduction")
+
+
+def two_blocks(rng, n):
+    """A 40-column block like pooled CNN features and a 15-column block with little variance of its own."""
+    quiet = 10.0 + 0.02 * rng.normal(size=(n, 15)) * np.linspace(0.5, 2.0, 15)
+    return np.hstack([features(rng, n), quiet])
+
+
+def test_per_block_fits_each_block_alone_and_gives_every_block_the_same_variance():
+    rng = np.random.default_rng(10)
+    X, other = two_blocks(rng, 150), two_blocks(rng, 20)
+    blocks = [(0, 40), (40, 55)]
+    red = FeatureReduction("pca", n_components=20, whiten=True, residual=True, per_block=True).fit(X, blocks)
+    out = red.transform(other).astype(np.float64)
+    # block 0 keeps 20 components, block 1 at most its 15 columns; each has a residual; one constant column
+    assert out.shape == (20, (20 + 1) + (15 + 1) + 1) and red.n_components_ == out.shape[1]
+    alone = [FeatureReduction("pca", n_components=k, whiten=True, residual=True).fit(X[:, a:b])
+             for k, (a, b) in zip((20, 15), blocks)]
+    np.testing.assert_allclose(out[:, :21], alone[0].transform(other[:, :40])[:, :-1] * red.block_scale_[0],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 21:37], alone[1].transform(other[:, 40:])[:, :-1] * red.block_scale_[1],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, -1], np.sqrt(sum(part.mean_ @ part.mean_ for part in alone)), rtol=1e-6)
+    # the quiet block is scaled up to the same average component variance as the loud one
+    fitted = red.transform(X).astype(np.float64)
+    v0, v1 = fitted[:, :20].var(axis=0, ddof=1).mean(), fitted[:, 21:36].var(axis=0, ddof=1).mean()
+    assert alone[1].explained_variance_.mean() < 1e-3 * alone[0].explained_variance_.mean()
+    np.testing.assert_allclose(v0, v1, rtol=1e-4)
+    # a change confined to one block moves that block's columns only
+    changed = other.copy()
+    changed[:, 40:47] += 0.1  # (not a rescaling of the whole block: each block is L2-normalised first)
+    moved = red.transform(changed).astype(np.float64)
+    np.testing.assert_allclose(moved[:, :21], out[:, :21], atol=1e-6)
+    assert np.abs(moved[:, 21:37] - out[:, 21:37]).max() > 0.01
+    # one block is the plain reduction
+    one = FeatureReduction("pca", n_components=5, per_block=True).fit(X)
+    np.testing.assert_allclose(one.transform(other), FeatureReduction("pca", n_components=5).fit(X).transform(other),
+                               atol=1e-6)
+    with pytest.raises(InputError, match="contiguous"):
+        FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (41, 55)])
+    explicit = FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (40, 55, 7)])
+    assert [len(part.components_) for part in explicit.parts_] == [2, 7]
+    with pytest.raises(InputError, match="reduction.per_block"):
+        FeatureReduction("pca", n_components=2, per_block="yes").fit(X)
+
+
+def test_per_block_save_load_is_exact_and_pickle_free(tmp_path):
+    rng = np.random.default_rng(11)
+    X = two_blocks(rng, 60)
+    red = FeatureReduction("pca", n_components=6, whiten=False, residual=False, per_block=True).fit(
+        X, [(0, 40), (40, 55)])
+    npz, meta = red.save(tmp_path / "blocks")
+    with np.load(npz, allow_pickle=False) as arrays:
+        assert {"blocks", "block_scale", "block0__components", "block1__mean"} <= set(arrays.files)
+    assert json.loads(meta.read_text())["block_n_components"] == [6, 6]
+    loaded = FeatureReduction.load(tmp_path / "blocks")
+    np.testing.assert_array_equal(loaded.transform(X), red.transform(X))
+    assert loaded.identity() == red.identity() and loaded.transform(X).shape == (60, 13)
 
 
 def test_none_passes_features_through(tmp_path):
@@ -156,3 +214,28 @@ def test_cli_fits_on_seen_training_rows_and_extends_the_sidecar(tmp_path):
     with pytest.raises(InputError, match="unknown key"):
         cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "x"),
              "--config", json.dumps({"k": 3})])
+    # residual: false in the config is honoured; per_block needs the blocks listed in the sidecar
+    cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "nores"),
+         "--config", json.dumps({"method": "pca", "n_components": 4, "residual": False})])
+    assert FeatureReduction.load(tmp_path / "nores").n_components_ == 5
+    with pytest.raises(InputError, match="feature_blocks"):
+        cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "x"),
+             "--config", json.dumps({"method": "pca", "n_components": 4, "per_block": True})])
+
+
+def test_cli_per_block_takes_the_blocks_from_the_sidecar(tmp_path):
+    rng = np.random.default_rng(12)
+    X = two_blocks(rng, 50)
+    meta = pd.DataFrame({"Metadata_site_id": [f"s{i}" for i in range(50)], "Metadata_arm": "seen"})
+    blocks = [{"name": "encoder", "start": 0, "stop": 40}, {"name": "statistics_w1", "start": 40, "stop": 55}]
+    write_features(meta, X.astype(np.float32), {"encoder": "test", "feature_dim": 55, "feature_blocks": blocks},
+                   tmp_path / "train.parquet")
+    cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "red"),
+         "--config", json.dumps({"method": "pca", "n_components": 3, "per_block": True})])
+    red = FeatureReduction.load(tmp_path / "red")
+    assert red.blocks_.tolist() == [[0, 40], [40, 55]]
+    # the encoder block keeps n_components, the statistics block all its 15 columns
+    assert [len(part.components_) for part in red.parts_] == [3, 15]
+    expected = FeatureReduction("pca", n_components=3, per_block=True).fit(X.astype(np.float32),
+                                                                          [(0, 40), (40, 55, 15)])
+    np.testing.assert_allclose(red.transform(X), expected.transform(X), atol=1e-6)

@@ -22,6 +22,17 @@ Six channels meet a 3-channel encoder in one of two ways (`features.channels`):
 - `per_stain`: each stain alone, scaled from the same fixed display range to [0, 1], as a grayscale image
   replicated to 3 channels -> six passes; features concatenated in stain order w1..w6 (6·d features).
 
+Per-stain image statistics (`features.statistics`): `none` (encoder features only), `append` (the encoder
+features followed by `stain_statistics`), `only` (the statistics alone; no encoder is loaded). Fifteen numbers per
+stain, w1..w6 (90 columns), computed on the site as stored (no resize, so real and generated sites must share a
+resolution, as they do: the subsets stage stores real sites at the generator's), in uint8 units:
+log(1 + x) of the mean, the standard deviation and the 10/50/90/99 % intensity quantiles; the fraction of pixels
+above 10 / 25 / 50 % of the stain's fixed display range (`COMPOSITE_RANGES`); log(1 + mean gradient magnitude);
+log(1e-3 + mean power) of the mean-free stain in five radial frequency bands (0.02-0.05-0.1-0.2-0.35-0.71 cycles
+per pixel). Why: ImageNet features are nearly blind to the absolute brightness of one stain (a stain 1.5x
+brighter than any real plate is accepted) and to stains that share a composite colour; these numbers are not,
+and every stain has the same say (BENCHMARKS.md, issue 11). They describe intensity and texture, not cell shape.
+
 Preprocessing: the image is resized (no crop: a site has cells up to its edges) to the encoder's input size
 with the interpolation of its pretrained config, then normalised with its pretrained mean/std. Pooling: ViTs
 give the mean of their patch tokens (class and register tokens excluded); CNNs their global-pooled feature.
@@ -85,9 +96,23 @@ CHANNEL_MODES = {
     "all": "channel-adaptive encoders only: the six stains as six channels of one input, one pass, the "
            "family's own pooling",
 }
+STATISTICS_MODES = {
+    "none": "encoder features only",
+    "append": "encoder features followed by the per-stain image statistics (morphotrust.features.stain_statistics)",
+    "only": "the per-stain image statistics alone (morphotrust.features.stain_statistics), no encoder",
+}
 FEATURE_PREFIX = "Feature_"
 DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "composite", "batch_size": 16,
-            "threads": 1, "device": "auto", "image_size": None}
+            "threads": 1, "device": "auto", "image_size": None, "statistics": "none"}
+
+STAIN_IDS = tuple(f"w{i}" for i in range(1, N_CHANNELS + 1))
+# Per-stain statistics (see the module doc): levels are fractions of each stain's display range.
+STATISTIC_QUANTILES = (0.1, 0.5, 0.9, 0.99)
+STATISTIC_LEVELS = (0.1, 0.25, 0.5)
+STATISTIC_BANDS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.71)  # radial frequency band edges, cycles per pixel
+STATISTIC_NAMES = (("log_mean", "log_std") + tuple(f"log_q{round(q * 100)}" for q in STATISTIC_QUANTILES)
+                   + tuple(f"above_{round(level * 100)}pct" for level in STATISTIC_LEVELS) + ("log_gradient",)
+                   + tuple(f"log_power_{lo}_{hi}" for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:])))
 
 
 def _obtain_hint(name: str) -> str:
@@ -283,6 +308,49 @@ def build_model(name: str, weights: str, image_size: int | None = None):
 
 
 # --------------------------------------------------------------------------------------------------------
+# Per-stain image statistics
+
+
+def stain_statistics(images) -> np.ndarray:
+    """`(n, 6, H, W)` sites -> `(n, 6 * 15)` float32 statistics, stain-major (w1's 15 columns first, named by
+    STATISTIC_NAMES); see the module doc."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != N_CHANNELS:
+        raise ValueError(f"expected sites of shape (n, 6, H, W), got {x.shape}")
+    n, c, h, w = x.shape
+    mean = x.mean(axis=(2, 3))
+    columns = [np.log1p(mean), np.log1p(x.std(axis=(2, 3)))]
+    columns += list(np.log1p(np.quantile(x.reshape(n, c, -1), STATISTIC_QUANTILES, axis=2)))
+    levels = COMPOSITE_RANGES[:, 1] - COMPOSITE_RANGES[:, 0]
+    columns += [(x > (COMPOSITE_RANGES[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
+                for level in STATISTIC_LEVELS]
+    gy, gx = np.gradient(x, axis=(2, 3))
+    columns.append(np.log1p(np.hypot(gy, gx).mean(axis=(2, 3))))
+    power = np.abs(np.fft.rfft2(x - mean[..., None, None])) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.rfftfreq(w), indexing="ij")
+    radius = np.hypot(fy, fx)
+    for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:]):
+        columns.append(np.log(power[..., (radius > lo) & (radius <= hi)].mean(axis=-1) + 1e-3))
+    return np.stack(columns, axis=2).reshape(n, -1).astype(np.float32)
+
+
+def feature_blocks(channels: str, statistics: str, encoder_dim: int) -> list[dict]:
+    """Named column ranges of a feature table, for a reduction fitted per block: the encoder's (one, or one per
+    stain for per_stain), then one per stain for the statistics."""
+    blocks, start = [], 0
+    if statistics != "only":
+        names = [f"encoder_{stain}" for stain in STAIN_IDS] if channels == "per_stain" else ["encoder"]
+        for name in names:
+            blocks.append({"name": name, "start": start, "stop": start + encoder_dim})
+            start += encoder_dim
+    if statistics != "none":
+        for stain in STAIN_IDS:
+            blocks.append({"name": f"statistics_{stain}", "start": start, "stop": start + len(STATISTIC_NAMES)})
+            start += len(STATISTIC_NAMES)
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------
 # Encoder
 
 
@@ -302,6 +370,7 @@ class Encoder:
     feature_dim: int = 0
     info: dict = field(default_factory=dict)
     channel_adaptive: bool = False  # a morphotrust.channel_vit model: all stains as channels of one input
+    statistics: str = "none"
 
 
 def _resolve_device(device: str):
@@ -318,19 +387,28 @@ def _resolve_device(device: str):
 
 
 def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, channels: str = "composite",
-                 image_size: int | None = None, device: str = "auto", threads: int | None = None) -> Encoder:
+                 image_size: int | None = None, device: str = "auto", threads: int | None = None,
+                 statistics: str = "none") -> Encoder:
     """Load a timm backbone (or a channel-adaptive ViT, morphotrust.channel_vit) with local weights, ready for
-    `extract`."""
+    `extract` (none at all for statistics `only`)."""
     import timm
     import torch
 
     if channels not in CHANNEL_MODES:
         raise InputError(f"unknown channel handling `{channels}`", where="features.channels",
                          expected=" or ".join(CHANNEL_MODES))
+    if statistics not in STATISTICS_MODES:
+        raise InputError(f"unknown statistics mode `{statistics}`", where="features.statistics",
+                         expected=" or ".join(STATISTICS_MODES))
+    if statistics == "only":
+        return _statistics_only()
     torch_device = _resolve_device(device)
     if torch_device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
     if encoder in CHANNEL_ADAPTIVE_ENCODERS:
+        if statistics != "none":
+            raise InputError(f"features.statistics `{statistics}` with the channel-adaptive encoder `{encoder}`",
+                             where="features.statistics", expected="none (statistics append to timm encoders only)")
         return load_channel_adaptive_encoder(encoder, weights, channels, image_size, torch_device)
     if channels == "all":
         raise InputError(f"features.channels `all` needs a channel-adaptive encoder, but features.encoder is "
@@ -355,8 +433,14 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     with torch.inference_mode():
         probe = _embed(result, torch.zeros(1, 3, size, size, device=torch_device))
     result.feature_dim = probe.shape[1] * (N_CHANNELS if channels == "per_stain" else 1)
+    result.statistics = statistics
+    if statistics == "append":
+        result.feature_dim += N_CHANNELS * len(STATISTIC_NAMES)
     result.info = {
         "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels],
+        "statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
+        "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
+        "feature_blocks": feature_blocks(channels, statistics, int(probe.shape[1])),
         "pooling": result.pooling, "feature_dim": result.feature_dim,
         "encoder_dim": int(probe.shape[1]), "image_size": size, "resize": f"{interpolation}, no crop",
         "normalisation": {"mean": list(result.mean), "std": list(result.std)},
@@ -398,12 +482,34 @@ def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, ima
     result.info = {
         "encoder": encoder, "weights": weights, "weights_file": str(file), **info,
         "weights_sha256": sha256_file(file), "channels": channels, "channel_handling": CHANNEL_MODES[channels],
+        "statistics": "none", "statistics_handling": STATISTICS_MODES["none"], "statistic_names": [],
+        "feature_blocks": feature_blocks(channels, "none", family.embed_dim),
         "pooling": result.pooling, "feature_dim": result.feature_dim, "encoder_dim": family.embed_dim,
         "image_size": size, "resize": "bilinear, no crop", "normalisation": family.normalisation,
         "device": str(torch_device), "precision": _autocast_dtype_name(torch_device),
         "torch_version": torch.__version__, "timm_version": timm.__version__,
     }
     return result
+
+
+def _statistics_only() -> Encoder:
+    """The `statistics: only` 'encoder': no model, no weights, no torch pass."""
+    import torch
+
+    dim = N_CHANNELS * len(STATISTIC_NAMES)
+    encoder = Encoder(name="stain_statistics", model=None, channels="per_stain", image_size=0, mean=(), std=(),
+                      interpolation="none", device=torch.device("cpu"), pooling="none", feature_dim=dim,
+                      statistics="only")
+    encoder.info = {
+        "encoder": "stain_statistics", "weights": "none", "weights_sha256": None,
+        "weights_description": "no learned weights: fixed per-stain image statistics (morphotrust.features."
+                               "stain_statistics)", "channels": "per_stain", "channel_handling": "each stain alone",
+        "statistics": "only", "statistics_handling": STATISTICS_MODES["only"],
+        "statistic_names": list(STATISTIC_NAMES), "feature_blocks": feature_blocks("per_stain", "only", 0),
+        "pooling": "none", "feature_dim": dim, "encoder_dim": 0, "image_size": None, "resize": "none (as stored)",
+        "device": "cpu", "precision": "float32",
+    }
+    return encoder
 
 
 def _autocast_dtype_name(device) -> str:
@@ -497,11 +603,16 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
 
     def flush():
         nonlocal done
-        with torch.inference_mode(), autocast:
-            out = _embed(encoder, _to_inputs(encoder, batch)).float()
-        if encoder.channels == "per_stain" and not encoder.channel_adaptive:
-            out = out.reshape(len(batch), -1)  # rows were (site, stain): concatenate stains per site
-        features[done:done + len(batch)] = out.cpu().numpy()
+        parts = []
+        if encoder.statistics != "only":
+            with torch.inference_mode(), autocast:
+                out = _embed(encoder, _to_inputs(encoder, batch)).float()
+            if encoder.channels == "per_stain" and not encoder.channel_adaptive:
+                out = out.reshape(len(batch), -1)  # rows were (site, stain): concatenate stains per site
+            parts.append(out.cpu().numpy())
+        if encoder.statistics != "none":
+            parts.append(stain_statistics(np.stack(batch)))
+        features[done:done + len(batch)] = np.hstack(parts)
         done += len(batch)
         progress.update(len(batch))
         batch.clear()
@@ -524,9 +635,9 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
 
 def batch_sites(encoder: Encoder, batch_size: int) -> int:
     """Sites per encoder batch (a per-stain site is 6 encoder inputs; a channel-adaptive site is one input)."""
-    if encoder.channels == "per_stain" and not encoder.channel_adaptive:
-        return max(1, batch_size // N_CHANNELS)
-    return batch_size
+    per_stain_passes = encoder.channels == "per_stain" and encoder.statistics != "only" \
+        and not encoder.channel_adaptive
+    return max(1, batch_size // N_CHANNELS) if per_stain_passes else batch_size
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -597,15 +708,18 @@ def read_features(path) -> tuple[pd.DataFrame, np.ndarray, dict]:
 
 def _describe(encoder: Encoder) -> str:
     info = encoder.info
+    if encoder.statistics == "only":
+        return f"per-stain image statistics only (no encoder) -> {info['feature_dim']} features"
     return (f"encoder {info['encoder']} | weights {info['weights']} (sha256 {info['weights_sha256'][:12]}...) | "
-            f"{info['weights_description']} | channels {info['channels']} -> {info['feature_dim']} features | "
+            f"{info['weights_description']} | channels {info['channels']}, statistics {info['statistics']} -> "
+            f"{info['feature_dim']} features | "
             f"input {info['image_size']} px | {info['pooling']} | device {info['device']} ({info['precision']})")
 
 
 def encoder_from_config(cfg: dict, threads: int | None = None) -> tuple[Encoder, int]:
     cfg = {**DEFAULTS, **cfg}
     encoder = load_encoder(cfg["encoder"], str(cfg["weights"]), cfg["channels"], cfg["image_size"],
-                           cfg["device"], threads or cfg["threads"])
+                           cfg["device"], threads or cfg["threads"], cfg["statistics"])
     return encoder, int(cfg["batch_size"])
 
 

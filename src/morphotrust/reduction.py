@@ -23,6 +23,17 @@ Method (`method: pca`, scikit-learn conventions: `fit` then `transform`, fitted 
 
 `method: none` passes the features through unchanged (same table, same columns).
 
+With `per_block` (pca only) the map above is fitted separately on each block of columns named in the feature
+sidecar (`feature_blocks`: one per stain for `per_stain` encoder features, one for a composite encoder, one per
+stain for the image statistics of `features.statistics`, see morphotrust.features). An encoder block keeps
+min(n_components, block width) components; a statistics block keeps all its 15 (they are already few, and
+dropping some would drop exactly the per-stain signals they are there for; measured in BENCHMARKS.md).
+Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
+variance and v̄ the mean of the v̄_b: every block enters the trust score with the same average variance, so a
+stain (or the statistics) with little variance of its own is not drowned by the others, nor by the trust
+score's Ledoit–Wolf shrinkage towards a multiple of the identity. The blocks' z (and residuals) are concatenated,
+then one constant column sqrt(Σ_b ‖mean_b‖²). One block is the plain map.
+
 Fitted state is saved without pickle: `<path>.npz` (arrays) + `<path>.json` (parameters, shapes, sha256 of the
 arrays) and `load` restores it bit-exact. The stage: `morphotrust reduction fit` (real training features ->
 results/reduction/reduction.npz/.json) and `morphotrust reduction transform` (any feature table -> the same
@@ -43,7 +54,7 @@ from .io import read_json, write_json, write_npz
 
 METHODS = ("none", "pca")
 FORMAT = "morphotrust.FeatureReduction/1"
-DEFAULT_CONFIG = {"method": "none", "n_components": 64, "whiten": False, "residual": True}
+DEFAULT_CONFIG = {"method": "none", "n_components": 64, "whiten": False, "residual": True, "per_block": False}
 
 
 def _normalised(X: np.ndarray) -> np.ndarray:
@@ -59,15 +70,17 @@ def _normalised(X: np.ndarray) -> np.ndarray:
 class FeatureReduction:
     """PCA of L2-normalised features (optionally whitened) plus a constant column; see the module doc."""
 
-    def __init__(self, method: str = "pca", n_components: int = 64, whiten: bool = False, residual: bool = True):
+    def __init__(self, method: str = "pca", n_components: int = 64, whiten: bool = False, residual: bool = True,
+                 per_block: bool = False):
         self.method = method
         self.n_components = n_components
         self.whiten = whiten
         self.residual = residual
+        self.per_block = per_block
 
     def get_params(self) -> dict:
         return {"method": self.method, "n_components": self.n_components, "whiten": self.whiten,
-                "residual": self.residual}
+                "residual": self.residual, "per_block": self.per_block}
 
     def _check_params(self) -> None:
         if self.method not in METHODS:
@@ -78,12 +91,15 @@ class FeatureReduction:
                                      or self.n_components < 1):
             raise InputError(f"n_components {self.n_components!r}", where="reduction.n_components",
                              expected="an integer ≥ 1")
-        for name in ("whiten", "residual"):
+        for name in ("whiten", "residual", "per_block"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"{name} {getattr(self, name)!r}", where=f"reduction.{name}",
                                  expected="true or false")
 
-    def fit(self, X) -> "FeatureReduction":
+    def fit(self, X, blocks=None) -> "FeatureReduction":
+        """Fit on real training features. With per_block, `blocks` lists the column ranges, covering all columns
+        in order, as (start, stop) (keeps min(n_components, width) components) or (start, stop, k) (keeps k);
+        see `block_ranges`. One block when None."""
         self._check_params()
         X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
@@ -95,6 +111,8 @@ class FeatureReduction:
         if self.method == "none":
             self.n_components_ = d
             return self
+        if self.per_block:
+            return self._fit_blocks(X, blocks)
         if self.n_components > min(n - 1, d):
             raise InputError(f"n_components {self.n_components} but only {n} training rows of {d} features",
                              where="reduction.n_components",
@@ -113,6 +131,30 @@ class FeatureReduction:
         self.n_components_ = k + 1 + int(bool(self.residual))  # + the constant (and residual) column
         return self
 
+    def _fit_blocks(self, X, blocks) -> "FeatureReduction":
+        blocks = [(0, X.shape[1])] if blocks is None else [tuple(int(v) for v in block) for block in blocks]
+        starts, stops = [block[0] for block in blocks], [block[1] for block in blocks]
+        if (not blocks or starts[0] != 0 or stops[-1] != X.shape[1] or starts[1:] != stops[:-1]
+                or any(a >= b for a, b in zip(starts, stops))):
+            raise InputError(f"feature blocks {blocks}", where="reduction.per_block",
+                             expected=f"contiguous, non-empty column ranges covering columns 0..{X.shape[1]}")
+        kept = [block[2] if len(block) > 2 else min(int(self.n_components), block[1] - block[0]) for block in blocks]
+        self.blocks_ = np.array([starts, stops], dtype=np.int64).T
+        self.parts_ = [FeatureReduction("pca", k, self.whiten, self.residual).fit(X[:, a:b])
+                       for k, a, b in zip(kept, starts, stops)]
+        average = np.array([part.explained_variance_.mean() for part in self.parts_])
+        self.block_scale_ = np.sqrt(average.mean() / average)
+        self.n_components_ = sum(part.n_components_ - 1 for part in self.parts_) + 1
+        return self
+
+    def _transform_blocks(self, X) -> np.ndarray:
+        columns = []
+        for (a, b), part, scale in zip(self.blocks_, self.parts_, self.block_scale_):
+            columns.append(part.transform(X[:, a:b])[:, :-1].astype(np.float64) * scale)  # without its constant
+        constant = np.sqrt(sum(float(part.mean_ @ part.mean_) for part in self.parts_))
+        columns.append(np.full((len(X), 1), constant))
+        return np.hstack(columns).astype(np.float32)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
             raise InputError("this FeatureReduction is not fitted", expected="fit(...) or load(...) first")
@@ -126,6 +168,8 @@ class FeatureReduction:
                              expected=f"{self.n_features_in_} feature columns, as in the fitting features")
         if self.method == "none":
             return X.astype(np.float32, copy=False)
+        if self.per_block:
+            return self._transform_blocks(X)
         centred = _normalised(X) - self.mean_
         z = centred @ self.components_.T
         columns = [z]
@@ -145,6 +189,11 @@ class FeatureReduction:
     def _arrays(self) -> dict:
         if self.method == "none":
             return {}
+        if self.per_block:
+            arrays = {"blocks": self.blocks_, "block_scale": self.block_scale_}
+            for i, part in enumerate(self.parts_):
+                arrays.update({f"block{i}__{key}": value for key, value in part._arrays().items()})
+            return arrays
         return {"mean": self.mean_, "components": self.components_,
                 "explained_variance": self.explained_variance_,
                 "explained_variance_ratio": self.explained_variance_ratio_}
@@ -173,8 +222,12 @@ class FeatureReduction:
         meta = {"format": FORMAT, "params": self.get_params(), "n_features_in": self.n_features_in_,
                 "n_samples_fit": self.n_samples_fit_, "n_components_out": self.n_components_,
                 "identity": self.identity(), "extra": extra or {}}
-        if self.method == "pca":
+        if self.method == "pca" and not self.per_block:
             meta["explained_variance_ratio_total"] = float(self.explained_variance_ratio_.sum())
+        if self.method == "pca" and self.per_block:
+            meta["block_n_components"] = [int(len(part.components_)) for part in self.parts_]
+            meta["block_explained_variance_ratio_total"] = [float(part.explained_variance_ratio_.sum())
+                                                            for part in self.parts_]
         write_json(meta, json_path)
         return npz_path, json_path
 
@@ -194,6 +247,15 @@ class FeatureReduction:
         reduction.n_components_ = meta["n_components_out"]
         with np.load(npz_path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
+        if reduction.method == "pca" and reduction.per_block:
+            reduction.parts_ = []
+            for i, (a, b) in enumerate(arrays["blocks"]):
+                part = cls("pca", len(arrays[f"block{i}__components"]), reduction.whiten, reduction.residual)
+                part.n_features_in_, part.n_samples_fit_ = int(b - a), reduction.n_samples_fit_
+                part.n_components_ = len(arrays[f"block{i}__components"]) + 1 + int(bool(reduction.residual))
+                for key in ("mean", "components", "explained_variance", "explained_variance_ratio"):
+                    setattr(part, f"{key}_", arrays.pop(f"block{i}__{key}"))
+                reduction.parts_.append(part)
         for key, value in arrays.items():
             setattr(reduction, f"{key}_", value)
         if reduction.identity()["sha256"] != meta["identity"]["sha256"]:
@@ -204,6 +266,14 @@ class FeatureReduction:
 
 # --------------------------------------------------------------------------------------------------------
 # Workflow stage: `morphotrust reduction fit|transform`
+
+
+def block_ranges(feature_blocks: list[dict]) -> list[tuple]:
+    """The `blocks` argument of `FeatureReduction.fit` for a sidecar's `feature_blocks`: statistics blocks are
+    kept whole, encoder blocks get n_components."""
+    return [(b["start"], b["stop"], b["stop"] - b["start"]) if b["name"].startswith("statistics")
+            else (b["start"], b["stop"]) for b in feature_blocks]
+
 
 
 def reduction_config(text: str) -> dict:
@@ -220,24 +290,34 @@ def reduction_config(text: str) -> dict:
 
 def fit_stage(train, cfg: dict, out) -> FeatureReduction:
     """Fit on the seen-arm rows of the real training features (the trust score's fitting pool)."""
-    from .features import read_features
+    from .features import read_features, sidecar_path
 
-    reduction = FeatureReduction(cfg["method"], cfg["n_components"], cfg["whiten"])
+    reduction = FeatureReduction(cfg["method"], cfg["n_components"], cfg["whiten"], cfg["residual"], cfg["per_block"])
     reduction._check_params()
     meta, X, info = read_features(train)
+    blocks = None
+    if reduction.method == "pca" and reduction.per_block:
+        if not info.get("feature_blocks"):
+            raise InputError("the sidecar lists no feature_blocks", file=sidecar_path(train),
+                             where="reduction.per_block", expected="a feature table written by this version of "
+                             "`morphotrust features` (rerun the features stage)")
+        blocks = block_ranges(info["feature_blocks"])
     if "Metadata_arm" not in meta.columns:
         raise InputError("column Metadata_arm missing", file=train, expected="a real feature table")
     seen = (meta["Metadata_arm"] == "seen").to_numpy()
     if not seen.any():
         raise InputError("no rows with Metadata_arm == 'seen'", file=train, expected="real seen-arm features")
     try:
-        reduction.fit(X[seen])
+        reduction.fit(X[seen], blocks)
     except InputError as error:
         raise InputError(error.problem, file=train, where=error.where, expected=error.expected) from None
     reduction.save(out, extra={"train": str(train), "encoder": info.get("encoder"),
                                "weights_sha256": info.get("weights_sha256"), "channels": info.get("channels")})
-    kept = (f", {reduction.explained_variance_ratio_.sum():.1%} of the variance kept"
-            if reduction.method == "pca" else "")
+    kept = ""
+    if reduction.method == "pca" and reduction.per_block:
+        kept = f", {len(reduction.parts_)} blocks fitted separately"
+    elif reduction.method == "pca":
+        kept = f", {reduction.explained_variance_ratio_.sum():.1%} of the variance kept"
     print(f"reduction {reduction.method}: {reduction.n_features_in_} -> {reduction.n_components_} features, "
           f"fitted on {int(seen.sum())} real seen-arm training rows{kept}", flush=True)
     return reduction
