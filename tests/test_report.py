@@ -460,6 +460,7 @@ def test_summary_sets_the_latent_ceiling_beside_the_generated_images(world):
                   "9.25", "3.5"):
         assert shown in text, shown
     assert "unseen" not in text.split("reconstructions (the ceiling)")[1].split("generated images")[0]
+    assert "CellProfiler measured none of the reconstructions" not in text
 
 
 def test_a_generated_set_that_no_generator_made_is_bannered():

@@ -456,7 +456,12 @@ def ceiling_section(results_dir: Path, generated: pd.DataFrame | None) -> str:
                   ("latents (channels × height × width)", " × ".join(map(str, shape)) if shape else None),
                   ("PSNR per stain w1..w6 (dB)", ", ".join(fmt(v) for v in psnr) if psnr else None),
                   ("mean PSNR (dB)", ceiling.get("psnr_mean"))])
-    body += table(pd.DataFrame(rows)) + (
+    body += table(pd.DataFrame(rows))
+    if not ceiling["arms"]["all"]["n_measured"] and ceiling["arms"]["all"]["n"]:
+        body += note("CellProfiler measured none of the reconstructions: the feature cleaning dropped every row, "
+                     "i.e. no cells were found in them (results/morphology/cleaning_report.json). The latent space "
+                     "cannot hold cells yet: train the autoencoder longer before the flow model.")
+    body += (
         '<p class="small">Tables: <code>results/ceiling/</code> (scores of the reconstructions, their centroid '
         "distances); picture: <code>results/autoencoder/reconstructions.png</code>. z = 0: as close to the real "
         "centroid of the condition as real sites are.</p>")
