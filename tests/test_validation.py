@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from morphotrust.errors import InputError
 from morphotrust.validation import centroid, cli, correlations, deciles, distances, kid, run_all, shift
-from morphotrust.validation.common import DEFAULTS, Table, load_space
+from morphotrust.validation.common import DEFAULTS, Table, load_space, read_table
 from morphotrust.validation import stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -496,3 +496,22 @@ def test_config_section_matches_library_defaults():
     jsonschema.validate(config, section)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**config, "kid": {"max_subzet": 5}}, section)
+
+
+def test_encoder_space_leaves_appended_stain_statistics_out(tmp_path):
+    """features.statistics append: the sidecar's feature_blocks name the encoder's columns; KID and the other
+    encoder-space analyses read only those. A table without blocks keeps every Feature_ column."""
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(6, 5)), columns=[f"Feature_{i:04d}" for i in range(5)])
+    table = table.assign(Metadata_condition="HUVEC:1", Metadata_arm="seen", Metadata_cell_type="HUVEC",
+                         Metadata_split="train")
+    table.to_parquet(tmp_path / "real_train.parquet")
+    assert read_table(tmp_path / "real_train.parquet", "encoder", "real").features == list(table.columns[:5])
+    blocks = [{"name": "encoder", "start": 0, "stop": 3}, {"name": "statistics_w1", "start": 3, "stop": 5}]
+    (tmp_path / "real_train.json").write_text(json.dumps({"feature_blocks": blocks}))
+    kept = read_table(tmp_path / "real_train.parquet", "encoder", "real")
+    assert kept.features == list(table.columns[:3])
+    assert np.array_equal(kept.X, table.iloc[:, :3].to_numpy())
+    only = [{"name": f"statistics_w{s}", "start": 2 * s - 2, "stop": 2 * s} for s in (1, 2)]
+    (tmp_path / "real_train.json").write_text(json.dumps({"feature_blocks": only[:1] + [dict(only[1], stop=5)]}))
+    assert len(read_table(tmp_path / "real_train.parquet", "encoder", "real").features) == 5

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from ..errors import InputError  # noqa: E402
-from ..io import atomic_path, write_json  # noqa: E402
+from ..io import atomic_path, read_json, write_json  # noqa: E402
 
 ANALYSED_ARMS = ("seen", "unseen")  # same-plate controls (arm `control`) are not conditions here
 SPLITS = ("train", "calibration", "evaluation")
@@ -117,7 +117,7 @@ def read_table(paths, space: str, source: str) -> Table:
         if space == "cp":
             feats = [c for c in df.columns if not c.startswith("Metadata_")]
         else:
-            feats = [c for c in df.columns if c.startswith("Feature_")]
+            feats = encoder_columns(df, path)
         if not feats:
             raise InputError("no feature columns", file=path,
                              expected="CellProfiler feature columns" if space == "cp" else "Feature_0000 ... columns")
@@ -149,6 +149,19 @@ def read_table(paths, space: str, source: str) -> Table:
                          expected="one row per generated sample")
     meta.attrs["dropped_nonfinite"] = dropped
     return Table(meta, np.concatenate([x for _, x in parts]), names)
+
+
+def encoder_columns(df: pd.DataFrame, path) -> list:
+    """The `Feature_*` columns the encoder produced. A table with per-stain image statistics appended
+    (features.statistics append; `feature_blocks` in its .json sidecar) keeps only its encoder block: the
+    encoder-space analyses (KID, distances, deciles) stay in the encoder's space, as the spec has them."""
+    feats = [c for c in df.columns if c.startswith("Feature_")]
+    sidecar = Path(path).with_suffix(".json")
+    blocks = read_json(sidecar).get("feature_blocks") if sidecar.is_file() else None
+    encoder = [b for b in blocks or [] if b["name"].startswith("encoder")]
+    if not encoder or len(encoder) == len(blocks):  # encoder only, or statistics only: every column
+        return feats
+    return feats[min(b["start"] for b in encoder):max(b["stop"] for b in encoder)]
 
 
 def _first_difference(a, b):
