@@ -30,7 +30,9 @@ def workdir(tmp_path_factory):
         "validation.reference_splits": ["train", "calibration"],
         "morphology.max_sites_per_condition": 8,
     })
-    run_snakemake(workdir, "--cores", "2", "results/validation/summary.json")
+    # the default demo (with CellProfiler on 8 sites per condition): ~15 min on a quiet 2-core machine, over 30
+    # when other heavy tests share it
+    run_snakemake(workdir, "--cores", "2", "results/validation/summary.json", timeout=3000)
     return workdir
 
 
