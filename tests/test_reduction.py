@@ -50,6 +50,20 @@ def test_whitening_equalises_component_variances_and_residual_is_what_is_missed(
     np.testing.assert_allclose(out[:, 4], np.linalg.norm(rest, axis=1), rtol=1e-4, atol=1e-6)
 
 
+def test_whitening_a_direction_without_real_variance_stays_finite():
+    # a feature (or a whole block) constant over the real training rows: its component has variance 0
+    rng = np.random.default_rng(3)
+    X = np.hstack([features(rng, 30)[:, :5], np.ones((30, 3))])
+    red = FeatureReduction("pca", n_components=7, whiten=True, residual=False).fit(X)
+    assert red.explained_variance_.min() < 1e-12
+    other = X + rng.normal(0, 0.1, X.shape)
+    assert np.isfinite(red.transform(other)).all()
+    constant = np.hstack([features(rng, 30), np.ones((30, 4))])
+    blocks = FeatureReduction("pca", n_components=3, whiten=True, per_block=True).fit(
+        constant, [(0, constant.shape[1] - 4), (constant.shape[1] - 4, constant.shape[1])])
+    assert np.isfinite(blocks.block_scale_).all() and np.isfinite(blocks.transform(constant + 0.01)).all()
+
+
 def test_fit_uses_training_rows_only_and_transform_is_the_same_map():
     rng = np.random.default_rng(2)
     train, other = features(rng, 80), features(rng, 30) * 1.5
@@ -122,8 +136,8 @@ def test_per_block_fits_each_block_alone_and_gives_every_block_the_same_variance
                                atol=1e-6)
     with pytest.raises(InputError, match="contiguous"):
         FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (41, 55)])
-    explicit = FeatureReduction("pca", n_components=2, per_block=True).fit(X, [(0, 40), (40, 55, 7)])
-    assert [len(part.components_) for part in explicit.parts_] == [2, 7]
+    small = FeatureReduction("pca", n_components=20, per_block=True).fit(X, [(0, 40), (40, 47), (47, 55)])
+    assert [len(part.components_) for part in small.parts_] == [20, 7, 8]  # min(n_components, block width)
     with pytest.raises(InputError, match="reduction.per_block"):
         FeatureReduction("pca", n_components=2, per_block="yes").fit(X)
 
@@ -200,7 +214,8 @@ def test_cli_fits_on_seen_training_rows_and_extends_the_sidecar(tmp_path):
     arms = np.where(np.arange(50) < 40, "seen", "unseen")
     _table(tmp_path / "train.parquet", X, arms)
     cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "red"),
-         "--config", json.dumps({"method": "pca", "n_components": 4})])
+         "--config", json.dumps({"method": "pca", "n_components": 4, "whiten": False, "residual": True,
+                                 "per_block": False})])
     red = FeatureReduction.load(tmp_path / "red")
     assert red.n_samples_fit_ == 40
     expected = FeatureReduction("pca", n_components=4).fit(X[:40].astype(np.float32)).transform(X)
@@ -214,13 +229,13 @@ def test_cli_fits_on_seen_training_rows_and_extends_the_sidecar(tmp_path):
     with pytest.raises(InputError, match="unknown key"):
         cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "x"),
              "--config", json.dumps({"k": 3})])
-    # residual: false in the config is honoured; per_block needs the blocks listed in the sidecar
+    # residual: false in the config is honoured; per_block (the default) needs the blocks listed in the sidecar
     cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "nores"),
-         "--config", json.dumps({"method": "pca", "n_components": 4, "residual": False})])
+         "--config", json.dumps({"method": "pca", "n_components": 4, "residual": False, "per_block": False})])
     assert FeatureReduction.load(tmp_path / "nores").n_components_ == 5
     with pytest.raises(InputError, match="feature_blocks"):
         cli(["fit", "--train", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "x"),
-             "--config", json.dumps({"method": "pca", "n_components": 4, "per_block": True})])
+             "--config", json.dumps({"method": "pca", "n_components": 4})])
 
 
 def test_cli_per_block_takes_the_blocks_from_the_sidecar(tmp_path):
@@ -234,8 +249,9 @@ def test_cli_per_block_takes_the_blocks_from_the_sidecar(tmp_path):
          "--config", json.dumps({"method": "pca", "n_components": 3, "per_block": True})])
     red = FeatureReduction.load(tmp_path / "red")
     assert red.blocks_.tolist() == [[0, 40], [40, 55]]
-    # the encoder block keeps n_components, the statistics block all its 15 columns
-    assert [len(part.components_) for part in red.parts_] == [3, 15]
-    expected = FeatureReduction("pca", n_components=3, per_block=True).fit(X.astype(np.float32),
-                                                                          [(0, 40), (40, 55, 15)])
+    # every block keeps n_components, the statistics block as much as the encoder's
+    assert [len(part.components_) for part in red.parts_] == [3, 3]
+    # the config's other keys take their defaults (whitened, no residual)
+    expected = FeatureReduction("pca", n_components=3, whiten=True, residual=False, per_block=True).fit(
+        X.astype(np.float32), [(0, 40), (40, 55)])
     np.testing.assert_allclose(red.transform(X), expected.transform(X), atol=1e-6)

@@ -23,15 +23,23 @@ Six channels meet a 3-channel encoder in one of two ways (`features.channels`):
   replicated to 3 channels -> six passes; features concatenated in stain order w1..w6 (6·d features).
 
 Per-stain image statistics (`features.statistics`): `none` (encoder features only), `append` (the encoder
-features followed by `stain_statistics`), `only` (the statistics alone; no encoder is loaded). Fifteen numbers per
-stain, w1..w6 (90 columns), computed on the site as stored (no resize, so real and generated sites must share a
-resolution, as they do: the subsets stage stores real sites at the generator's), in uint8 units:
-log(1 + x) of the mean, the standard deviation and the 10/50/90/99 % intensity quantiles; the fraction of pixels
-above 10 / 25 / 50 % of the stain's fixed display range (`COMPOSITE_RANGES`); log(1 + mean gradient magnitude);
-log(1e-3 + mean power) of the mean-free stain in five radial frequency bands (0.02-0.05-0.1-0.2-0.35-0.71 cycles
-per pixel). Why: ImageNet features are nearly blind to the absolute brightness of one stain (a stain 1.5x
-brighter than any real plate is accepted) and to stains that share a composite colour; these numbers are not,
-and every stain has the same say (BENCHMARKS.md, issue 11). They describe intensity and texture, not cell shape.
+features followed by `stain_statistics`; the default), `only` (the statistics alone; no encoder is loaded).
+Fourteen numbers per stain, w1..w6 (84 columns), computed on the site as stored (no resize, so real and generated
+sites must share a resolution, as they do: the subsets stage stores real sites at the generator's), in uint8 units:
+- intensity, on a copy smoothed by a Gaussian of σ = 1 px (`STATISTIC_SMOOTHING_PX`): log(1 + x) of the mean, the
+  standard deviation and the 10/50/90/99 % intensity quantiles; the fraction of pixels above 10 / 25 / 50 % of the
+  stain's fixed display range (`COMPOSITE_RANGES`);
+- texture, on the site as stored, each minus its mean over the six stains of the site: log(1 + mean gradient
+  magnitude) and log(1e-3 + mean power) of the mean-free stain in four radial frequency bands (0.02-0.05-0.1-0.2-
+  0.35 cycles per pixel).
+Why: ImageNet features are nearly blind to the absolute brightness of one stain (a stain 1.5x brighter than any
+real plate is accepted) and to stains that share a composite colour; these numbers are not, and every stain has
+the same say. Why smoothed intensities and relative texture: a change of the whole image at the pixel scale (a
+sub-pixel blur, resampling: what an autoencoder or a generator's decoder does, and what CellProfiler's morphology
+does not see) moves every stain's texture alike and hardly moves smoothed intensities, while a defect of one
+stain (its own blur, noise, a shuffle) moves that stain's texture against the others; the band at 0.35-0.71
+cycles per pixel, pure pixel-scale texture, is left out. Measured in BENCHMARKS.md (issue 11). They describe
+intensity and texture, not cell shape.
 
 Preprocessing: the image is resized (no crop: a site has cells up to its edges) to the encoder's input size
 with the interpolation of its pretrained config, then normalised with its pretrained mean/std. Pooling: ViTs
@@ -103,16 +111,19 @@ STATISTICS_MODES = {
 }
 FEATURE_PREFIX = "Feature_"
 DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "composite", "batch_size": 16,
-            "threads": 1, "device": "auto", "image_size": None, "statistics": "none"}
+            "threads": 1, "device": "auto", "image_size": None, "statistics": "append"}
 
 STAIN_IDS = tuple(f"w{i}" for i in range(1, N_CHANNELS + 1))
 # Per-stain statistics (see the module doc): levels are fractions of each stain's display range.
+STATISTIC_SMOOTHING_PX = 1.0  # σ of the Gaussian the intensity statistics are taken after
 STATISTIC_QUANTILES = (0.1, 0.5, 0.9, 0.99)
 STATISTIC_LEVELS = (0.1, 0.25, 0.5)
-STATISTIC_BANDS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.71)  # radial frequency band edges, cycles per pixel
-STATISTIC_NAMES = (("log_mean", "log_std") + tuple(f"log_q{round(q * 100)}" for q in STATISTIC_QUANTILES)
-                   + tuple(f"above_{round(level * 100)}pct" for level in STATISTIC_LEVELS) + ("log_gradient",)
-                   + tuple(f"log_power_{lo}_{hi}" for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:])))
+STATISTIC_BANDS = (0.02, 0.05, 0.1, 0.2, 0.35)  # radial frequency band edges, cycles per pixel
+INTENSITY_NAMES = (("log_mean", "log_std") + tuple(f"log_q{round(q * 100)}" for q in STATISTIC_QUANTILES)
+                   + tuple(f"above_{round(level * 100)}pct" for level in STATISTIC_LEVELS))
+TEXTURE_NAMES = ("rel_log_gradient",) + tuple(f"rel_log_power_{lo}_{hi}"
+                                              for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:]))
+STATISTIC_NAMES = INTENSITY_NAMES + TEXTURE_NAMES
 
 
 def _obtain_hint(name: str) -> str:
@@ -312,26 +323,30 @@ def build_model(name: str, weights: str, image_size: int | None = None):
 
 
 def stain_statistics(images) -> np.ndarray:
-    """`(n, 6, H, W)` sites -> `(n, 6 * 15)` float32 statistics, stain-major (w1's 15 columns first, named by
+    """`(n, 6, H, W)` sites -> `(n, 6 * 14)` float32 statistics, stain-major (w1's 14 columns first, named by
     STATISTIC_NAMES); see the module doc."""
+    from scipy.ndimage import gaussian_filter
+
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != N_CHANNELS:
         raise ValueError(f"expected sites of shape (n, 6, H, W), got {x.shape}")
     n, c, h, w = x.shape
-    mean = x.mean(axis=(2, 3))
-    columns = [np.log1p(mean), np.log1p(x.std(axis=(2, 3)))]
-    columns += list(np.log1p(np.quantile(x.reshape(n, c, -1), STATISTIC_QUANTILES, axis=2)))
+    smooth = gaussian_filter(x, (0, 0, STATISTIC_SMOOTHING_PX, STATISTIC_SMOOTHING_PX), mode="reflect")
+    intensity = [np.log1p(smooth.mean(axis=(2, 3))), np.log1p(smooth.std(axis=(2, 3)))]
+    intensity += list(np.log1p(np.quantile(smooth.reshape(n, c, -1), STATISTIC_QUANTILES, axis=2)))
     levels = COMPOSITE_RANGES[:, 1] - COMPOSITE_RANGES[:, 0]
-    columns += [(x > (COMPOSITE_RANGES[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
-                for level in STATISTIC_LEVELS]
+    intensity += [(smooth > (COMPOSITE_RANGES[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
+                  for level in STATISTIC_LEVELS]
     gy, gx = np.gradient(x, axis=(2, 3))
-    columns.append(np.log1p(np.hypot(gy, gx).mean(axis=(2, 3))))
-    power = np.abs(np.fft.rfft2(x - mean[..., None, None])) ** 2
+    texture = [np.log1p(np.hypot(gy, gx).mean(axis=(2, 3)))]
+    power = np.abs(np.fft.rfft2(x - x.mean(axis=(2, 3), keepdims=True))) ** 2
     fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.rfftfreq(w), indexing="ij")
     radius = np.hypot(fy, fx)
     for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:]):
-        columns.append(np.log(power[..., (radius > lo) & (radius <= hi)].mean(axis=-1) + 1e-3))
-    return np.stack(columns, axis=2).reshape(n, -1).astype(np.float32)
+        band = (radius > lo) & (radius <= hi)  # empty on a tiny image: no power there
+        texture.append(np.log((power[..., band].mean(axis=-1) if band.any() else np.zeros((n, c))) + 1e-3))
+    texture = [t - t.mean(axis=1, keepdims=True) for t in texture]  # relative to the site's six stains
+    return np.stack(intensity + texture, axis=2).reshape(n, -1).astype(np.float32)
 
 
 def feature_blocks(channels: str, statistics: str, encoder_dim: int) -> list[dict]:
@@ -406,10 +421,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     if torch_device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
     if encoder in CHANNEL_ADAPTIVE_ENCODERS:
-        if statistics != "none":
-            raise InputError(f"features.statistics `{statistics}` with the channel-adaptive encoder `{encoder}`",
-                             where="features.statistics", expected="none (statistics append to timm encoders only)")
-        return load_channel_adaptive_encoder(encoder, weights, channels, image_size, torch_device)
+        return load_channel_adaptive_encoder(encoder, weights, channels, image_size, torch_device, statistics)
     if channels == "all":
         raise InputError(f"features.channels `all` needs a channel-adaptive encoder, but features.encoder is "
                          f"`{encoder}` (a 3-channel timm model)", where="features.channels",
@@ -452,7 +464,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
 
 
 def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, image_size: int | None,
-                                  torch_device) -> Encoder:
+                                  torch_device, statistics: str = "none") -> Encoder:
     """A morphotrust.channel_vit family with the weights of a local file (see the module doc)."""
     import timm
     import torch
@@ -477,13 +489,16 @@ def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, ima
     model = model.to(torch_device)
     result = Encoder(name=encoder, model=model, channels=channels, image_size=size, mean=(), std=(),
                      interpolation="bilinear", device=torch_device, pooling=family.pooling[channels],
-                     channel_adaptive=True)
+                     channel_adaptive=True, statistics=statistics)
     result.feature_dim = family.embed_dim * (N_CHANNELS if channels == "per_stain" else 1)
+    if statistics == "append":
+        result.feature_dim += N_CHANNELS * len(STATISTIC_NAMES)
     result.info = {
         "encoder": encoder, "weights": weights, "weights_file": str(file), **info,
         "weights_sha256": sha256_file(file), "channels": channels, "channel_handling": CHANNEL_MODES[channels],
-        "statistics": "none", "statistics_handling": STATISTICS_MODES["none"], "statistic_names": [],
-        "feature_blocks": feature_blocks(channels, "none", family.embed_dim),
+        "statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
+        "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
+        "feature_blocks": feature_blocks(channels, statistics, family.embed_dim),
         "pooling": result.pooling, "feature_dim": result.feature_dim, "encoder_dim": family.embed_dim,
         "image_size": size, "resize": "bilinear, no crop", "normalisation": family.normalisation,
         "device": str(torch_device), "precision": _autocast_dtype_name(torch_device),

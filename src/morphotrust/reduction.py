@@ -25,10 +25,9 @@ Method (`method: pca`, scikit-learn conventions: `fit` then `transform`, fitted 
 
 With `per_block` (pca only) the map above is fitted separately on each block of columns named in the feature
 sidecar (`feature_blocks`: one per stain for `per_stain` encoder features, one for a composite encoder, one per
-stain for the image statistics of `features.statistics`, see morphotrust.features). An encoder block keeps
-min(n_components, block width) components; a statistics block keeps all its 15 (they are already few, and
-dropping some would drop exactly the per-stain signals they are there for; measured in BENCHMARKS.md).
-Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
+stain for the image statistics of `features.statistics`, see morphotrust.features). Every block keeps
+min(n_components, block width) components (the default, 8, keeps 8 of a stain's 14 statistics: the directions
+of least real variance, which whitening would inflate most, go; measured in BENCHMARKS.md). Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
 variance and v̄ the mean of the v̄_b: every block enters the trust score with the same average variance, so a
 stain (or the statistics) with little variance of its own is not drowned by the others, nor by the trust
 score's Ledoit–Wolf shrinkage towards a multiple of the identity. The blocks' z (and residuals) are concatenated,
@@ -54,7 +53,7 @@ from .io import read_json, write_json, write_npz
 
 METHODS = ("none", "pca")
 FORMAT = "morphotrust.FeatureReduction/1"
-DEFAULT_CONFIG = {"method": "none", "n_components": 64, "whiten": False, "residual": True, "per_block": False}
+DEFAULT_CONFIG = {"method": "pca", "n_components": 8, "whiten": True, "residual": False, "per_block": True}
 
 
 def _normalised(X: np.ndarray) -> np.ndarray:
@@ -97,9 +96,9 @@ class FeatureReduction:
                                  expected="true or false")
 
     def fit(self, X, blocks=None) -> "FeatureReduction":
-        """Fit on real training features. With per_block, `blocks` lists the column ranges, covering all columns
-        in order, as (start, stop) (keeps min(n_components, width) components) or (start, stop, k) (keeps k);
-        see `block_ranges`. One block when None."""
+        """Fit on real training features. With per_block, `blocks` lists the column ranges (start, stop), covering
+        all columns in order (`block_ranges`); each keeps min(n_components, width) components. One block when
+        None."""
         self._check_params()
         X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
@@ -132,18 +131,19 @@ class FeatureReduction:
         return self
 
     def _fit_blocks(self, X, blocks) -> "FeatureReduction":
-        blocks = [(0, X.shape[1])] if blocks is None else [tuple(int(v) for v in block) for block in blocks]
+        blocks = [(0, X.shape[1])] if blocks is None else [(int(a), int(b)) for a, b in blocks]
         starts, stops = [block[0] for block in blocks], [block[1] for block in blocks]
         if (not blocks or starts[0] != 0 or stops[-1] != X.shape[1] or starts[1:] != stops[:-1]
                 or any(a >= b for a, b in zip(starts, stops))):
             raise InputError(f"feature blocks {blocks}", where="reduction.per_block",
                              expected=f"contiguous, non-empty column ranges covering columns 0..{X.shape[1]}")
-        kept = [block[2] if len(block) > 2 else min(int(self.n_components), block[1] - block[0]) for block in blocks]
+        kept = [min(int(self.n_components), b - a) for a, b in blocks]
         self.blocks_ = np.array([starts, stops], dtype=np.int64).T
         self.parts_ = [FeatureReduction("pca", k, self.whiten, self.residual).fit(X[:, a:b])
                        for k, a, b in zip(kept, starts, stops)]
         average = np.array([part.explained_variance_.mean() for part in self.parts_])
-        self.block_scale_ = np.sqrt(average.mean() / average)
+        mean = average.mean()  # a block without real variance is not blown up
+        self.block_scale_ = np.sqrt(mean / np.maximum(average, 1e-6 * mean)) if mean > 0 else np.ones_like(average)
         self.n_components_ = sum(part.n_components_ - 1 for part in self.parts_) + 1
         return self
 
@@ -177,9 +177,18 @@ class FeatureReduction:
             rest = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", z, z)
             columns.append(np.sqrt(np.clip(rest, 0.0, None))[:, None])
         if self.whiten:
-            z /= np.sqrt(self.explained_variance_ / self.explained_variance_.mean())
+            z /= self._whitening_scale()
         columns.append(np.full((len(z), 1), np.linalg.norm(self.mean_)))
         return np.hstack(columns).astype(np.float32)
+
+    def _whitening_scale(self) -> np.ndarray:
+        """sqrt(variance / mean variance) per component; a direction without real variance (a constant feature)
+        is scaled as one with a millionth of the average, and a block without any variance is left unscaled."""
+        variance = self.explained_variance_
+        average = variance.mean()
+        if not average > 0:
+            return np.ones_like(variance)
+        return np.sqrt(np.maximum(variance, 1e-6 * average) / average)
 
     def fit_transform(self, X) -> np.ndarray:
         return self.fit(X).transform(X)
@@ -269,10 +278,8 @@ class FeatureReduction:
 
 
 def block_ranges(feature_blocks: list[dict]) -> list[tuple]:
-    """The `blocks` argument of `FeatureReduction.fit` for a sidecar's `feature_blocks`: statistics blocks are
-    kept whole, encoder blocks get n_components."""
-    return [(b["start"], b["stop"], b["stop"] - b["start"]) if b["name"].startswith("statistics")
-            else (b["start"], b["stop"]) for b in feature_blocks]
+    """The `blocks` argument of `FeatureReduction.fit` for a sidecar's `feature_blocks`."""
+    return [(b["start"], b["stop"]) for b in feature_blocks]
 
 
 
