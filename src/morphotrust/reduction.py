@@ -126,7 +126,7 @@ class FeatureReduction:
         k = int(self.n_components)
         self.components_ = np.ascontiguousarray(vt[:k])
         self.explained_variance_ = variance[:k]
-        self.explained_variance_ratio_ = variance[:k] / variance.sum()
+        self.explained_variance_ratio_ = variance[:k] / variance.sum() if variance.sum() > 0 else 0 * variance[:k]
         self.n_components_ = k + 1 + int(bool(self.residual))  # + the constant (and residual) column
         return self
 
