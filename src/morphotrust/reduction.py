@@ -27,7 +27,8 @@ With `per_block` (pca only) the map above is fitted separately on each block of 
 sidecar (`feature_blocks`: one per stain for `per_stain` encoder features, one for a composite encoder, one per
 stain for the image statistics of `features.statistics`, see morphotrust.features). Every block keeps
 min(n_components, block width) components (the default, 8, keeps 8 of a stain's 14 statistics: the directions
-of least real variance, which whitening would inflate most, go; measured in BENCHMARKS.md). Each block's z (and residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
+of least real variance, which whitening would inflate most, go; measured in BENCHMARKS.md). Each block's z (and
+residual) is then multiplied by sqrt(v̄ / v̄_b), v̄_b the block's average kept component
 variance and v̄ the mean of the v̄_b: every block enters the trust score with the same average variance, so a
 stain (or the statistics) with little variance of its own is not drowned by the others, nor by the trust
 score's Ledoit–Wolf shrinkage towards a multiple of the identity. The blocks' z (and residuals) are concatenated,
@@ -54,6 +55,16 @@ from .io import read_json, write_json, write_npz
 METHODS = ("none", "pca")
 FORMAT = "morphotrust.FeatureReduction/1"
 DEFAULT_CONFIG = {"method": "pca", "n_components": 8, "whiten": True, "residual": False, "per_block": True}
+
+
+def _relative_sd(variance: np.ndarray) -> np.ndarray:
+    """sqrt(variance / mean variance), the whitening (and block) scale; a direction without real variance (a
+    feature constant over the real training rows) counts as one with a millionth of the average, and when no
+    direction has any variance nothing is scaled."""
+    average = variance.mean()
+    if not average > 0:
+        return np.ones_like(variance)
+    return np.sqrt(np.maximum(variance, 1e-6 * average) / average)
 
 
 def _normalised(X: np.ndarray) -> np.ndarray:
@@ -142,8 +153,7 @@ class FeatureReduction:
         self.parts_ = [FeatureReduction("pca", k, self.whiten, self.residual).fit(X[:, a:b])
                        for k, a, b in zip(kept, starts, stops)]
         average = np.array([part.explained_variance_.mean() for part in self.parts_])
-        mean = average.mean()  # a block without real variance is not blown up
-        self.block_scale_ = np.sqrt(mean / np.maximum(average, 1e-6 * mean)) if mean > 0 else np.ones_like(average)
+        self.block_scale_ = 1.0 / _relative_sd(average)
         self.n_components_ = sum(part.n_components_ - 1 for part in self.parts_) + 1
         return self
 
@@ -177,18 +187,9 @@ class FeatureReduction:
             rest = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", z, z)
             columns.append(np.sqrt(np.clip(rest, 0.0, None))[:, None])
         if self.whiten:
-            z /= self._whitening_scale()
+            z /= _relative_sd(self.explained_variance_)
         columns.append(np.full((len(z), 1), np.linalg.norm(self.mean_)))
         return np.hstack(columns).astype(np.float32)
-
-    def _whitening_scale(self) -> np.ndarray:
-        """sqrt(variance / mean variance) per component; a direction without real variance (a constant feature)
-        is scaled as one with a millionth of the average, and a block without any variance is left unscaled."""
-        variance = self.explained_variance_
-        average = variance.mean()
-        if not average > 0:
-            return np.ones_like(variance)
-        return np.sqrt(np.maximum(variance, 1e-6 * average) / average)
 
     def fit_transform(self, X) -> np.ndarray:
         return self.fit(X).transform(X)
