@@ -349,6 +349,17 @@ def stain_statistics(images) -> np.ndarray:
     return np.stack(intensity + texture, axis=2).reshape(n, -1).astype(np.float32)
 
 
+def _feature_layout(channels: str, statistics: str, encoder_dim: int) -> tuple[int, dict]:
+    """(feature_dim, the sidecar's statistics entries) of an encoder's features, with the per-stain statistics
+    appended when `statistics` is append."""
+    dim = encoder_dim * (N_CHANNELS if channels == "per_stain" else 1)
+    if statistics == "append":
+        dim += N_CHANNELS * len(STATISTIC_NAMES)
+    return dim, {"statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
+                 "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
+                 "feature_blocks": feature_blocks(channels, statistics, encoder_dim)}
+
+
 def feature_blocks(channels: str, statistics: str, encoder_dim: int) -> list[dict]:
     """Named column ranges of a feature table, for a reduction fitted per block: the encoder's (one, or one per
     stain for per_stain), then one per stain for the statistics."""
@@ -444,15 +455,10 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     )
     with torch.inference_mode():
         probe = _embed(result, torch.zeros(1, 3, size, size, device=torch_device))
-    result.feature_dim = probe.shape[1] * (N_CHANNELS if channels == "per_stain" else 1)
     result.statistics = statistics
-    if statistics == "append":
-        result.feature_dim += N_CHANNELS * len(STATISTIC_NAMES)
+    result.feature_dim, layout = _feature_layout(channels, statistics, int(probe.shape[1]))
     result.info = {
-        "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels],
-        "statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
-        "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
-        "feature_blocks": feature_blocks(channels, statistics, int(probe.shape[1])),
+        "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels], **layout,
         "pooling": result.pooling, "feature_dim": result.feature_dim,
         "encoder_dim": int(probe.shape[1]), "image_size": size, "resize": f"{interpolation}, no crop",
         "normalisation": {"mean": list(result.mean), "std": list(result.std)},
@@ -490,16 +496,11 @@ def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, ima
     result = Encoder(name=encoder, model=model, channels=channels, image_size=size, mean=(), std=(),
                      interpolation="bilinear", device=torch_device, pooling=family.pooling[channels],
                      channel_adaptive=True, statistics=statistics)
-    result.feature_dim = family.embed_dim * (N_CHANNELS if channels == "per_stain" else 1)
-    if statistics == "append":
-        result.feature_dim += N_CHANNELS * len(STATISTIC_NAMES)
+    result.feature_dim, layout = _feature_layout(channels, statistics, family.embed_dim)
     result.info = {
         "encoder": encoder, "weights": weights, "weights_file": str(file), **info,
         "weights_sha256": sha256_file(file), "channels": channels, "channel_handling": CHANNEL_MODES[channels],
-        "statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
-        "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
-        "feature_blocks": feature_blocks(channels, statistics, family.embed_dim),
-        "pooling": result.pooling, "feature_dim": result.feature_dim, "encoder_dim": family.embed_dim,
+        **layout, "pooling": result.pooling, "feature_dim": result.feature_dim, "encoder_dim": family.embed_dim,
         "image_size": size, "resize": "bilinear, no crop", "normalisation": family.normalisation,
         "device": str(torch_device), "precision": _autocast_dtype_name(torch_device),
         "torch_version": torch.__version__, "timm_version": timm.__version__,
