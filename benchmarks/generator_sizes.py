@@ -7,8 +7,9 @@ latents, at several image resolutions (the table in docs/design.md).
 FLOPs are counted by torch.utils.flop_counter on the meta device (no weights are allocated, nothing runs), for
 one conditional forward pass of one image (a matmul of m x k by k x n counts 2 m k n). Sampling costs
 sampling_steps x (2 with guidance) x (2 for Heun) of these; a training step about 3 of them per image.
-Spaces: pixels (6 channels, f = 1), trained (the default trained autoencoder: 8 channels, f = 4) and
-sd-vae (the paper's folding: 6 x 4 = 24 channels, f = 8).
+Spaces: pixels (6 channels, f = 1), trained (the default trained autoencoder: 8 channels, f = 2) and
+sd-vae (the paper's folding: 6 x 4 = 24 channels, f = 8). For the U-Net (unet), which has no tokens, the
+tokens column gives the positions of its input (latent side squared).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from morphotrust.generator.model import PRESETS, SiT, model_config
+from morphotrust.generator.model import PRESETS, build_network, model_config
 
 VOCAB = {"cell_type": 4, "sirna_id": 1139}  # RxRx1's sizes
-SPACES = {"pixels": (6, 1), "trained": (8, 4), "sd-vae": (24, 8)}  # name -> (channels, downsampling)
+SPACES = {"pixels": (6, 1), "trained": (8, 2), "sd-vae": (24, 8)}  # name -> (channels, downsampling)
 
 
 def size(preset: str, space: str, resolution: int) -> dict | None:
@@ -32,13 +33,14 @@ def size(preset: str, space: str, resolution: int) -> dict | None:
     if side % PRESETS[preset]["patch"]:
         return None
     with torch.device("meta"):
-        model = SiT(model_config(preset, side, VOCAB, channels=channels))
+        model = build_network(model_config(preset, side, VOCAB, channels=channels))
         x = torch.empty(1, channels, side, side)
         t, label = torch.empty(1), torch.zeros(1, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
             model(x, t, label, label)
     return dict(preset=preset, space=space, resolution=resolution, latent=f"{channels}x{side}x{side}",
-                tokens=model.grid ** 2, parameters_M=round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+                tokens=side * side // PRESETS[preset].get("patch", 1) ** 2 if PRESETS[preset]["architecture"] == "sit"
+                else side * side, parameters_M=round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
                 forward_GFLOPs=round(counter.get_total_flops() / 1e9, 2))
 
 

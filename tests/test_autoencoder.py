@@ -15,8 +15,9 @@ from test_generator import RES, config, make_toy_subsets
 
 from morphotrust.errors import InputError
 from morphotrust.generator import cli
-from morphotrust.generator.autoencoder import (FoldedSDVAE, autoencoder_stage, load_autoencoder_checkpoint,
-                                               load_codec, load_sd_vae, train_autoencoder)
+from morphotrust.generator.autoencoder import (FoldedSDVAE, autoencoder_stage, cosine_learning_rate,
+                                               load_autoencoder_checkpoint, load_codec, load_sd_vae, random_crops,
+                                               train_autoencoder)
 from morphotrust.generator.data import read_images, read_manifest, training_rows
 from morphotrust.generator.model import to_model_scale
 from morphotrust.generator.sample import run_sampling
@@ -25,7 +26,7 @@ from morphotrust.images import read_site
 
 torch.set_num_threads(1)
 SMALL_AE = dict(latent_channels=4, downsample=2, width=8, steps=12, batch_size=4, lr=3e-3, warmup=2,
-                checkpoint_every=5)
+                checkpoint_every=5, crop=None)
 
 
 def ae_config(**overrides) -> dict:
@@ -117,8 +118,33 @@ def test_latent_scaling_round_trips(autoencoder, toy):
     assert not torch.allclose(codec.mean, torch.zeros(4))  # the scaling is not the identity
 
 
+def test_random_crops_are_windows_of_their_images_drawn_for_the_global_batch():
+    images = torch.arange(4 * 6 * 16 * 16, dtype=torch.float32).reshape(4, 6, 16, 16)
+    crops = random_crops(images, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 6, 8, 8)
+    for image, crop in zip(images, crops):
+        y, x = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 16)
+        assert torch.equal(crop, image[:, y: y + 8, x: x + 8])
+    assert random_crops(images, None, torch.Generator()) is images and random_crops(images, 16, None) is images
+
+    class Rank:  # rank 1 of 2: the second half of the global batch's windows
+        size, rank = 2, 1
+
+    whole = random_crops(torch.cat([images, images]), 8, torch.Generator().manual_seed(3))
+    assert torch.equal(random_crops(images, 8, torch.Generator().manual_seed(3), Rank()), whole[4:])
+
+
+def test_autoencoder_learning_rate_warms_up_then_decays_to_zero():
+    acfg = dict(lr=1.0, warmup=10, steps=110)
+    rates = [cosine_learning_rate(step, acfg) for step in range(111)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0) and rates[10] == pytest.approx(1.0)
+    assert rates[60] == pytest.approx(0.5) and rates[110] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
 def test_killed_and_resumed_autoencoder_equals_uninterrupted(toy, tmp_path):
-    cfg = ae_config(steps=8, checkpoint_every=3)
+    """Resumed training equals an uninterrupted run, on random windows (crop) drawn per step."""
+    cfg = ae_config(steps=8, checkpoint_every=3, crop=8)
     whole = train_autoencoder(toy / "manifest.parquet", toy / "stacks", tmp_path / "whole", cfg, RES)
     assert whole["status"] == "finished"
 
@@ -206,18 +232,18 @@ def test_sd_vae_stage_fits_the_latent_scaling_and_a_latent_model_trains_on_it(to
 
 # ------------------------------------------------------------------------------------------- flow model on latents
 
-@pytest.fixture(scope="module")
-def latent_model(toy, autoencoder, tmp_path_factory):
+@pytest.fixture(scope="module", params=["unet", "tiny/2"])
+def latent_model(request, toy, autoencoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("latent_generator")
-    cfg = dict(ae_config(), preset="tiny/2", steps=300, batch_size=12, lr=2e-3, warmup=20, checkpoint_every=1000,
+    cfg = dict(ae_config(), preset=request.param, steps=300, batch_size=12, lr=2e-3, warmup=20, checkpoint_every=1000,
                ema_decay=0.95)
     train(toy / "manifest.parquet", toy / "stacks", out, cfg, RES, autoencoder=autoencoder / "autoencoder.json")
     return out, cfg
 
 
 def test_tiny_latent_model_overfits_two_conditions(latent_model, autoencoder, toy, tmp_path):
-    """On the autoencoder's latents the tiny/2 model's loss falls, and decoded samples follow their condition
-    (the cell type's bright channel, the siRNA's channel 4)."""
+    """On the autoencoder's latents the model's loss falls (U-Net and SiT), and decoded samples follow their
+    condition (the cell type's bright channel, the siRNA's channel 4)."""
     out, cfg = latent_model
     losses = pd.read_csv(out / "loss.csv")["loss"].to_numpy()
     assert losses[:10].mean() / losses[-30:].mean() > 3, (losses[:10].mean(), losses[-30:].mean())
@@ -234,8 +260,9 @@ def test_tiny_latent_model_overfits_two_conditions(latent_model, autoencoder, to
     assert means["A:1"][4] > means["B:1138"][4] + 50
 
 
-def test_killed_and_resumed_latent_training_equals_uninterrupted(toy, autoencoder, tmp_path):
-    cfg = dict(ae_config(), preset="tiny/2", steps=8, checkpoint_every=3)
+@pytest.mark.parametrize("preset", ["unet", "tiny/2"])
+def test_killed_and_resumed_latent_training_equals_uninterrupted(preset, toy, autoencoder, tmp_path):
+    cfg = dict(ae_config(), preset=preset, steps=8, checkpoint_every=3)
     ae = autoencoder / "autoencoder.json"
     train(toy / "manifest.parquet", toy / "stacks", tmp_path / "whole", cfg, RES, autoencoder=ae)
 

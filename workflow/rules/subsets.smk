@@ -13,6 +13,7 @@ rule subsets:
         coverage="results/subsets/coverage.csv",
     log:
         "results/logs/subsets/manifest.log",
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     params:
@@ -31,6 +32,7 @@ rule subset_stack:
         "results/logs/subsets/stack_{split}.log",
     wildcard_constraints:
         split="|".join(SPLITS),
+    priority: GENERATOR_PATH
     conda:
         "../../envs/core.yaml"
     params:

@@ -34,7 +34,7 @@ from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, training_rows
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
-from .model import to_model_scale, to_uint8
+from .model import norm_groups, to_model_scale, to_uint8
 
 KINDS = ("trained", "sd-vae", "none")
 FORMAT = "morphotrust-autoencoder-1"
@@ -50,16 +50,12 @@ SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, sample_si
 
 # ----------------------------------------------------------------------------------------------- networks
 
-def _groups(channels: int) -> int:
-    return math.gcd(channels, 8)
-
-
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
+        self.body = nn.Sequential(nn.GroupNorm(norm_groups(channels), channels), nn.SiLU(),
                                   nn.Conv2d(channels, channels, 3, padding=1),
-                                  nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
+                                  nn.GroupNorm(norm_groups(channels), channels), nn.SiLU(),
                                   nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x):
@@ -89,7 +85,7 @@ class ConvAutoencoder(nn.Module):
         encoder = [nn.Conv2d(config["channels"], widths[0], 3, padding=1)]
         for i in range(levels):
             encoder += [nn.SiLU(), nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), ResBlock(widths[i + 1])]
-        encoder += [nn.GroupNorm(_groups(widths[-1]), widths[-1]), nn.SiLU(),
+        encoder += [nn.GroupNorm(norm_groups(widths[-1]), widths[-1]), nn.SiLU(),
                     nn.Conv2d(widths[-1], config["latent_channels"], 1)]
         decoder = [nn.Conv2d(config["latent_channels"], widths[-1], 3, padding=1), ResBlock(widths[-1])]
         for i in reversed(range(levels)):
@@ -320,7 +316,7 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     equals an uninterrupted one on CPU. With a `team` of W torchrun workers it trains data-parallel (DDP) on
     this rank's slice of the global batch W x batch_size (distributed.py); rank 0 writes the files.
     Returns {"status", "step", "network": the trained network}."""
-    from .train import learning_rate, resolve_device, save_or_stop, stop_signals
+    from .train import resolve_device, save_or_stop, seeded_generator, stop_signals
 
     device = resolve_device(device)
     acfg = cfg["trained_autoencoder"]
@@ -333,8 +329,8 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     config = autoencoder_config(acfg)
     fingerprint = json.dumps(dict(network=config, data=data_fingerprint(rows), resolution=resolution,
                                   seed=cfg["seed"], **{k: dict(acfg, batch_size=global_batch)[k]
-                                                       for k in ("lr", "warmup", "batch_size", "mse_weight",
-                                                                 "gradient_weight", "fft_weight")}),
+                                                       for k in ("lr", "warmup", "steps", "crop", "batch_size",
+                                                                 "mse_weight", "gradient_weight", "fft_weight")}),
                              sort_keys=True)  # batch_size: the global batch
     torch.manual_seed(cfg["seed"])
     network = ConvAutoencoder(config).to(device)
@@ -366,9 +362,10 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     with stop_signals() as stop, tqdm(total=steps, initial=start, desc="autoencoder", unit="step", mininterval=5,
                                       file=sys.stderr, disable=not team.is_main) as bar:
         for images, _, _ in loader:
-            x = to_model_scale(images.to(device))
+            windows = random_crops(images, acfg["crop"], seeded_generator(cfg["seed"], step), team)
+            x = to_model_scale(windows.to(device))
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, acfg)
+                group["lr"] = cosine_learning_rate(step, acfg)
             loss, parts = reconstruction_loss(forward(x), x, acfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP: the gradients of the global batch's mean loss (equal slices)
@@ -386,6 +383,29 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
         write_losses(losses, acfg, out_dir)
     team.barrier()
     return {"status": "finished", "step": step, "network": network.eval()}
+
+
+def cosine_learning_rate(step: int, acfg: dict) -> float:
+    """Linear warm-up over `warmup` steps, then a cosine decay to 0 at `steps` (a fixed budget ends sharper than a
+    constant rate)."""
+    warmup, steps = max(acfg["warmup"], 1), acfg["steps"]
+    if step < warmup:
+        return acfg["lr"] * (step + 1) / warmup
+    return acfg["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(steps - warmup, 1))))
+
+
+def random_crops(images: torch.Tensor, crop: int | None, rng: torch.Generator, team: Team = Team()) -> torch.Tensor:
+    """A random crop x crop window of every image (this rank's slice of the global batch; the windows of step s
+    are drawn for the whole global batch from `rng`, so they do not depend on the number of ranks); None or a
+    crop as large as the images: the images. The network is convolutional, so it trains on windows and encodes
+    whole images: 32 px windows of 64 px sites make steps ~4x cheaper, and at a fixed CPU budget the extra
+    optimizer steps raise held-out PSNR by ~3 dB (BENCHMARKS.md)."""
+    side = images.shape[-1]
+    if crop is None or crop >= side:
+        return images
+    n = images.shape[0]
+    offsets = torch.randint(0, side - crop + 1, (n * team.size, 2), generator=rng)[team.rank * n: (team.rank + 1) * n]
+    return torch.stack([image[:, y: y + crop, x: x + crop] for image, (y, x) in zip(images, offsets.tolist())])
 
 
 def load_autoencoder_checkpoint(path) -> dict:

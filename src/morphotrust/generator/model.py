@@ -1,7 +1,8 @@
-"""SiT-style conditional flow model on six-channel images (pixel space) or their latents (autoencoder.py).
+"""Conditional flow models on six-channel images (pixel space) or their latents (autoencoder.py).
 
-A DiT/SiT transformer (patch embedding, fixed 2-D sin-cos positions, adaLN-Zero blocks) that predicts the
-velocity of the linear interpolant
+SiT: a DiT/SiT transformer (patch embedding, fixed 2-D sin-cos positions, adaLN-Zero blocks); UNet: a small
+convolutional U-Net (ADM-style residual blocks with scale-shift conditioning, self-attention at the coarsest
+level) for the CPU demo on latents. Both predict the velocity of the linear interpolant
 
     x_t = t * x_data + (1 - t) * noise,      t in [0, 1],  t = 0 pure noise, t = 1 data (SiT's convention)
     v   = d x_t / d t = x_data - noise.
@@ -12,7 +13,8 @@ guidance, so the null token can never coincide with a real value (the reference 
 is RxRx1's negative control).
 
 The network outputs the velocity directly (S/2, B/2) or, for the large-patch CPU preset `tiny`, the clean image
-converted to the velocity of the same interpolant (see PRESETS); either way `SiT.forward` returns a velocity.
+converted to the velocity of the same interpolant (see PRESETS); either way `forward` returns a velocity.
+`build_network(config)` builds the preset's architecture.
 """
 
 from __future__ import annotations
@@ -32,15 +34,20 @@ ATTRIBUTES = ("cell_type", "sirna_id")
 # outputs the clean image x̂ and turns it into the velocity of the same interpolant, v = (x̂ - x_t) / (1 - t)
 # ("data" parametrisation, as JiT, Li & He 2025); the loss is still the velocity MSE and the samplers the same.
 # Config generator.prediction overrides the preset's choice (e.g. velocity for tiny, as SiT).
-# On latents (generator.autoencoder trained or sd-vae) the patch is 2 as in SiT: tiny/2 is the CPU demo's latent
-# model (64 tokens on a 16 x 16 latent, i.e. 64 px with downsampling 4), S/2, B/2 and XL/2 are SiT's sizes
-# (the paper: B/2 on SD-VAE latents, 256 tokens at 256 px).
+# On latents (generator.autoencoder trained or sd-vae) the patch is 2 as in SiT: tiny/2 is a CPU-sized SiT
+# (64 tokens on a 16 x 16 latent), S/2, B/2 and XL/2 are SiT's sizes (the paper: B/2 on SD-VAE latents, 256 tokens
+# at 256 px). unet is the CPU demo's latent model: within a few CPU minutes a transformer of patch tokens still
+# paints patch-shaped blocks, while a U-Net's convolutions draw nuclei and cytoplasm (BENCHMARKS.md, "A U-Net for
+# the CPU demo"). Its `depth` counts the blocks whose output the translator can read (down, middle, up) and
+# `patch` is the multiple of the latent side it needs (its total downsampling).
 PRESETS = {
-    "tiny": dict(depth=4, hidden=128, heads=4, patch=8, prediction="data"),
-    "tiny/2": dict(depth=4, hidden=128, heads=4, patch=2, prediction="velocity"),
-    "S/2": dict(depth=12, hidden=384, heads=6, patch=2, prediction="velocity"),
-    "B/2": dict(depth=12, hidden=768, heads=12, patch=2, prediction="velocity"),
-    "XL/2": dict(depth=28, hidden=1152, heads=16, patch=2, prediction="velocity"),
+    "tiny": dict(architecture="sit", depth=4, hidden=128, heads=4, patch=8, prediction="data"),
+    "tiny/2": dict(architecture="sit", depth=4, hidden=128, heads=4, patch=2, prediction="velocity"),
+    "unet": dict(architecture="unet", widths=[16, 32, 64, 128], depth=9, hidden=128, heads=4, patch=8,
+                 prediction="velocity"),
+    "S/2": dict(architecture="sit", depth=12, hidden=384, heads=6, patch=2, prediction="velocity"),
+    "B/2": dict(architecture="sit", depth=12, hidden=768, heads=12, patch=2, prediction="velocity"),
+    "XL/2": dict(architecture="sit", depth=28, hidden=1152, heads=16, patch=2, prediction="velocity"),
 }
 # The data parametrisation divides by 1 - t; near t = 1 the divisor is clipped (JiT uses 0.05).
 MIN_ONE_MINUS_T = 0.05
@@ -209,6 +216,125 @@ class SiT(nn.Module):
             one_minus_t = (1 - t.float()).clamp(min=MIN_ONE_MINUS_T).view(-1, 1, 1, 1)
             out = (out.float() - x.float()) / one_minus_t
         return (out, pooled) if hidden_block is not None else out
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm groups for a width: 8 where it divides (also the autoencoder's)."""
+    return math.gcd(channels, 8)
+
+
+class ConditionedResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the condition as a scale and shift after the second norm (ADM); the last
+    convolution starts at zero, so every block starts as its skip path."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_groups(in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.condition = nn.Linear(hidden, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(norm_groups(out_channels), out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x, c):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.condition(c)[:, :, None, None].chunk(2, dim=1)
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over the positions of a feature map (residual, output projection starts at zero)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
+        self.qkv, self.proj = nn.Conv2d(channels, 3 * channels, 1), nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        out = F.scaled_dot_product_attention(*qkv.unbind(1))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """Velocity model v(x_t, t, cell_type, sirna) as a U-Net: one conditioned residual block per level on the way
+    down (stride-2 convolutions between levels) and up (nearest upsampling, the skip concatenated), residual
+    block + self-attention + residual block at the coarsest level. Conditioning, null tokens and the "data"
+    parametrisation as SiT. Blocks are numbered down, middle, up for `hidden_block` (the translator's input:
+    that block's output averaged over positions)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        widths, hidden, channels = list(config["widths"]), config["hidden"], config["channels"]
+        self.t_embed = TimestepEmbedder(hidden)
+        self.attr_embed = nn.ModuleDict(
+            {a: nn.Embedding(config["vocab_sizes"][a] + 1, hidden) for a in ATTRIBUTES})
+        for table in self.attr_embed.values():
+            nn.init.normal_(table.weight, std=0.02)
+        self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        previous = widths[0]
+        for level, width in enumerate(widths):
+            self.down.append(ConditionedResBlock(previous, width, hidden))
+            last = level == len(widths) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(width, width, 3, stride=2, padding=1))
+            previous = width
+        self.middle = nn.ModuleList([ConditionedResBlock(previous, previous, hidden),
+                                     ConditionedResBlock(previous, previous, hidden)])
+        self.attention = SpatialAttention(previous, config["heads"])
+        self.up = nn.ModuleList()
+        for width in reversed(widths):
+            self.up.append(ConditionedResBlock(previous + width, width, hidden))
+            previous = width
+        self.out_norm = nn.GroupNorm(norm_groups(previous), previous)
+        self.out = nn.Conv2d(previous, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        if config["depth"] != 2 * len(widths) + 1:
+            raise ValueError(f"a U-Net of {len(widths)} levels has {2 * len(widths) + 1} blocks, not {config['depth']}")
+
+    def null_index(self, attribute: str) -> int:
+        return self.config["vocab_sizes"][attribute]
+
+    def forward(self, x, t, cell_type, sirna_id, hidden_block: int | None = None):
+        """As SiT.forward: the velocity for `x` (B, C, R, R) at times `t`, with `hidden_block=k` also block k's
+        output averaged over positions (B, width of that block)."""
+        c = F.silu(self.t_embed(t) + self.attr_embed["cell_type"](cell_type) + self.attr_embed["sirna_id"](sirna_id))
+        outputs, skips = [], []
+        h = self.stem(x)
+        for block, downsample in zip(self.down, self.downsample):
+            h = block(h, c)
+            outputs.append(h)
+            skips.append(h)
+            h = downsample(h)
+        h = self.middle[1](self.attention(self.middle[0](h, c)), c)
+        outputs.append(h)
+        for block in self.up:
+            skip = skips.pop()
+            if h.shape[-1] != skip.shape[-1]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], dim=1), c)
+            outputs.append(h)
+        out = self.out(F.silu(self.out_norm(h)))
+        if self.config["prediction"] == "data":
+            one_minus_t = (1 - t.float()).clamp(min=MIN_ONE_MINUS_T).view(-1, 1, 1, 1)
+            out = (out.float() - x.float()) / one_minus_t
+        if hidden_block is None:
+            return out
+        return out, outputs[hidden_block].float().mean(dim=(2, 3))
+
+
+def build_network(config: dict) -> nn.Module:
+    """The flow model of a model_config: SiT or UNet (configs written before U-Nets existed are SiT)."""
+    return UNet(config) if config.get("architecture", "sit") == "unet" else SiT(config)
 
 
 def interpolate(x_data, noise, t):

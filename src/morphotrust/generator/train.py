@@ -35,7 +35,7 @@ from .autoencoder import PIXELS, Codec, load_codec
 from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
                    ignore_stop_signals, read_images, read_manifest, training_rows)
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
-from .model import ATTRIBUTES, SiT, interpolate, model_config, to_model_scale
+from .model import ATTRIBUTES, build_network, interpolate, model_config, to_model_scale
 
 CHECKPOINT_FORMAT = "morphotrust-sit-1"
 INTERRUPTED_EXIT = 75  # EX_TEMPFAIL: try again later
@@ -94,7 +94,11 @@ def learning_rate(step: int, cfg: dict) -> float:
 
 
 def generator_name(preset: str, autoencoder: str = "none") -> str:
+    from .model import PRESETS
+
     latent = {"none": "", "trained": "-ae", "sd-vae": "-sdvae"}[autoencoder]
+    if PRESETS[preset]["architecture"] == "unet":
+        return f"morphotrust-{preset.lower()}{latent}"
     return f"morphotrust-sit-{preset.lower().replace('/', '')}{latent}"
 
 
@@ -156,8 +160,8 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def build_model(state: dict, weights: str = "ema") -> SiT:
-    model = SiT(state["model_config"])
+def build_model(state: dict, weights: str = "ema") -> torch.nn.Module:
+    model = build_network(state["model_config"])
     model.load_state_dict(state[weights])
     return model
 
@@ -192,8 +196,8 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
                                        data_fingerprint(rows), codec)
 
     torch.manual_seed(cfg["seed"])  # weight initialisation
-    model = SiT(config).to(device)
-    ema = SiT(config).to(device).requires_grad_(False)
+    model = build_network(config).to(device)
+    ema = build_network(config).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     losses: list[float] = []
