@@ -80,9 +80,9 @@ def training_flops(preset: str, channels: int, side: int) -> float:
     """FLOPs of one training image (forward + backward = 3 x forward, counted by torch's FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from morphotrust.generator.model import SiT, model_config
+    from morphotrust.generator.model import build_network, model_config
 
-    model = SiT(model_config(preset, side, {"cell_type": 4, "sirna_id": 1139}, channels=channels))
+    model = build_network(model_config(preset, side, {"cell_type": 4, "sirna_id": 1139}, channels=channels))
     x = torch.randn(1, channels, side, side)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, torch.rand(1), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))

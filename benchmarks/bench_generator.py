@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from morphotrust.generator.model import SiT, interpolate, model_config
+from morphotrust.generator.model import build_network, interpolate, model_config
 from morphotrust.generator.sample import integrate
 from morphotrust.generator.train import autocast, resolve_device
 
@@ -50,7 +50,7 @@ def bench(preset: str, resolution: int, device, batch: int, sample_batch: int, c
           channels: int = 6, downsample: int = 1) -> dict:
     torch.manual_seed(0)
     image_resolution, resolution = resolution, resolution // downsample
-    model = SiT(model_config(preset, resolution, VOCAB, channels=channels)).to(device)
+    model = build_network(model_config(preset, resolution, VOCAB, channels=channels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, channels, resolution, resolution, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)

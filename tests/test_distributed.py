@@ -3,6 +3,7 @@ torchrun, on the toy data of test_generator. Each torchrun start costs a few sec
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -109,7 +110,7 @@ def test_autoencoder_stage_command_with_two_gpus_follows_one_process_with_the_gl
     """The stage command itself: generator.gpus: 2 relaunches it under torchrun (2 gloo processes)."""
     cfg = config(autoencoder="trained", gpus=2)
     cfg["trained_autoencoder"] = dict(cfg["trained_autoencoder"], steps=4, batch_size=PER_RANK, width=4,
-                                      checkpoint_every=2, crop=8)  # windows drawn for the global batch
+                                      checkpoint_every=2)
     run = subprocess.run([sys.executable, "-m", "morphotrust", "generator", "autoencoder", "--manifest",
                           str(toy / "manifest.parquet"), "--stacks-dir", str(toy / "stacks"), "--resolution",
                           str(RES), "--out-dir", str(tmp_path / "ddp"), "--config", json.dumps(cfg)],
@@ -124,9 +125,14 @@ def test_autoencoder_stage_command_with_two_gpus_follows_one_process_with_the_gl
     assert len(two) == 4 and np.abs(two / one - 1).max() < 1e-4  # same reasoning and margin as the generator's
     from safetensors.torch import load_file
 
-    weights = load_file(str(tmp_path / "ddp" / "autoencoder.safetensors"))
-    for key, value in single["network"].state_dict().items():
-        assert torch.allclose(weights[key], value, rtol=0, atol=1e-4), key
+    # The two networks are compared as functions: a conv bias that feeds a per-channel GroupNorm (width 4 here) has
+    # a gradient that is zero but for rounding, which Adam turns into steps of up to lr in either direction, so
+    # such biases differ between runs while the outputs do not.
+    ddp = copy.deepcopy(single["network"])
+    ddp.load_state_dict(load_file(str(tmp_path / "ddp" / "autoencoder.safetensors")))
+    images = torch.rand(4, 6, RES, RES, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(ddp(images), single["network"](images), rtol=0, atol=1e-4)
 
 
 def test_multi_node_launch_needs_a_slurm_allocation_and_uses_its_first_host():

@@ -89,8 +89,9 @@ def test_a_sharded_configuration_makes_one_job_per_shard_and_merges(tmp_path):
     dry = run_snakemake(workdir, "-n", "--forceall", "--quiet", "rules", timeout=300).stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry, flags=re.M))
     assert counts["sample_shard"] == "2" and counts["sample"] == "1", dry
-    assert counts["features_real_shard"] == "6" and counts["features_generated_shard"] == "2", dry
-    assert counts["features_real"] == "3" and counts["features_generated"] == "1", dry
+    # generated features: the generator's samples and the autoencoder's reconstructions (the ceiling), 2 shards each
+    assert counts["features_real_shard"] == "6" and counts["features_generated_shard"] == "4", dry
+    assert counts["features_real"] == "3" and counts["features_generated"] == "2", dry
     assert counts["generation_trust_shard"] == "2" and counts["generation_trust"] == "1", dry
     one_job = run_snakemake(make_workdir(tmp_path / "one"), "-n", "--forceall", "--quiet", "rules").stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", one_job, flags=re.M))
