@@ -91,17 +91,9 @@ FINAL_TABLES = ["results/subsets/manifest.parquet", "results/trust/generated_sco
 PIXEL_DEMO = {**TINY_DEMO, "generator.autoencoder": "none", "generator.preset": "tiny"}
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The whole workflow on a small demo with the default generator (latents), uninterrupted."""
-    workdir = make_workdir(tmp_path_factory.mktemp("demo"), **TINY_DEMO)
-    run_snakemake(workdir, "--cores", "2")
-    return workdir
-
-
 @pytest.mark.slow
-def test_demo_end_to_end(demo_run):
-    results = demo_run / "results"
+def test_demo_end_to_end(tiny_demo_run):
+    results = tiny_demo_run / "results"
     manifest = pd.read_parquet(results / "subsets" / "manifest.parquet")
     assert set(manifest["Metadata_arm"]) >= {"seen", "unseen"}
     train = manifest[manifest["Metadata_split"] == "train"]
@@ -120,7 +112,7 @@ def test_demo_end_to_end(demo_run):
     assert set(reconstructed["Metadata_real_site_id"]) == set(held_out["Metadata_site_id"])
     summary = (results / "report" / "summary.html").read_text()
     assert "SYNTHETIC" in summary and "The ceiling of the latent space" in summary
-    rerun = run_snakemake(demo_run, "--cores", "2", "-n")
+    rerun = run_snakemake(tiny_demo_run, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
 
