@@ -1,13 +1,26 @@
-"""Fixtures shared by several test modules.
+"""Fixtures shared by several test modules, and how the suite is split over pytest-xdist workers.
 
-`tiny_demo_run`: ONE run of the whole workflow on the small demo (TINY_DEMO, default generator on latents),
-made once per test session and read by every end-to-end assertion that does not need its own run. Put new
+`tiny_demo_run`: ONE run of the whole workflow on the small demo (TINY_DEMO, default generator on latents), made
+once per test session and read by every end-to-end assertion that does not need a run of its own. Put new
 end-to-end checks here as tests that take this fixture rather than running another demo.
+
+Under xdist (scripts/test.sh runs `-n 2 --dist loadgroup`) a fixture is made once per worker that needs it, so
+every test goes to an xdist group that one worker runs: its module's (module fixtures are made once), or, for the
+tests that use `tiny_demo_run`, one group of their own; the SLURM tests share one local cluster, which a second
+worker must not start or stop beneath them.
 """
 
 import pytest
 
 from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake
+
+SHARED_FIXTURE_GROUPS = {"tiny_demo_run": "tiny_demo", "slurm_cluster": "slurm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [group for fixture, group in SHARED_FIXTURE_GROUPS.items() if fixture in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ from morphotrust.generator.train import load_checkpoint, train
 from morphotrust.images import read_site
 
 torch.set_num_threads(1)
-SMALL_AE = dict(latent_channels=4, downsample=2, width=8, steps=12, batch_size=4, lr=3e-3, warmup=2,
-                checkpoint_every=5, crop=None)
+SMALL_AE = dict(init_weights=None, latent_channels=4, downsample=2, width=8, steps=12, batch_size=4, lr=3e-3,
+                warmup=2, checkpoint_every=5, crop=None)
 
 
 def ae_config(**overrides) -> dict:

@@ -28,10 +28,11 @@ def workdir(tmp_path_factory):
         "generated.source": "standins",
         # copies come from the evaluation split: keep it out of the reference so they are truly held out
         "validation.reference_splits": ["train", "calibration"],
-        "morphology.max_sites_per_condition": 8,
+        "morphology.max_sites_per_condition": 8, "morphology.max_generated_per_condition": 8,
+        # the stand-ins need no generator: no autoencoder (and no ceiling) either
+        "generator.autoencoder": "none",
     })
-    # the default demo (with CellProfiler on 8 sites per condition): ~15 min on a quiet 2-core machine, over 30
-    # when other heavy tests share it
+    # the default demo's data with CellProfiler on 8 sites per condition and source
     run_snakemake(workdir, "--cores", "2", "results/validation/summary.json", timeout=3000)
     return workdir
 
@@ -134,3 +135,30 @@ def test_trust_accepted_beat_random_when_some_are_corrupted(workdir):
     print("accepted - random centroid z (seen):", seen["delta_z"], "CI", seen["ci_low"], seen["ci_high"])
     assert seen["n_accepted"] > 20
     assert seen["ci_high"] < 0
+
+
+def test_the_shipped_demo_weights_fit_this_demo(workdir):
+    """The demo starts from resources/demo_weights/ (config/config.yaml): they must be this demo's networks, trained
+    on this demo's training split. When the demo data, its conditions or the networks change, this fails and the
+    message names the command that remakes the weights (scripts/train_demo_weights.py)."""
+    import yaml
+
+    from morphotrust.generator.autoencoder import autoencoder_config
+    from morphotrust.generator.data import build_vocabularies, read_images, read_manifest, training_rows
+    from morphotrust.generator.init_weights import data_signature, load_init_weights
+    from morphotrust.generator.model import ATTRIBUTES, model_config
+    from workflow_helpers import REPO
+
+    generator = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["generator"]
+    subsets = workdir / "results" / "subsets"
+    rows = training_rows(read_manifest(subsets / "manifest.parquet"))
+    resolution = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["subsets"]["resolution"]
+    signature = data_signature(read_images(subsets / "stacks", rows, resolution), rows)
+    autoencoder = autoencoder_config(generator["trained_autoencoder"])
+    load_init_weights(REPO / generator["trained_autoencoder"]["init_weights"], "autoencoder", autoencoder, signature)
+    vocabularies = build_vocabularies(rows)
+    latent = resolution // autoencoder["downsample"]
+    flow = model_config(generator["preset"], latent, {a: len(vocabularies[a]) for a in ATTRIBUTES},
+                        channels=autoencoder["latent_channels"], prediction=generator["prediction"])
+    load_init_weights(REPO / generator["init_weights"], "flow", flow, signature, vocabularies)
+

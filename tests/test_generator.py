@@ -63,8 +63,9 @@ def config(**overrides) -> dict:
     """The shipped `generator` config section, resized for tests, with the pixel-space tiny model (the latent
     models are tested in test_autoencoder.py)."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["generator"]
-    cfg.update(autoencoder="none", preset="tiny", steps=8, batch_size=4, warmup=2, checkpoint_every=3,
-               num_workers=0, device="cpu", sampling_steps=4, samples_per_condition=3, sampling_batch_size=4)
+    cfg.update(autoencoder="none", init_weights=None, preset="tiny", steps=8, batch_size=4, warmup=2,
+               checkpoint_every=3, num_workers=0, device="cpu", sampling_steps=4, samples_per_condition=3,
+               sampling_batch_size=4)
     cfg.update(overrides)
     return cfg
 

@@ -80,9 +80,10 @@ def test_bad_config_key_stops(tmp_path):
     assert "max_sites_per_conditon" in result.stdout + result.stderr
 
 
-FINAL_TABLES = ["results/subsets/manifest.parquet", "results/trust/generated_scores.parquet",
-                "results/morphology/real_clean.parquet", "results/morphology/generated_clean.parquet",
-                "results/validation/centroid_per_condition.csv", "results/validation/kid_per_condition.csv"]
+# What the killed-run test compares: the generated images themselves and the tables made from them. CellProfiler
+# is left out (the test would run it twice for nothing: it measures the same image files).
+RESUMED_TARGETS = ["results/trust/generated_scores.parquet", "results/validation/kid_per_condition.csv"]
+FINAL_TABLES = ["results/subsets/manifest.parquet", *RESUMED_TARGETS]
 
 
 # The end-to-end demo runs the default generator, a U-Net on latents (the killed-run test runs the pixel model):
@@ -135,7 +136,7 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path):
     from its checkpoint) and the final tables equal the uninterrupted run's."""
     overrides = {**PIXEL_DEMO, "generator.steps": 300, "generator.checkpoint_every": 25}
     workdir = make_workdir(tmp_path, **overrides)
-    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"],
+    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *RESUMED_TARGETS],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoint = workdir / "results" / "generator" / "checkpoints" / "latest.pt"
     deadline = time.monotonic() + 900
@@ -156,16 +157,21 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path):
         run_snakemake(workdir, "--unlock")
     assert not (workdir / "results" / "generator" / "checkpoint.pt").exists(), "training finished before the kill"
 
-    run_snakemake(workdir, "--cores", "2", "--rerun-incomplete")
+    run_snakemake(workdir, "--cores", "2", "--rerun-incomplete", *RESUMED_TARGETS)
     assert (workdir / "results" / "data" / "sites.parquet").stat().st_mtime_ns == sites_before
     train_log = (workdir / "results" / "logs" / "generator" / "train.log").read_text()
     assert "resum" in train_log.lower(), train_log[-2000:]
 
     uninterrupted = make_workdir(tmp_path / "uninterrupted", **overrides)
-    run_snakemake(uninterrupted, "--cores", "2")
+    run_snakemake(uninterrupted, "--cores", "2", *RESUMED_TARGETS)
     for table in FINAL_TABLES:
         read = pd.read_csv if table.endswith(".csv") else pd.read_parquet
         pd.testing.assert_frame_equal(read(workdir / table), read(uninterrupted / table), obj=table)
+    images = sorted(p.relative_to(workdir) for p in (workdir / "results/generated/generator/images").glob("*.tif"))
+    assert images and images == sorted(p.relative_to(uninterrupted)
+                                       for p in (uninterrupted / "results/generated/generator/images").glob("*.tif"))
+    for image in images:
+        assert (workdir / image).read_bytes() == (uninterrupted / image).read_bytes(), image
 
 
 def test_every_config_key_is_documented():

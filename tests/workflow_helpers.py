@@ -41,9 +41,11 @@ def make_workdir(tmp_path, **overrides):
 TINY_DEMO = {
     "data.demo.experiments_per_cell_type": 1, "data.demo.plates_per_experiment": 2,
     "features.image_size": 96,
-    "morphology.max_sites_per_condition": 2, "morphology.chunk_size": 200,
+    "morphology.max_sites_per_condition": 2, "morphology.max_generated_per_condition": 2, "morphology.chunk_size": 200,
     "validation.n_random_seeds": 2, "validation.deciles.max_iter": 100, "validation.centroid.n_bootstrap": 200,
     "generator.steps": 20, "generator.translator.steps": 50,
     "generator.trained_autoencoder.steps": 20, "generator.trained_autoencoder.warmup": 5,
     "generator.trained_autoencoder.checkpoint_every": 10,
+    # the demo's shipped weights were trained on the default demo's data, not this smaller one
+    "generator.init_weights": None, "generator.trained_autoencoder.init_weights": None,
 }

@@ -22,7 +22,11 @@ from jsonschema import validators
 
 from .errors import InputError, InputErrors
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# Keys naming files shipped in the repository (resources/): a relative path not found in the working directory is
+# the repository's, so runs with --directory elsewhere find them.
+SHIPPED_FILES = (("generator", "init_weights"), ("generator", "trained_autoencoder", "init_weights"))
 COMMAND_LINE = "--config"
 # The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.model.PRESETS,
 # a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
@@ -159,6 +163,47 @@ def _schema_problems(config: dict, schema: dict, sources: Sources) -> list[tuple
     return problems
 
 
+def _resolve_shipped_files(config: dict) -> None:
+    for *parents, key in SHIPPED_FILES:
+        section = config
+        for parent in parents:
+            section = section[parent]
+        path = section[key]
+        if path and not os.path.isabs(path) and not os.path.exists(path) and (REPO / path).exists():
+            section[key] = str(REPO / path)
+
+
+def _init_weights_problem(config: dict, key: str, kind: str) -> tuple[str, str] | None:
+    """What the dry run can tell about an init-weights file from its header: that it is one, of this kind, of
+    the configured network's size, trained on the kind of data this run uses (the training job checks the rest:
+    the exact network, the conditions and the training data themselves)."""
+    from .errors import InputError
+    from .generator.init_weights import read_header
+
+    section = config["generator"] if kind == "flow" else config["generator"]["trained_autoencoder"]
+    path = section["init_weights"]
+    if not path or (kind == "autoencoder" and config["generator"]["autoencoder"] != "trained"):
+        return None
+    if not os.path.isfile(path):
+        return f"no file {path}", "an init-weights file, or null to train from scratch"
+    try:
+        header = read_header(path, kind)
+    except InputError as error:
+        return f"{path}: {error.problem}", error.expected or ""
+    if header["training_data"]["synthetic_demo"] and config["data"]["rxrx1_path"] is not None:
+        return (f"{path} was trained on the synthetic demo, but data.rxrx1_path is set",
+                "null with your own data (and generator steps for training from scratch)")
+    network = header["network"]
+    if kind == "autoencoder":
+        wanted = {k: config["generator"]["trained_autoencoder"][k] for k in ("latent_channels", "downsample", "width")}
+        stored = {k: network.get(k) for k in wanted}
+    else:
+        wanted, stored = {"preset": config["generator"]["preset"]}, {"preset": network.get("preset")}
+    if stored != wanted:
+        return f"{path} holds a network with {stored}, the config asks for {wanted}", "weights of this network, or null"
+    return None
+
+
 def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, str]]:
     """Checks that involve several keys (or files) and would otherwise fail in a job, much later."""
     problems = []
@@ -214,6 +259,11 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
     if config["generated"]["source"] == "reconstructions" and generator["autoencoder"] == "none":
         add("generated.source", "reconstructions, but generator.autoencoder is none",
             "generator.autoencoder trained or sd-vae (the reconstructions are its held-out sites, round-tripped)")
+
+    for key, kind in (("generator.init_weights", "flow"), ("generator.trained_autoencoder.init_weights", "autoencoder")):
+        problem = _init_weights_problem(config, key, kind)
+        if problem:
+            add(key, *problem)
 
     if generator["gpus"] * generator["nodes"] > 1 and str(generator["device"]).startswith("cuda:"):
         add("generator.device", f"{generator['device']}, but generator.gpus x nodes = "
@@ -276,6 +326,7 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = _schema_problems(config, schema, sources)
     if not problems:  # the cross-key checks read keys the schema guarantees
+        _resolve_shipped_files(config)
         problems = _cross_key_problems(config, sources)
     if problems:
         lines = [f"{where}: {problem}" + (f" (expected {expected})" if expected else "")

@@ -86,6 +86,7 @@ rule autoencoder:
         manifest="results/subsets/manifest.parquet",
         stacks=expand("results/subsets/stacks/{split}.npy", split=SPLITS),
         weights=GENERATOR["sd_vae"]["weights"] if GENERATOR["autoencoder"] == "sd-vae" else [],
+        init_weights=GENERATOR["trained_autoencoder"]["init_weights"] or [],
     output:
         **(
             {
@@ -127,6 +128,7 @@ rule train:
         manifest="results/subsets/manifest.parquet",
         stack="results/subsets/stacks/train.npy",
         autoencoder=AUTOENCODER_JSON,
+        init_weights=GENERATOR["init_weights"] or [],
     output:
         checkpoint="results/generator/checkpoint.pt",
         loss_csv="results/generator/loss.csv",

@@ -95,11 +95,7 @@ checkpoint morphology_prepare:
             else ""
         ),
         chunk_size=MORPHOLOGY["chunk_size"],
-        cap=(
-            f"--max-sites-per-condition {MORPHOLOGY['max_sites_per_condition']}"
-            if MORPHOLOGY["max_sites_per_condition"]
-            else ""
-        ),
+        cap=morphology_cap,
         seed=MORPHOLOGY["seed"],
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"

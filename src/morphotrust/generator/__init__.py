@@ -17,6 +17,7 @@ import sys
 COMMANDS = {
     "autoencoder": ("autoencoder", "cli"),
     "train": ("train", "cli"),
+    "export-weights": ("init_weights", "cli"),
     "sample": ("sample", "cli"),
     "translator": ("generation_trust", "translator_cli"),
     "generation-trust": ("generation_trust", "cli"),

@@ -34,6 +34,7 @@ from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, training_rows
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
+from .init_weights import data_signature, load_init_weights
 from .model import norm_groups, to_model_scale, to_uint8
 
 KINDS = ("trained", "sd-vae", "none")
@@ -327,13 +328,19 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     rows = training_rows(manifest, manifest_path)
     dataset = TrainingImages(stacks_dir, rows, build_vocabularies(rows), resolution)
     config = autoencoder_config(acfg)
+    init = dict(init_weights=file_fingerprint(acfg["init_weights"])) if acfg["init_weights"] else {}
     fingerprint = json.dumps(dict(network=config, data=data_fingerprint(rows), resolution=resolution,
-                                  seed=cfg["seed"], **{k: dict(acfg, batch_size=global_batch)[k]
-                                                       for k in ("lr", "warmup", "steps", "crop", "batch_size",
-                                                                 "mse_weight", "gradient_weight", "fft_weight")}),
+                                  seed=cfg["seed"], **init, **{k: dict(acfg, batch_size=global_batch)[k]
+                                                               for k in ("lr", "warmup", "steps", "crop", "batch_size",
+                                                                         "mse_weight", "gradient_weight",
+                                                                         "fft_weight")}),
                              sort_keys=True)  # batch_size: the global batch
     torch.manual_seed(cfg["seed"])
     network = ConvAutoencoder(config).to(device)
+    if acfg["init_weights"]:
+        signature = data_signature(read_images(stacks_dir, rows, resolution), rows)
+        network.load_state_dict(load_init_weights(acfg["init_weights"], "autoencoder", config, signature))
+        team.say(f"starting from {acfg['init_weights']}")
     optimizer = torch.optim.AdamW(network.parameters(), lr=acfg["lr"], weight_decay=0.0)
     losses: list[float] = []
     start = 0

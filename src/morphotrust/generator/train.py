@@ -31,9 +31,10 @@ from ..errors import InputError
 from ..weights import PICKLE_CAUSE
 from ..io import atomic_path, write_csv
 from .autoencoder import KINDS as AUTOENCODERS
-from .autoencoder import PIXELS, Codec, load_codec
+from .autoencoder import PIXELS, Codec, file_fingerprint, load_codec
 from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
                    ignore_stop_signals, read_images, read_manifest, training_rows)
+from .init_weights import data_signature, load_init_weights
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import ATTRIBUTES, build_network, interpolate, model_config, to_model_scale
 
@@ -136,7 +137,8 @@ def training_fingerprint(cfg: dict, config: dict, vocabularies: dict, data_id: s
     batch_size is the global batch: W processes x b and one process x W b share checkpoints."""
     keys = ("seed", "lr", "warmup", "batch_size", "grad_clip", "ema_decay", "weight_decay", "p_drop")
     latent = {} if codec.kind == "none" else dict(autoencoder=codec.describe())  # pixel fingerprints unchanged
-    return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **latent,
+    init = dict(init_weights=file_fingerprint(cfg["init_weights"])) if cfg["init_weights"] else {}
+    return json.dumps(dict(model=config, vocabularies=vocabularies, data=data_id, **latent, **init,
                            **{k: cfg[k] for k in keys}), sort_keys=True)
 
 
@@ -189,14 +191,18 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     config = model_config(cfg["preset"], latent_resolution, {a: len(vocabularies[a]) for a in ATTRIBUTES},
                           channels=channels, prediction=cfg["prediction"])
     dataset = TrainingImages(stacks_dir, rows, vocabularies, resolution)
+    images = read_images(stacks_dir, rows, resolution)
     if codec.kind != "none":
-        dataset = TrainingLatents(dataset, codec.encode_uint8(read_images(stacks_dir, rows, resolution),
-                                                              progress=team.is_main, device=device))
+        dataset = TrainingLatents(dataset, codec.encode_uint8(images, progress=team.is_main, device=device))
     fingerprint = training_fingerprint(dict(cfg, batch_size=global_batch), config, vocabularies,
                                        data_fingerprint(rows), codec)
 
     torch.manual_seed(cfg["seed"])  # weight initialisation
     model = build_network(config).to(device)
+    if cfg["init_weights"]:
+        model.load_state_dict(load_init_weights(cfg["init_weights"], "flow", config, data_signature(images, rows),
+                                                vocabularies))
+        team.say(f"starting from {cfg['init_weights']}")
     ema = build_network(config).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -299,8 +305,9 @@ def _train_step(forward, model, ema, optimizer, images, cell, sirna, step, cfg, 
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
     optimizer.step()
-    # EMA with the usual warm-up so short runs are not dominated by the random initial weights.
-    decay = min(cfg["ema_decay"], (1 + step) / (10 + step))
+    # EMA with the usual warm-up so short runs are not dominated by the random initial weights; from init weights
+    # (an earlier run's EMA) none, so a short continuation keeps most of their average.
+    decay = cfg["ema_decay"] if cfg["init_weights"] else min(cfg["ema_decay"], (1 + step) / (10 + step))
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
             e.lerp_(p, 1 - decay)
@@ -330,7 +337,8 @@ def write_loss_curve(losses: list[float], cfg: dict, out_dir: Path, ylabel: str 
     plt.close(fig)
 
 
-REQUIRED_KEYS = ("autoencoder", "trained_autoencoder", "sd_vae", "preset", "prediction", "precision", "steps", "lr", "warmup", "batch_size", "grad_clip",
+REQUIRED_KEYS = ("autoencoder", "trained_autoencoder", "sd_vae", "init_weights", "preset", "prediction", "precision",
+                 "steps", "lr", "warmup", "batch_size", "grad_clip",
                  "ema_decay", "weight_decay", "p_drop", "guidance_scale", "sampler", "sampling_steps",
                  "samples_per_condition", "sampling_batch_size", "seed", "checkpoint_every", "num_workers", "device",
                  "translator", "generation_trust")
