@@ -532,6 +532,8 @@ def test_reports_render_in_headless_chromium(world, chromium, tmp_path):
         # the synthetic-data banner (firebrick, #b22222) is visible near the top
         banner = np.all(pixels[:250] == (178, 34, 34), axis=-1)
         assert banner.sum() > 5000, f"{name}: no synthetic banner on screen"
+        # below the full-width header, banner and links, nothing reaches past the page's right margin (tables fit)
+        assert (pixels[250:, 1365:] == 255).all(), f"{name}: something runs off the right edge of the page"
     # the DOM after rendering (one page: each chromium start costs seconds)
     dom = _chromium(chromium, tmp_path / "profile", "--dump-dom", (out / "render_plate.html").as_uri()).stdout
     rendered = Page(dom)

@@ -120,6 +120,25 @@ def condition_table(inputs: Inputs, generated: pd.DataFrame | None, rules: dict)
     return base
 
 
+def condition_display(conditions: pd.DataFrame) -> pd.DataFrame:
+    """The condition table as shown: paired figures in one column each ("accepted / random"), so that it fits the
+    page width; results/report tables keep every column apart."""
+    def pair(first: str, second: str) -> pd.Series:
+        return conditions[first].map(fmt) + " / " + conditions[second].map(fmt)
+
+    shown = conditions[["condition", "arm"]].copy()
+    shown["accepted"] = [f"{a} of {n} ({percent(r)})" for a, n, r in
+                         zip(conditions["accepted"], conditions["generated"], conditions["acceptance"])]
+    shown["mean T / R / F"] = pair("mean T", "mean R") + " / " + conditions["mean F"].map(fmt)
+    for name, columns in (("z accepted / random", ("z accepted", "z random")),
+                          ("ΔKID accepted / random", ("ΔKID accepted", "ΔKID random"))):
+        if set(columns) <= set(conditions.columns):
+            shown[name] = pair(*columns)
+    rest = [c for c in ("rank (encoder)", "mAP (encoder)", "coverage", "verdict", "F adequacy")
+            if c in conditions.columns]
+    return pd.concat([shown, conditions[rest]], axis=1)
+
+
 def adequacy_body(results_dir: Path) -> str:
     """The encoder adequacy table of the trust stage (results/trust/adequacy.csv, .json) with its warnings."""
     csv, warnings_json = results_dir / "trust" / "adequacy.csv", results_dir / "trust" / "adequacy.json"
@@ -531,8 +550,7 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
         summary_frame = conditions.rename(columns={"condition": "Metadata_condition", "arm": "Metadata_arm",
                                                    "acceptance": "acceptance_rate"})
         acceptance_png = figures.acceptance_bars(summary_frame, rules["min_acceptance"])
-        shown = conditions.copy()
-        shown["acceptance"] = shown["acceptance"].map(percent)
+        shown = condition_display(conditions)
         body = img(acceptance_png, "acceptance per condition") + table(
             shown, row_class=lambda row: "good" if row["verdict"] == "trusted" else "bad")
         body += (f'<p class="small">Verdict rules (config report.verdict): <b>trusted</b> when at least '
