@@ -406,3 +406,26 @@ def test_dry_run_lists_every_manifest_problem(tmp_path):
     pd.DataFrame(columns=["path", "cell_type", "sirna_id"]).to_csv(folder / "m.csv", index=False)
     result = run_snakemake(workdir, "-n", "--configfile", str(workdir / "external.yaml"), check=False)
     assert result.returncode != 0 and "the manifest lists no images" in result.stdout + result.stderr
+
+
+def test_judging_notes_reach_the_run_summary(tmp_path):
+    """What composite mode and crops can and cannot judge, and the detail lost, in the run summary's words."""
+    from morphotrust.generator.external import judging_notes
+    from morphotrust.report.summary import external_judging
+
+    settings = ExternalSettings(folder="x", layout="cellflux", channels="cellflux_rgb", resolution=64, crop_px=96)
+    notes = judging_notes(settings, [96], native_px=512, subsets_resolution=64)
+    text = " ".join(notes["sentences"])
+    assert "(96 px) are judged at 64 px" in text and "one 96-px crop (native pixels" in text
+    assert "Composite mode (cellflux_rgb)" in text and "cannot be seen" in text
+    assert "CellProfiler validation is not applicable" in text and notes["derived_reference"]
+    six = judging_notes(ExternalSettings(folder="x", resolution=64), [64], native_px=128, subsets_resolution=64)
+    assert six["cellprofiler"] == "measured" and not six["derived_reference"]
+    (tmp_path / "generated" / "external").mkdir(parents=True)
+    (tmp_path / "generated" / "external" / "judging.json").write_text(json.dumps(
+        {**notes, "n_images": 5, "value_range": "uint8"}))
+    generated = pd.DataFrame({"Metadata_generator": ["external:cellflux"]})
+    summary = external_judging(tmp_path, generated)
+    assert summary.startswith("5 images (cellflux layout, value range uint8, channels cellflux_rgb) at 64 px.")
+    assert "Composite mode" in summary
+    assert external_judging(tmp_path, pd.DataFrame({"Metadata_generator": ["standin:copy"]})) is None

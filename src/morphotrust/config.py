@@ -137,6 +137,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         return f"found {len(value)} item(s)", f"at least {rule} item(s)"
     if error.validator == "maxItems":
         return f"found {len(value)} item(s)", f"at most {rule} item(s)"
+    if error.validator == "anyOf" and error.schema.get("description"):
+        return found, error.schema["description"].split(".")[0].strip()  # the key's description names its forms
     return error.message if len(error.message) < 200 else error.message[:197] + "...", ""
 
 

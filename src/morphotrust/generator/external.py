@@ -114,23 +114,22 @@ def _not_fitted(what: str, value: str, fitted: dict) -> str:
             "config/conditions.yaml)")
 
 
-def _from_vocabulary(values: dict, field: str, vocabulary: list | None) -> tuple[str | None, str | None]:
-    """(value, problem) of an index field through the generator's vocabulary."""
+def _requested(values: dict, field: str, vocabulary: list | None, plain: str) -> tuple[str | None, str | None]:
+    """(value as written, problem): an index `field` through the generator's vocabulary, else the `plain` field."""
+    if field not in values:
+        return values.get(plain, ""), None
     index = int(values[field])
     if vocabulary is None or not 0 <= index < len(vocabulary):
         size = 0 if vocabulary is None else len(vocabulary)
-        return None, (f"{field} {index} is not in generated.external.vocabulary ({size} entries, index 0 first)")
+        return None, f"{field} {index} is not in generated.external.vocabulary ({size} entries, index 0 first)"
     return str(vocabulary[index]).strip(), None
 
 
 def _resolve_cell_type(values: dict, settings: ExternalSettings, known: Known) -> tuple[str | None, list]:
     vocabulary = settings.vocabulary.get("cell_type")
-    if "cell_type_index" in values:
-        cell_type, problem = _from_vocabulary(values, "cell_type_index", vocabulary)
-        if problem:
-            return None, [problem]
-    else:
-        cell_type = values.get("cell_type", "")
+    cell_type, problem = _requested(values, "cell_type_index", vocabulary, "cell_type")
+    if problem:
+        return None, [problem]
     if cell_type not in known.cell_types:
         return None, [f"cell type `{cell_type}` is not in the real data (expected one of "
                       f"{', '.join(sorted(known.cell_types))})"]
@@ -162,7 +161,7 @@ def _sirna_of(text: str, known: Known, by: str) -> tuple[int | None, str | None]
 def _resolve_sirna(values: dict, settings: ExternalSettings, known: Known) -> tuple[int | None, list]:
     vocabulary = settings.vocabulary.get("sirna")
     if "sirna_index" in values:
-        text, problem = _from_vocabulary(values, "sirna_index", vocabulary)
+        text, problem = _requested(values, "sirna_index", vocabulary, "sirna")
         if problem:
             return None, [problem]
         # a vocabulary entry of digits is an RxRx1 sirna_id, anything else a name
