@@ -116,15 +116,16 @@ def test_declared_range_guards():
 
 def test_composite_mappings():
     assert np.array_equal(composite_of(SITE, "rxrx1_rgb"), composite_rgb(SITE).transpose(2, 0, 1))
-    # CellFlux's own arithmetic, spelled out: stains normalised to [-1, 1], mixed, clamped, back to 0..255, floored
-    x = SITE.astype(np.float64) / 255 * 2 - 1
+    # CellFlux's own arithmetic, spelled out: stains (stretched over their display ranges) normalised to [-1, 1],
+    # mixed, clamped, back to 0..255, floored
+    stretched = np.clip(SITE / COMPOSITE_RANGES[:, 1, None, None], 0, 1)
+    x = stretched * 2 - 1
     weights = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
     mixed = np.clip(np.einsum("chw,cn->nhw", x, weights), -1, 1) * 0.5 + 0.5
     assert np.abs(composite_of(SITE, "cellflux_rgb").astype(int) - np.floor(mixed * 255)).max() <= 1
     matrix = [[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0.5, 0.5, 0, 0, 0, 0]]
     mapped = composite_of(SITE, matrix)
     assert np.array_equal(mapped[0], SITE[0]) and np.array_equal(mapped[1], SITE[5])
-    assert COMPOSITE_RANGES.shape == (6, 2)
 
 
 # --- layouts, patterns and mislabel guards --------------------------------------------------------------------

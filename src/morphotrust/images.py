@@ -36,7 +36,10 @@ IMAGE_CHANNELS = (N_CHANNELS, 3)  # six stains, or an RGB composite
 # cellflux_rgb: CellFlux (github.com/yuhui-zh15/CellFlux, training/data_utils.py `convert_6ch_to_3ch`, applied in
 # training/eval_loop.py to images normalised to [-1, 1]): ch1 -> B, ch2 -> G, ch3 -> R, ch4 -> (G + B) / 2,
 # ch5 -> (R + B) / 2, ch6 -> (R + G) / 2, clamped to [-1, 1], then (x + 1) / 2, floored to 0..255. Each row's
-# weights sum to 2, so in uint8 units a channel is sum(w * v) - 127.5: the -1 of two normalised channels.
+# weights sum to 2, so in uint8 units a channel is sum(w * v) - 127.5: the -1 of two normalised channels, which
+# leaves a dim stain black. CellFlux trains on preprocessed crops whose stains fill the 8-bit range, so each stain
+# is first scaled from the fixed display range of the composite colour map (COMPOSITE_RANGES) to 0..255: an
+# assumption about that preprocessing (give a 3x6 matrix when yours differs).
 CELLFLUX_MATRIX = np.array([[0, 0, 1, 0, 0.5, 0.5], [0, 1, 0, 0.5, 0, 0.5], [1, 0, 0, 0.5, 0.5, 0]], dtype=np.float32)
 CELLFLUX_OFFSET = -127.5
 COMPOSITE_MAPPINGS = ("rxrx1_rgb", "cellflux_rgb")
@@ -49,7 +52,7 @@ def composite_of(image: np.ndarray, mapping) -> np.ndarray:
     if isinstance(mapping, str) and mapping == "rxrx1_rgb":
         return np.ascontiguousarray(composite_rgb(image).transpose(2, 0, 1))
     if isinstance(mapping, str) and mapping == "cellflux_rgb":
-        mixed = np.einsum("kc,chw->khw", CELLFLUX_MATRIX, x) + CELLFLUX_OFFSET
+        mixed = np.einsum("kc,chw->khw", CELLFLUX_MATRIX, _display_scaled(x) * 255.0) + CELLFLUX_OFFSET
         return np.floor(np.clip(mixed, 0.0, 255.0)).astype(np.uint8)
     matrix = np.asarray(mapping, dtype=np.float32)
     if matrix.shape != (3, N_CHANNELS):
@@ -75,15 +78,18 @@ def read_site(path) -> np.ndarray:
     return image
 
 
+def _display_scaled(x: np.ndarray) -> np.ndarray:
+    """Each stain of a `(6, H, W)` float site scaled from its fixed display range to [0, 1], clipped."""
+    lo, hi = COMPOSITE_RANGES[:, 0, None, None], COMPOSITE_RANGES[:, 1, None, None]
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
 def composite_rgb(image: np.ndarray) -> np.ndarray:
     """`(6, H, W)` uint8-scaled site -> `(H, W, 3)` uint8 RGB composite (rxrx1-utils colour map); a `(3, H, W)`
     composite is already one (returned as `(H, W, 3)`)."""
     if np.shape(image)[0] == 3:
         return np.ascontiguousarray(np.moveaxis(np.asarray(image, dtype=np.uint8), 0, -1))
-    x = np.asarray(image, dtype=np.float32)
-    lo, hi = COMPOSITE_RANGES[:, 0, None, None], COMPOSITE_RANGES[:, 1, None, None]
-    scaled = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    rgb = np.einsum("chw,ck->hwk", scaled, COMPOSITE_COLOURS)
+    rgb = np.einsum("chw,ck->hwk", _display_scaled(np.asarray(image, dtype=np.float32)), COMPOSITE_COLOURS)
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

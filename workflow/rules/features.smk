@@ -16,7 +16,8 @@ SCORED_MANIFESTS = {"generated": GENERATED_MANIFEST}
 REAL_STACK = (
     "results/generated/external/reference/{split}.npy" if EXTERNAL_REFERENCE else "results/subsets/stacks/{split}.npy"
 )
-# Channels of every image the features see: 3 for external RGB composites (generated.external.channels), else 6.
+# Channels of every image the features see: 3 for external RGB composites (generated.external.channels), else 6
+# (part of the command only then, so the default commands stay as they were).
 FEATURE_CHANNELS = f" --image-channels {EXTERNAL_SETTINGS.image_channels}" if EXTERNAL_REFERENCE else ""
 if CEILING:
     SCORED_MANIFESTS["reconstructions"] = "results/generated/reconstructions/manifest.parquet"
@@ -42,11 +43,10 @@ rule features_real_shard:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
-        channels=FEATURE_CHANNELS,
         shards=FEATURE_SHARDS,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg}{params.channels} --threads {threads} --out {output.table}"
+        " --split {wildcards.split} --config {params.cfg}" + FEATURE_CHANNELS + " --threads {threads} --out {output.table}"
         " --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
@@ -69,11 +69,11 @@ rule features_generated_shard:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
-        channels=FEATURE_CHANNELS,
         shards=FEATURE_SHARDS,
     shell:
-        "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}{params.channels}"
-        " --threads {threads} --out {output.table} --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
+        "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
 rule features_real:
@@ -98,11 +98,10 @@ rule features_real:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
-        channels=FEATURE_CHANNELS,
         merge=merge_option,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg}{params.channels} --threads {threads} --out {output.table} {params.merge}"
+        " --split {wildcards.split} --config {params.cfg}" + FEATURE_CHANNELS + " --threads {threads} --out {output.table} {params.merge}"
         " > {log} 2>&1"
 
 
@@ -127,8 +126,8 @@ rule features_generated:
         gpu=1 if FEATURES["device"] == "cuda" else 0,
     params:
         cfg=cli_json(FEATURES),
-        channels=FEATURE_CHANNELS,
         merge=merge_option,
     shell:
-        "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}{params.channels}"
-        " --threads {threads} --out {output.table} {params.merge} > {log} 2>&1"
+        "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} {params.merge} > {log} 2>&1"

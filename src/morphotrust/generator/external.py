@@ -396,13 +396,20 @@ def build_reference(settings: ExternalSettings, subset_manifest_path, split: str
 
     rows = real_split_rows(pd.read_parquet(subset_manifest_path), split)
     channels, size = settings.image_channels, settings.resolution
+    flat = 0
     with atomic_path(out, suffix=".npy") as tmp:
         stack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, size, size))
         for i, (index, path) in enumerate(zip(rows["Metadata_stack_index"], rows["Metadata_image_path"])):
             rng = np.random.default_rng([seed, int(index), ("train", "calibration", "evaluation").index(split)])
             stack[i] = reference_site(read_site(path), settings, rng)
+            flat += formats.degenerate(stack[i])
         stack.flush()
         del stack
+        if flat > len(rows) / 2:  # nothing left to compare: say so here, not as zero features later
+            raise InputError(f"{flat} of {len(rows)} real {split} sites are blank or nearly so after the mapping "
+                             f"{settings.channels} (crop {settings.crop_px}, {size} px): it erases what the images "
+                             "show", where="generated.external.channels", expected="a mapping that keeps the real "
+                             "sites visible (for a matrix: larger weights)")
     print(f"real reference {split}: {len(rows)} sites -> {out} ({channels} channels, {size} px"
           + (f", {settings.crop_px}-px crops" if settings.crop_px else "") + ")")
 
