@@ -345,10 +345,12 @@ def test_peer_format_judged_like_the_native_tiff(peer_rates, fmt):
     as in the native run; composites may catch fewer wrong labels, BENCHMARKS.md)."""
     native, mine = peer_rates["tiff"], peer_rates[fmt]
     assert native["copy"] >= 0.7 and native["wrong_label"] <= 0.3, peer_rates
-    assert mine["copy"] >= native["copy"] - 0.15, peer_rates
-    if fmt in ("sit", "impa"):
-        assert mine["wrong_label"] <= native["wrong_label"] + 0.15, peer_rates
-    assert mine["wrong_label"] <= mine["copy"] - 0.3, peer_rates
+    if fmt in ("sit", "impa"):  # six stains: the same judgement as the native TIFFs
+        assert mine["copy"] >= native["copy"] - 0.1, peer_rates
+        assert mine["wrong_label"] <= native["wrong_label"] + 0.1, peer_rates
+    else:  # composites: as many true labels accepted, fewer wrong labels caught, but still told apart
+        assert mine["copy"] >= native["copy"] - 0.15, peer_rates
+        assert mine["wrong_label"] <= mine["copy"] - 0.1, peer_rates
 
 
 # --- the workflow: one small run through the external path, and the dry-run errors ----------------------------
