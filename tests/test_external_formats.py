@@ -432,3 +432,15 @@ def test_judging_notes_reach_the_run_summary(tmp_path):
     assert summary.startswith("5 images (cellflux layout, value range uint8, channels cellflux_rgb) at 64 px.")
     assert "Composite mode" in summary
     assert external_judging(tmp_path, pd.DataFrame({"Metadata_generator": ["standin:copy"]})) is None
+
+
+def test_schema_lists_the_layouts_ranges_and_mappings_the_code_knows():
+    from morphotrust.config import SCHEMA
+    from morphotrust.generator.layouts import LAYOUTS
+    from morphotrust.images import COMPOSITE_MAPPINGS
+
+    external = yaml.safe_load(SCHEMA.read_text())["properties"]["generated"]["properties"]["external"]["properties"]
+    assert tuple(external["layout"]["enum"]) == LAYOUTS
+    assert set(external["value_range"]["enum"]) - {None} == {formats.AUTO, *formats.VALUE_RANGES}
+    named = [option for option in external["channels"]["anyOf"] if option.get("type") == "string"][0]["enum"]
+    assert named == ["six", *COMPOSITE_MAPPINGS]

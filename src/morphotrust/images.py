@@ -42,7 +42,7 @@ IMAGE_CHANNELS = (N_CHANNELS, 3)  # six stains, or an RGB composite
 # assumption about that preprocessing (give a 3x6 matrix when yours differs).
 CELLFLUX_MATRIX = np.array([[0, 0, 1, 0, 0.5, 0.5], [0, 1, 0, 0.5, 0, 0.5], [1, 0, 0, 0.5, 0.5, 0]], dtype=np.float32)
 CELLFLUX_OFFSET = -127.5
-COMPOSITE_MAPPINGS = ("rxrx1_rgb", "cellflux_rgb")
+COMPOSITE_MAPPINGS = ("rxrx1_rgb", "cellflux_rgb")  # generated.external.channels (the schema lists the same)
 
 
 def composite_of(image: np.ndarray, mapping) -> np.ndarray:

@@ -38,7 +38,6 @@ VALUE_RANGES = {"[0,1]": (0.0, 1.0), "[-1,1]": (-1.0, 1.0), "uint8": (0.0, 255.0
 AUTO = "auto"
 RANGE_TOLERANCE = 0.02
 DEGENERATE_VALUES = 3
-COMPOSITE_CHANNELS = 3
 
 
 class FormatError(ValueError):

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from .formats import AUTO, SUFFIXES, VALUE_RANGES
+from .formats import AUTO, SUFFIXES
 
 # Facts from the peers' public code (read, not copied); "ours" marks a convention the peer does not fix.
 PRESETS = {
@@ -58,7 +58,7 @@ PRESETS = {
         "value_range": "[-1,1]", "channels": "six", "resolution": 96, "crop_px": 96,
     },
 }
-LAYOUTS = ("manifest", "pattern", *PRESETS)
+LAYOUTS = ("manifest", "pattern", *PRESETS)  # generated.external.layout (the schema lists the same)
 INDEX_FIELDS = {"cell_type_index": "cell_type", "sirna_index": "sirna"}
 CELL_FIELDS = ("cell_type", "cell_type_index")
 SIRNA_FIELDS = ("sirna", "sirna_id", "sirna_index")
@@ -251,7 +251,3 @@ def entries_of(settings: ExternalSettings) -> list[Entry]:
     if settings.layout == "manifest":
         return manifest_entries(settings.manifest)
     return pattern_entries(settings.folder, settings)
-
-
-def value_ranges() -> tuple[str, ...]:
-    return (AUTO, *VALUE_RANGES)
