@@ -44,9 +44,7 @@ EXTERNAL_REFERENCE = config["generated"]["source"] == "external" and EXTERNAL_SE
 # CellProfiler validation needs six-stain whole sites (not composites, not crops): otherwise not applicable.
 CELLPROFILER_APPLICABLE = config["generated"]["source"] != "external" or EXTERNAL_SETTINGS.cellprofiler_applicable
 CEILING = (
-    ["results/ceiling/ceiling.json"]
-    if config["generator"]["autoencoder"] != "none" and not EXTERNAL_REFERENCE
-    else []
+    ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" and not EXTERNAL_REFERENCE else []
 )
 
 

@@ -46,7 +46,9 @@ rule features_real_shard:
         shards=FEATURE_SHARDS,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg}" + FEATURE_CHANNELS + " --threads {threads} --out {output.table}"
+        " --split {wildcards.split} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table}"
         " --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
@@ -101,7 +103,9 @@ rule features_real:
         merge=merge_option,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg}" + FEATURE_CHANNELS + " --threads {threads} --out {output.table} {params.merge}"
+        " --split {wildcards.split} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} {params.merge}"
         " > {log} 2>&1"
 
 
