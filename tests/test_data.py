@@ -756,12 +756,18 @@ def test_plate_inventory_changes_only_when_files_do(tmp_path):
 
 def test_external_inventory_lists_every_named_file(tmp_path):
     from morphotrust.data import inventory
+    from morphotrust.generator.layouts import ExternalSettings
 
     (tmp_path / "a.tif").write_bytes(b"1234")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,cell_type,sirna_id\na.tif,HUVEC,1\nb,HUVEC,1\n")
-    listing = inventory.external_inventory(tmp_path, manifest)
+    listing = inventory.external_inventory(ExternalSettings(folder=str(tmp_path), manifest=str(manifest)))
     assert "a.tif\t4\t" in listing
     assert all(f"b_w{c}.png\tmissing" in listing for c in range(1, 7))
-    manifest.write_text("\x00garbage")
-    assert "unreadable manifest" in inventory.external_inventory(tmp_path, tmp_path / "absent.csv")
+    absent = ExternalSettings(folder=str(tmp_path), manifest=str(tmp_path / "absent.csv"))
+    assert "unlisted" in inventory.external_inventory(absent)
+    # a pattern layout lists the files matching it
+    (tmp_path / "HUVEC").mkdir()
+    (tmp_path / "HUVEC" / "x.npy").write_bytes(b"12")
+    pattern = ExternalSettings(folder=str(tmp_path), layout="pattern", pattern="{cell_type}/{name}.npy")
+    assert "HUVEC/x.npy\t2\t" in inventory.external_inventory(pattern)

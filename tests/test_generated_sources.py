@@ -10,6 +10,7 @@ from PIL import Image
 
 from morphotrust.errors import InputError, InputErrors
 from morphotrust.generator import external, standins
+from morphotrust.generator.layouts import ExternalSettings
 from morphotrust.images import read_site, resize_site
 
 SIRNAS = {1: "s1", 2: "s2", 3: "s3", 1138: "EMPTY"}
@@ -126,6 +127,12 @@ def write_pngs(prefix, image):
         Image.fromarray(plane).save(f"{prefix}_w{c}.png")
 
 
+def convert(folder, manifest_csv, paths, resolution, out, **settings):
+    """The external conversion of a manifest layout at `resolution`."""
+    settings = ExternalSettings(folder=str(folder), manifest=str(manifest_csv), resolution=resolution, **settings)
+    return external.convert_external(settings, paths["sites"], paths["manifest"], out)
+
+
 def _with_seen_rpe(paths, manifest, tmp_path):
     """The fixture's manifest plus a seen RPE condition, so the trust scorer's vocabulary knows RPE."""
     extra = manifest[manifest["Metadata_condition"] == "HUVEC:3"].assign(
@@ -150,14 +157,13 @@ def test_external_good_folder_in_both_layouts(subsets, tmp_path):
     pd.DataFrame({"path": ["a.tif", "b.tiff", "sub/c", "d"], "cell_type": ["HUVEC", "RPE", "RPE", "HUVEC"],
                   "sirna_id": ["1", "1", "", "3"], "sirna": ["", "s1", "s2", "s3"]}).to_csv(
         tmp_path / "gen.csv", index=False)
-    table = external.convert_external(folder, tmp_path / "gen.csv", paths["sites"], paths["manifest"], 32,
-                                      tmp_path / "out")
+    table = convert(folder, tmp_path / "gen.csv", paths, 32, tmp_path / "out")
     assert list(table["Metadata_condition"]) == ["HUVEC:1", "RPE:1", "RPE:2", "HUVEC:3"]
     # listed seen / listed unseen / not listed, no training sites (its values are fitted) / listed seen
     assert list(table["Metadata_arm"]) == ["seen", "unseen", "unseen", "seen"]
     assert list(table["Metadata_sirna"]) == ["s1", "s1", "s2", "s3"]
     assert list(table["Metadata_external_line"]) == [2, 3, 4, 5]
-    assert set(table["Metadata_generator"]) == {"external"} and set(table["Metadata_source"]) == {"generated"}
+    assert set(table["Metadata_generator"]) == {"external:manifest"} and set(table["Metadata_source"]) == {"generated"}
     for path, original in zip(table["Metadata_image_path"], images):
         converted = read_site(path)
         assert converted.shape == (6, 32, 32) and converted.dtype == np.uint8
@@ -200,16 +206,15 @@ def test_external_bad_inputs_are_reported_together_by_line(subsets, tmp_path):
     ]
     pd.DataFrame(rows, columns=["path", "cell_type", "sirna_id", "sirna"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InputErrors) as caught:
-        external.convert_external(folder, tmp_path / "bad.csv", paths["sites"], paths["manifest"], 16,
-                                  tmp_path / "out")
+        convert(folder, tmp_path / "bad.csv", paths, 16, tmp_path / "out")
     message = str(caught.value)
     expected = {
         3: "is absolute", 4: "leaves the folder via '..'", 5: "link pointing outside the folder",
         6: "missing file(s): missing.tif", 7: "missing file(s): five_w6.png", 8: "listed twice (first on line 2)",
-        9: "three.tif: shape (3, 16, 16) is not 6 channels", 10: "junk.tif: unreadable TIFF",
-        11: "deep.tif: shape (16, 16, 16) is not 6 channels", 12: "expected a square image",
-        13: "names a single PNG", 14: "cell type `HEK293` is not in the real sites table",
-        15: "sirna_id 999 is not in the real sites table", 16: "siRNA `s9` is not in the real sites table",
+        9: "three.tif: shape (3, 16, 16) is not 6 stains", 10: "junk.tif: unreadable",
+        11: "deep.tif: shape (16, 16, 16) is not 6 stains", 12: "expected a square image",
+        13: "five_w1.png: shape (16, 16) is not 6 stains", 14: "cell type `HEK293` is not in the real data",
+        15: "sirna_id 999 is not in the real data", 16: "siRNA `s9` is not in the real data",
         17: "sirna `s2` is sirna_id 2, but sirna_id says 1",
     }
     for line, text in expected.items():
@@ -233,7 +238,7 @@ def test_external_values_without_fitting_data_are_reported_by_line(subsets, tmp_
     for i in range(len(rows)):
         tifffile.imwrite(folder / f"{i}.tif", np.zeros((6, 16, 16), np.uint8))
     with pytest.raises(InputErrors) as caught:
-        external.convert_external(folder, tmp_path / "m.csv", paths["sites"], paths["manifest"], 16, tmp_path / "o")
+        convert(folder, tmp_path / "m.csv", paths, 16, tmp_path / "o")
     problems = caught.value.problems
     assert [p.split(":")[0] for p in problems] == ["line 3", "line 3", "line 4", "line 5", "line 6"], problems
     assert "cell type `U2OS` has no real training sites of the seen arm" in problems[0]
@@ -252,15 +257,14 @@ def test_external_dtype_and_manifest_shape_errors(subsets, tmp_path):
     paths, _, _ = subsets
     folder = tmp_path / "gen"
     folder.mkdir()
-    tifffile.imwrite(folder / "u16.tif", np.zeros((6, 16, 16), np.uint16))
+    tifffile.imwrite(folder / "u16.tif", np.full((6, 16, 16), 100, np.uint16))
     pd.DataFrame({"path": ["u16.tif"], "cell_type": ["HUVEC"], "sirna_id": ["1"]}).to_csv(tmp_path / "m.csv",
                                                                                         index=False)
-    with pytest.raises(InputErrors, match="line 2: u16.tif: pixel type uint16; expected 8-bit"):
-        external.convert_external(folder, tmp_path / "m.csv", paths["sites"], paths["manifest"], 16, tmp_path / "o")
+    # 16-bit values that never pass 255: 8-bit data in 16 bits, or a very dim 16-bit set? auto refuses to guess
+    with pytest.raises(InputErrors, match="auto refuses: pixel type uint16, values 100 .. 100 over 1 images"):
+        convert(folder, tmp_path / "m.csv", paths, 16, tmp_path / "o")
     pd.DataFrame({"path": ["u16.tif"], "cell": ["HUVEC"]}).to_csv(tmp_path / "cols.csv", index=False)
     with pytest.raises(InputError, match="line 1: missing column\\(s\\): cell_type, sirna_id or sirna"):
-        external.convert_external(folder, tmp_path / "cols.csv", paths["sites"], paths["manifest"], 16,
-                                  tmp_path / "o")
+        convert(folder, tmp_path / "cols.csv", paths, 16, tmp_path / "o")
     with pytest.raises(InputError, match="folder of external generations not found"):
-        external.convert_external(tmp_path / "nope", tmp_path / "m.csv", paths["sites"], paths["manifest"], 16,
-                                  tmp_path / "o")
+        convert(tmp_path / "nope", tmp_path / "m.csv", paths, 16, tmp_path / "o")

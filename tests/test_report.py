@@ -561,6 +561,7 @@ def cli_json(section):
 GENERATION_TRUST_SUMMARY = []
 COVERAGE_EXPERIMENT = []
 CEILING = []
+CELLPROFILER_APPLICABLE = True
 include: {rules!r}
 rule all:
     input: "results/report/summary.html"

@@ -137,6 +137,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         return f"found {len(value)} item(s)", f"at least {rule} item(s)"
     if error.validator == "maxItems":
         return f"found {len(value)} item(s)", f"at most {rule} item(s)"
+    if error.validator == "anyOf" and error.schema.get("description"):
+        return found, error.schema["description"].split(".")[0].strip()  # the key's description names its forms
     return error.message if len(error.message) < 200 else error.message[:197] + "...", ""
 
 
@@ -304,16 +306,45 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
             f"hf-cache or {WHEEL_WEIGHTS}")
 
     if config["generated"]["source"] == "external":
-        external = config["generated"]["external"]
-        for name, exists in (("folder", os.path.isdir), ("manifest", os.path.isfile)):
-            value = external[name]
-            if not value:
-                add(f"generated.external.{name}", "not set, but generated.source is external",
-                    "the folder of images" if name == "folder" else "the CSV: path, cell_type, sirna_id or sirna")
-            elif not exists(value):
-                add(f"generated.external.{name}", f"{value} does not exist",
-                    "an existing folder" if name == "folder" else "an existing CSV file")
+        _external_problems(config, add)
     return problems
+
+
+def _external_problems(config: dict, add) -> None:
+    """Cross-key checks of generated.external (the files themselves are checked by the generate stage's plan)."""
+    from .generator.layouts import settings_of, settings_problems
+    from .morphology.scale import native_size_px
+
+    external = config["generated"]["external"]
+    folder, manifest = external["folder"], external["manifest"]
+    if not folder:
+        add("generated.external.folder", "not set, but generated.source is external", "the folder of images")
+    elif not os.path.isdir(folder):
+        add("generated.external.folder", f"{folder} does not exist", "an existing folder")
+    if external["layout"] == "manifest":
+        if not manifest:
+            add("generated.external.manifest", "not set, but generated.external.layout is manifest",
+                "the CSV: path, cell_type, sirna_id or sirna (or a pattern layout, or a preset)")
+        elif not os.path.isfile(manifest):
+            add("generated.external.manifest", f"{manifest} does not exist", "an existing CSV file")
+    elif manifest:
+        add("generated.external.manifest", f"set, but generated.external.layout is {external['layout']}",
+            "null (the pattern names the images)")
+    try:
+        settings = settings_of(external, config["subsets"]["resolution"])
+    except ValueError as error:
+        add("generated.external.vocabulary", str(error).split(": ", 1)[-1], "a list or a readable text file")
+        return
+    for key, problem, expected in settings_problems(settings):
+        add(key, problem, expected)
+    native = native_size_px(config)
+    if settings.crop_px is not None and settings.crop_px > native:
+        add("generated.external.crop_px", f"{settings.crop_px} px is larger than the real sites ({native} px)",
+            f"at most {native} (the crop's size in native site pixels)")
+    if settings.composite and str(config["features"]["encoder"]) in CHANNEL_ADAPTIVE_ENCODERS:
+        add("generated.external.channels", f"a composite, but features.encoder {config['features']['encoder']} "
+            "takes the six stains as channels", "six, or a timm encoder with features.channels composite or "
+            "per_stain")
 
 
 def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) -> dict:

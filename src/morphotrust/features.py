@@ -114,6 +114,20 @@ DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "com
             "threads": 1, "device": "auto", "image_size": None, "statistics": "append"}
 
 STAIN_IDS = tuple(f"w{i}" for i in range(1, N_CHANNELS + 1))
+# An external generator's RGB composites (generated.external.channels) are judged as three channels, each in its
+# full 0..255 range, real sites mapped the same way (morphotrust.images.composite_of).
+COMPOSITE_IDS = ("red", "green", "blue")
+COMPOSITE_CHANNEL_RANGES = np.array([[0, 255]] * 3, dtype=np.float32)
+
+
+def channel_ids(image_channels: int = N_CHANNELS) -> tuple[str, ...]:
+    """Names of the channels features are computed on: the six stains, or a composite's R, G, B."""
+    return STAIN_IDS if image_channels == N_CHANNELS else COMPOSITE_IDS
+
+
+def channel_ranges(image_channels: int) -> np.ndarray:
+    """Fixed display range per channel, uint8 units."""
+    return COMPOSITE_RANGES if image_channels == N_CHANNELS else COMPOSITE_CHANNEL_RANGES
 # Per-stain statistics (see the module doc): levels are fractions of each stain's display range.
 STATISTIC_SMOOTHING_PX = 1.0  # σ of the Gaussian the intensity statistics are taken after
 STATISTIC_QUANTILES = (0.1, 0.5, 0.9, 0.99)
@@ -324,18 +338,19 @@ def build_model(name: str, weights: str, image_size: int | None = None):
 
 def stain_statistics(images) -> np.ndarray:
     """`(n, 6, H, W)` sites -> `(n, 6 * 14)` float32 statistics, stain-major (w1's 14 columns first, named by
-    STATISTIC_NAMES); see the module doc."""
+    STATISTIC_NAMES); see the module doc. `(n, 3, H, W)` composites -> `(n, 3 * 14)`, per composite channel."""
     from scipy.ndimage import gaussian_filter
 
     x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 4 or x.shape[1] != N_CHANNELS:
-        raise ValueError(f"expected sites of shape (n, 6, H, W), got {x.shape}")
+    if x.ndim != 4 or x.shape[1] not in (N_CHANNELS, 3):
+        raise ValueError(f"expected sites of shape (n, 6, H, W) or composites (n, 3, H, W), got {x.shape}")
     n, c, h, w = x.shape
+    ranges = channel_ranges(c)
     smooth = gaussian_filter(x, (0, 0, STATISTIC_SMOOTHING_PX, STATISTIC_SMOOTHING_PX), mode="reflect")
     intensity = [np.log1p(smooth.mean(axis=(2, 3))), np.log1p(smooth.std(axis=(2, 3)))]
     intensity += list(np.log1p(np.quantile(smooth.reshape(n, c, -1), STATISTIC_QUANTILES, axis=2)))
-    levels = COMPOSITE_RANGES[:, 1] - COMPOSITE_RANGES[:, 0]
-    intensity += [(smooth > (COMPOSITE_RANGES[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
+    levels = ranges[:, 1] - ranges[:, 0]
+    intensity += [(smooth > (ranges[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
                   for level in STATISTIC_LEVELS]
     gy, gx = np.gradient(x, axis=(2, 3))
     texture = [np.log1p(np.hypot(gy, gx).mean(axis=(2, 3)))]
@@ -349,28 +364,32 @@ def stain_statistics(images) -> np.ndarray:
     return np.stack(intensity + texture, axis=2).reshape(n, -1).astype(np.float32)
 
 
-def _feature_layout(channels: str, statistics: str, encoder_dim: int) -> tuple[int, dict]:
-    """(feature_dim, the sidecar's statistics entries) of an encoder's features, with the per-stain statistics
-    appended when `statistics` is append."""
-    dim = encoder_dim * (N_CHANNELS if channels == "per_stain" else 1)
+def _feature_layout(channels: str, statistics: str, encoder_dim: int,
+                    image_channels: int = N_CHANNELS) -> tuple[int, dict]:
+    """(feature_dim, the sidecar's statistics and channel entries) of an encoder's features, with the per-stain
+    statistics appended when `statistics` is append."""
+    dim = encoder_dim * (image_channels if channels == "per_stain" else 1)
     if statistics == "append":
-        dim += N_CHANNELS * len(STATISTIC_NAMES)
+        dim += image_channels * len(STATISTIC_NAMES)
+    composite = {} if image_channels == N_CHANNELS else {  # named only for composites: six-stain sidecars unchanged
+        "image_channels": image_channels, "channel_names": list(channel_ids(image_channels))}
     return dim, {"statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
-                 "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [],
-                 "feature_blocks": feature_blocks(channels, statistics, encoder_dim)}
+                 "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [], **composite,
+                 "feature_blocks": feature_blocks(channels, statistics, encoder_dim, image_channels)}
 
 
-def feature_blocks(channels: str, statistics: str, encoder_dim: int) -> list[dict]:
+def feature_blocks(channels: str, statistics: str, encoder_dim: int, image_channels: int = N_CHANNELS) -> list[dict]:
     """Named column ranges of a feature table, for a reduction fitted per block: the encoder's (one, or one per
-    stain for per_stain), then one per stain for the statistics."""
+    stain for per_stain), then one per stain (or composite channel) for the statistics."""
     blocks, start = [], 0
+    ids = channel_ids(image_channels)
     if statistics != "only":
-        names = [f"encoder_{stain}" for stain in STAIN_IDS] if channels == "per_stain" else ["encoder"]
+        names = [f"encoder_{stain}" for stain in ids] if channels == "per_stain" else ["encoder"]
         for name in names:
             blocks.append({"name": name, "start": start, "stop": start + encoder_dim})
             start += encoder_dim
     if statistics != "none":
-        for stain in STAIN_IDS:
+        for stain in ids:
             blocks.append({"name": f"statistics_{stain}", "start": start, "stop": start + len(STATISTIC_NAMES)})
             start += len(STATISTIC_NAMES)
     return blocks
@@ -397,6 +416,7 @@ class Encoder:
     info: dict = field(default_factory=dict)
     channel_adaptive: bool = False  # a morphotrust.channel_vit model: all stains as channels of one input
     statistics: str = "none"
+    image_channels: int = N_CHANNELS  # 6 stains, or 3 for an external generator's RGB composites
 
 
 def _resolve_device(device: str):
@@ -414,9 +434,11 @@ def _resolve_device(device: str):
 
 def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, channels: str = "composite",
                  image_size: int | None = None, device: str = "auto", threads: int | None = None,
-                 statistics: str = "none") -> Encoder:
+                 statistics: str = "none", image_channels: int = N_CHANNELS) -> Encoder:
     """Load a timm backbone (or a channel-adaptive ViT, morphotrust.channel_vit) with local weights, ready for
-    `extract` (none at all for statistics `only`)."""
+    `extract` (none at all for statistics `only`). `image_channels` 3: the images are RGB composites (an
+    external generator's, generated.external.channels), taken as they are by `composite` and channel by channel
+    by `per_stain`."""
     import timm
     import torch
 
@@ -427,7 +449,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
         raise InputError(f"unknown statistics mode `{statistics}`", where="features.statistics",
                          expected=" or ".join(STATISTICS_MODES))
     if statistics == "only":
-        return _statistics_only()
+        return _statistics_only(image_channels)
     torch_device = _resolve_device(device)
     if torch_device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
@@ -455,8 +477,8 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     )
     with torch.inference_mode():
         probe = _embed(result, torch.zeros(1, 3, size, size, device=torch_device))
-    result.statistics = statistics
-    result.feature_dim, layout = _feature_layout(channels, statistics, int(probe.shape[1]))
+    result.statistics, result.image_channels = statistics, image_channels
+    result.feature_dim, layout = _feature_layout(channels, statistics, int(probe.shape[1]), image_channels)
     result.info = {
         "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels], **layout,
         "pooling": result.pooling, "feature_dim": result.feature_dim,
@@ -508,20 +530,20 @@ def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, ima
     return result
 
 
-def _statistics_only() -> Encoder:
+def _statistics_only(image_channels: int = N_CHANNELS) -> Encoder:
     """The `statistics: only` 'encoder': no model, no weights, no torch pass."""
     import torch
 
-    dim = N_CHANNELS * len(STATISTIC_NAMES)
+    dim = image_channels * len(STATISTIC_NAMES)
+    _, layout = _feature_layout("per_stain", "only", 0, image_channels)
     encoder = Encoder(name="stain_statistics", model=None, channels="per_stain", image_size=0, mean=(), std=(),
                       interpolation="none", device=torch.device("cpu"), pooling="none", feature_dim=dim,
-                      statistics="only")
+                      statistics="only", image_channels=image_channels)
     encoder.info = {
         "encoder": "stain_statistics", "weights": "none", "weights_sha256": None,
         "weights_description": "no learned weights: fixed per-stain image statistics (morphotrust.features."
                                "stain_statistics)", "channels": "per_stain", "channel_handling": "each stain alone",
-        "statistics": "only", "statistics_handling": STATISTICS_MODES["only"],
-        "statistic_names": list(STATISTIC_NAMES), "feature_blocks": feature_blocks("per_stain", "only", 0),
+        **layout, "statistic_names": list(STATISTIC_NAMES),
         "pooling": "none", "feature_dim": dim, "encoder_dim": 0, "image_size": None, "resize": "none (as stored)",
         "device": "cpu", "precision": "float32",
     }
@@ -569,13 +591,14 @@ def _to_inputs(encoder: Encoder, images: list[np.ndarray]):
         return encoder.model.normalise(x)
 
     planes = []
+    ranges = channel_ranges(encoder.image_channels)
     for image in images:
         if encoder.channels == "composite":
-            x = torch.from_numpy(composite_rgb(image)).permute(2, 0, 1).float() / 255.0
+            x = torch.from_numpy(composite_rgb(image)).permute(2, 0, 1).float() / 255.0  # a composite: as it is
             planes.append(x[None])
         else:
             x = np.asarray(image, dtype=np.float32)
-            lo, hi = COMPOSITE_RANGES[:, 0, None, None], COMPOSITE_RANGES[:, 1, None, None]
+            lo, hi = ranges[:, 0, None, None], ranges[:, 1, None, None]
             x = torch.from_numpy(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
             planes.append(x[:, None].expand(-1, 3, -1, -1))
     out = []
@@ -592,10 +615,10 @@ def _to_inputs(encoder: Encoder, images: list[np.ndarray]):
     return (batch - mean) / std
 
 
-def _check_image(image, index: int) -> np.ndarray:
+def _check_image(image, index: int, channels: int = N_CHANNELS) -> np.ndarray:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != N_CHANNELS:
-        raise ValueError(f"image {index}: expected shape (6, H, W), got {image.shape}")
+    if image.ndim != 3 or image.shape[0] != channels:
+        raise ValueError(f"image {index}: expected shape ({channels}, H, W), got {image.shape}")
     return image
 
 
@@ -637,7 +660,7 @@ def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: 
         for index, image in enumerate(images):
             if index >= n:
                 raise ValueError(f"more than the announced {n} images")
-            batch.append(_check_image(image, index))
+            batch.append(_check_image(image, index, encoder.image_channels))
             if len(batch) == sites_per_batch:
                 flush()
         if batch:
@@ -653,7 +676,7 @@ def batch_sites(encoder: Encoder, batch_size: int) -> int:
     """Sites per encoder batch (a per-stain site is 6 encoder inputs; a channel-adaptive site is one input)."""
     per_stain_passes = encoder.channels == "per_stain" and encoder.statistics != "only" \
         and not encoder.channel_adaptive
-    return max(1, batch_size // N_CHANNELS) if per_stain_passes else batch_size
+    return max(1, batch_size // encoder.image_channels) if per_stain_passes else batch_size
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -669,8 +692,9 @@ def real_split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
 def iter_stack(stack_path, indices: Iterable[int]) -> Iterator[np.ndarray]:
     """Sites of a `(N, 6, R, R)` stack, read lazily (memory-mapped) in the given order."""
     stack = np.load(stack_path, mmap_mode="r")
-    if stack.ndim != 4 or stack.shape[1] != N_CHANNELS:
-        raise InputError(f"image stack has shape {stack.shape}", file=stack_path, expected="(N, 6, R, R)")
+    if stack.ndim != 4 or stack.shape[1] not in (N_CHANNELS, 3):
+        raise InputError(f"image stack has shape {stack.shape}", file=stack_path,
+                         expected="(N, 6, R, R), or (N, 3, R, R) composites")
     for index in indices:
         if not 0 <= index < len(stack):
             raise InputError(f"Metadata_stack_index {index} is outside the stack ({len(stack)} sites)",
@@ -732,10 +756,11 @@ def _describe(encoder: Encoder) -> str:
             f"input {info['image_size']} px | {info['pooling']} | device {info['device']} ({info['precision']})")
 
 
-def encoder_from_config(cfg: dict, threads: int | None = None) -> tuple[Encoder, int]:
+def encoder_from_config(cfg: dict, threads: int | None = None,
+                        image_channels: int = N_CHANNELS) -> tuple[Encoder, int]:
     cfg = {**DEFAULTS, **cfg}
     encoder = load_encoder(cfg["encoder"], str(cfg["weights"]), cfg["channels"], cfg["image_size"],
-                           cfg["device"], threads or cfg["threads"], cfg["statistics"])
+                           cfg["device"], threads or cfg["threads"], cfg["statistics"], image_channels)
     return encoder, int(cfg["batch_size"])
 
 
@@ -751,6 +776,8 @@ def cli(argv: list[str]) -> None:
     for sub in (real, generated):
         sub.add_argument("--config", default="{}", help="the `features` config section as JSON")
         sub.add_argument("--threads", type=int, default=None, help="CPU threads (overrides the config)")
+        sub.add_argument("--image-channels", type=int, default=N_CHANNELS, choices=(N_CHANNELS, 3),
+                         help="3: the images are RGB composites (generated.external.channels)")
         sub.add_argument("--out", required=True, help="feature table (.parquet); a .json sidecar goes beside it")
         sub.add_argument("--shard", type=int, default=0, help="condition group to extract (with --shards > 1)")
         sub.add_argument("--shards", type=int, default=1, help="features.shards")
@@ -762,7 +789,7 @@ def cli(argv: list[str]) -> None:
         print(f"{len(args.merge)} shards -> {args.out}")
         return
 
-    encoder, batch_size = encoder_from_config(json.loads(args.config), args.threads)
+    encoder, batch_size = encoder_from_config(json.loads(args.config), args.threads, args.image_channels)
     print(_describe(encoder), flush=True)
     manifest = pd.read_parquet(args.manifest)
     rows = real_split_rows(manifest, args.split) if args.command == "real" else manifest.reset_index(drop=True)

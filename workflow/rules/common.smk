@@ -7,6 +7,7 @@ sys.path.insert(0, SRC)
 from morphotrust.conditions import load_conditions
 from morphotrust.data import plan_metadata
 from morphotrust.errors import InputError
+from morphotrust.generator.layouts import settings_of as external_settings_of
 from morphotrust.morphology.scale import scale_of as morphology_scale_of
 
 try:
@@ -32,7 +33,19 @@ GENERATION_TRUST_SUMMARY = (
 # Jobs on the way to the generator's samples go first: on a few cores the CPU-bound training, not CellProfiler,
 # sets the wall time, and CellProfiler's real-site jobs fill the other cores meanwhile.
 GENERATOR_PATH = 10
-CEILING = ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" else []
+# External generations (generated.external, morphotrust.generator.layouts) with the preset's values filled in. When
+# they need the real reference rebuilt like them (a composite mapping, another resolution, crops), the real features
+# are computed on results/generated/external/reference/{split}.npy (features.smk); the autoencoder's ceiling, made
+# at subsets.resolution in six stains, is then not comparable and not run.
+EXTERNAL_SETTINGS = external_settings_of(config["generated"]["external"], config["subsets"]["resolution"])
+EXTERNAL_REFERENCE = config["generated"]["source"] == "external" and EXTERNAL_SETTINGS.derived_reference(
+    config["subsets"]["resolution"]
+)
+# CellProfiler validation needs six-stain whole sites (not composites, not crops): otherwise not applicable.
+CELLPROFILER_APPLICABLE = config["generated"]["source"] != "external" or EXTERNAL_SETTINGS.cellprofiler_applicable
+CEILING = (
+    ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" and not EXTERNAL_REFERENCE else []
+)
 
 
 def shard_paths(pattern, shards, **wildcards):

@@ -12,14 +12,21 @@ GENERATED_MANIFEST = f"results/generated/{config['generated']['source']}/manifes
 # The image sets the trust score scores: the generated set and, with an autoencoder, the held-out reconstructions
 # (the ceiling, ceiling.smk). Same rules, one {scored} wildcard.
 SCORED_MANIFESTS = {"generated": GENERATED_MANIFEST}
-if LATENT:
+# Real sites: the subset stacks, or the real reference rebuilt like the external images (common.smk).
+REAL_STACK = (
+    "results/generated/external/reference/{split}.npy" if EXTERNAL_REFERENCE else "results/subsets/stacks/{split}.npy"
+)
+# Channels of every image the features see: 3 for external RGB composites (generated.external.channels), else 6
+# (part of the command only then, so the default commands stay as they were).
+FEATURE_CHANNELS = f" --image-channels {EXTERNAL_SETTINGS.image_channels}" if EXTERNAL_REFERENCE else ""
+if CEILING:
     SCORED_MANIFESTS["reconstructions"] = "results/generated/reconstructions/manifest.parquet"
 
 
 rule features_real_shard:
     input:
         manifest="results/subsets/manifest.parquet",
-        stack="results/subsets/stacks/{split}.npy",
+        stack=REAL_STACK,
         weights=FEATURE_WEIGHTS,
     output:
         table="results/features/shards/real_{split}.{shard}.parquet",
@@ -39,7 +46,9 @@ rule features_real_shard:
         shards=FEATURE_SHARDS,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table}"
+        " --split {wildcards.split} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table}"
         " --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
@@ -65,13 +74,14 @@ rule features_generated_shard:
         shards=FEATURE_SHARDS,
     shell:
         "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
-        " --threads {threads} --out {output.table} --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} --shard {wildcards.shard} --shards {params.shards} > {log} 2>&1"
 
 
 rule features_real:
     input:
         manifest="results/subsets/manifest.parquet",
-        stack="results/subsets/stacks/{split}.npy",
+        stack=REAL_STACK,
         weights=FEATURE_WEIGHTS,
         shards=lambda wildcards: shard_paths(
             rules.features_real_shard.output.table, FEATURE_SHARDS, split=wildcards.split
@@ -93,7 +103,9 @@ rule features_real:
         merge=merge_option,
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
-        " --split {wildcards.split} --config {params.cfg} --threads {threads} --out {output.table} {params.merge}"
+        " --split {wildcards.split} --config {params.cfg}"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} {params.merge}"
         " > {log} 2>&1"
 
 
@@ -121,4 +133,5 @@ rule features_generated:
         merge=merge_option,
     shell:
         "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
-        " --threads {threads} --out {output.table} {params.merge} > {log} 2>&1"
+        + FEATURE_CHANNELS
+        + " --threads {threads} --out {output.table} {params.merge} > {log} 2>&1"

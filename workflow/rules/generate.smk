@@ -1,5 +1,6 @@
 # Generated images (morphotrust.generator). Every source writes results/generated/{source}/manifest.parquet
 # (+ canonical TIFFs under images/); config `generated.source` picks the one the features and trust stages score.
+from morphotrust.morphology.scale import native_size_px
 
 
 # Demo STAND-INS (not a generator): held-out real evaluation sites, clean and deliberately corrupted copies.
@@ -24,33 +25,68 @@ rule standins:
 
 
 EXTERNAL = config["generated"]["external"]
-# (generated.source external without folder / manifest is refused by morphotrust.config at parse time.)
+# (generated.source external without folder / manifest / pattern is refused by morphotrust.config at parse time;
+# EXTERNAL_SETTINGS and EXTERNAL_REFERENCE: common.smk.)
+# Every manifest / pattern problem (missing or unreadable files, wrong shapes, unknown values, an empty set) stops
+# the plan, also `snakemake -n`, by line or path: file headers only; the job checks the pixels.
+if config["generated"]["source"] == "external":
+    from morphotrust.generator.external import Known as ExternalKnown, check_external
+
+    try:
+        check_external(EXTERNAL_SETTINGS, ExternalKnown.from_plan(METADATA, CONDITIONS), pixels=False)
+    except InputError as error:
+        raise WorkflowError(f"morphotrust: {error}") from None
 
 
-# Bring your own generations: a folder of images + a CSV manifest, checked and converted to canonical TIFFs.
+# Bring your own generations: a folder of images (manifest, pattern or a peer's preset), checked and converted.
 rule external:
     input:
         manifest=EXTERNAL["manifest"] or [],
         sites="results/data/sites.parquet",
         subsets="results/subsets/manifest.parquet",
-        # every image file the manifest names, as an inventory (morphotrust.data.inventory): replacing one reruns this
-        files=lambda wildcards: inventory.external_input(EXTERNAL["folder"], EXTERNAL["manifest"]),
+        # every image file, as an inventory (morphotrust.data.inventory): replacing one reruns this
+        files=lambda wildcards: inventory.external_input(EXTERNAL_SETTINGS),
     output:
         manifest="results/generated/external/manifest.parquet",
         images=directory("results/generated/external/images"),
+        judging="results/generated/external/judging.json",
     log:
         "results/logs/generator/external.log",
     conda:
         "../../envs/core.yaml"
     threads: 1
     params:
-        folder=EXTERNAL["folder"],
+        cfg=lambda wildcards: cli_json(EXTERNAL),  # a function: a pattern's {fields} are not wildcards
         resolution=config["subsets"]["resolution"],
+        native=native_size_px(config),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     shell:
-        "python -m morphotrust generator external --folder {params.folder:q} --manifest {input.manifest:q}"
-        " --sites {input.sites} --subsets-manifest {input.subsets} --resolution {params.resolution}"
+        "python -m morphotrust generator external --config {params.cfg} --subsets-resolution {params.resolution}"
+        " --sites {input.sites} --subsets-manifest {input.subsets} --native-px {params.native}"
         " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# The real sites as the external images show them (same mapping, resolution, crop), one stack per split.
+rule external_reference:
+    input:
+        subsets="results/subsets/manifest.parquet",
+    output:
+        "results/generated/external/reference/{split}.npy",
+    log:
+        "results/logs/generator/external_reference_{split}.log",
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    params:
+        cfg=lambda wildcards: cli_json(EXTERNAL),  # a function: a pattern's {fields} are not wildcards
+        resolution=config["subsets"]["resolution"],
+        seed=config["subsets"]["seed"],
+    shell:
+        "python -m morphotrust generator external --config {params.cfg} --subsets-resolution {params.resolution}"
+        " --subsets-manifest {input.subsets} --reference {wildcards.split} --seed {params.seed} --out {output}"
+        " > {log} 2>&1"
 
 
 # The workflow's own conditional generator (SiT-style flow model): train on the seen arm's train split, then

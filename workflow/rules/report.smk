@@ -20,18 +20,25 @@ REPORT_INPUTS = {
     "real_scores": "results/trust/real_scores.parquet",
     "threshold": "results/trust/threshold.json",
     "histogram": "results/trust/trust_histogram.png",
-    "morphology_real": "results/morphology/real_image.parquet",
-    "morphology_generated": "results/morphology/generated_image.parquet",
     "morphology_qc": "results/morphology/qc_image.parquet",
     # every validation analysis has run once their headlines are collected
     "validation": "results/validation/summary.json",
 }
+# CellProfiler of the scored images, where it applies (not for external composites or crops: common.smk).
+if CELLPROFILER_APPLICABLE:
+    REPORT_INPUTS["morphology_real"] = "results/morphology/real_image.parquet"
+    REPORT_INPUTS["morphology_generated"] = "results/morphology/generated_image.parquet"
 # The same inputs as command-line options (one string, built from the rule's own input and params).
 REPORT_OPTIONS = (
     "--manifest {input.manifest} --stacks-dir {params.stacks_dir} --sites {input.sites}"
     " --qc-skipped {input.qc_skipped} --generated {input.generated} --scores {input.scores}"
-    " --real-scores {input.real_scores} --threshold {input.threshold} --morphology-real {input.morphology_real}"
-    " --morphology-generated {input.morphology_generated} --morphology-qc {input.morphology_qc}"
+    " --real-scores {input.real_scores} --threshold {input.threshold}"
+    + (
+        " --morphology-real {input.morphology_real} --morphology-generated {input.morphology_generated}"
+        if CELLPROFILER_APPLICABLE
+        else ""
+    )
+    + " --morphology-qc {input.morphology_qc}"
     " --validation-dir {params.validation_dir}"
     " --config {params.cfg}"
 )
@@ -118,7 +125,11 @@ rule report_summary:
         generation_trust=GENERATION_TRUST_SUMMARY,
         coverage_experiment=COVERAGE_EXPERIMENT,
         ceiling=CEILING,
-        morphology_scale="results/morphology/scale.json",
+        morphology_scale="results/morphology/scale.json" if CELLPROFILER_APPLICABLE else [],
+        # how external images were judged (resolution, crops, composite mode), said in the summary
+        external_judging=(
+            "results/generated/external/judging.json" if config["generated"]["source"] == "external" else []
+        ),
     output:
         html=report(
             "results/report/summary.html",

@@ -15,7 +15,12 @@ VALIDATION_INPUTS = {
     },
 }
 VALIDATION_TRUST = "results/trust/generated_scores.parquet"
-VALIDATION_SPACES = list(VALIDATION_INPUTS)
+# External composites or crops: CellProfiler validation is not applicable (common.smk), the encoder space only.
+VALIDATION_SPACES = [space for space in VALIDATION_INPUTS if CELLPROFILER_APPLICABLE or space != "cp"]
+# The analyses in CellProfiler space alone (centroid z, per-feature correlations) run only where it applies.
+VALIDATION_CP_ONLY = (
+    ["results/validation/centroid.json", "results/validation/correlations.json"] if CELLPROFILER_APPLICABLE else []
+)
 
 
 rule validation_centroid:
@@ -218,8 +223,7 @@ rule validation_shift:
 
 rule validation_summary:
     input:
-        "results/validation/centroid.json",
-        "results/validation/correlations.json",
+        VALIDATION_CP_ONLY,
         "results/validation/kid.json",
         "results/validation/graded_shift.json",
         expand("results/validation/deciles_{space}.json", space=VALIDATION_SPACES),

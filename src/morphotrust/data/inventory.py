@@ -60,20 +60,21 @@ def folders_inventory(root) -> str:
     return HEADER + "".join(lines)
 
 
-def external_inventory(folder, manifest_path) -> str:
-    """Inventory of every file the external-generations manifest names (TIFF, or the six channel PNGs).
+def external_inventory(settings) -> str:
+    """Inventory of every file the external generations consist of (the manifest's or the pattern's images;
+    morphotrust.generator.layouts.ExternalSettings).
 
-    An unreadable manifest gives an inventory that says so; the conversion job reports the problem itself."""
-    import pandas as pd
-
-    from ..generator.external import files_of
+    A layout that cannot be listed (an unreadable manifest, a missing folder) gives an inventory that says so;
+    the plan's check reports the problem itself."""
+    from ..generator.formats import files_of
+    from ..generator.layouts import entries_of
 
     try:
-        paths = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)["path"].str.strip()
-    except Exception as error:  # noqa: BLE001 - any problem is the conversion job's to report
-        return f"{HEADER}{manifest_path}\tunreadable manifest ({type(error).__name__})\n"
+        paths = [entry.path for entry in entries_of(settings)]
+    except Exception as error:  # noqa: BLE001 - any problem is the check's to report
+        return f"{HEADER}{settings.manifest or settings.folder}\tunlisted ({type(error).__name__})\n"
     names = sorted({name for path in paths if path for name in files_of(path)})
-    return HEADER + "".join(_line(name, os.path.join(folder, name)) for name in names)
+    return HEADER + "".join(_line(name, os.path.join(settings.folder, name)) for name in names)
 
 
 def track(path, listing: str) -> str:
@@ -100,6 +101,6 @@ def folders_input(root) -> str:
     return track("results/inventory/data/image_folders.tsv", folders_inventory(root))
 
 
-def external_input(folder, manifest_path) -> str:
+def external_input(settings) -> str:
     """The tracked inventory of the external generations, for the external rule's input."""
-    return track("results/inventory/external.tsv", external_inventory(folder, manifest_path))
+    return track("results/inventory/external.tsv", external_inventory(settings))

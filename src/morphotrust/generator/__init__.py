@@ -3,7 +3,9 @@
 - autoencoder: images <-> latents for the flow model (autoencoder.py)
 - train, sample: the SiT-style conditional flow model (model.py, train.py, sample.py)
 - translator, generation-trust: during-generation trust scoring (translator.py, generation_trust.py)
-- standins, external: demo stand-ins and images from other generators (standins.py, external.py)
+- standins, external: demo stand-ins and images from other generators (standins.py, external.py; their file
+  formats and layouts: formats.py, layouts.py)
+- peer-copies: real held-out sites written in another generator's format, the known-answer check of external
 
 Sub-modules are imported only when their command runs, so `standins` never imports torch.
 """
@@ -23,6 +25,7 @@ COMMANDS = {
     "generation-trust": ("generation_trust", "cli"),
     "standins": ("standins", "cli"),
     "external": ("external", "cli"),
+    "peer-copies": ("peer_copies", "cli"),
 }
 
 

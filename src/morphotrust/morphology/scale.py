@@ -107,7 +107,8 @@ def nuclei_diameter_px(diameter_um, pixel_um: float) -> tuple[int, int]:
 def real_via_px(config: dict, resolution: int, native_px: int) -> int | None:
     """The generator's resolution when real sites must pass through it (morphology.real_detail: generator), else None.
 
-    Generated images are made at subsets.resolution and enlarged to `resolution`; a real site measured with its
+    Generated images are made at subsets.resolution (external ones: generated.external.resolution) and enlarged
+    to `resolution`; a real site measured with its
     full native detail would differ from a perfect generator's image by that detail alone (a perfect 64-px
     generator measured at 128 px sat at median centroid z 5.6 on the demo), so by default real sites lose it too.
     """
@@ -116,6 +117,10 @@ def real_via_px(config: dict, resolution: int, native_px: int) -> int | None:
         raise InputError(f"{detail!r} is not a choice", where="config morphology.real_detail",
                          expected="generator or native")
     generator_px = _section(config, "subsets").get("resolution")
+    if _section(config, "generated").get("source") == "external" and generator_px is not None:
+        from ..generator.layouts import settings_of  # external images are judged at their own resolution
+
+        generator_px = settings_of(_section(config, "generated").get("external") or {}, generator_px).resolution
     if detail == NATIVE or generator_px is None or generator_px >= min(resolution, native_px):
         return None
     return int(generator_px)

@@ -494,6 +494,21 @@ def ceiling_section(results_dir: Path, generated: pd.DataFrame | None) -> str:
         "below that, by how much the flow model still has to learn.", body)
 
 
+def external_judging(results_dir: Path, generated: pd.DataFrame | None) -> str | None:
+    """How another generator's images were judged, in words (results/generated/external/judging.json, written by
+    the conversion): resolution, crops, lost detail, composite mode and CellProfiler; None for other sources."""
+    if generated is None or "Metadata_generator" not in generated.columns or \
+            not generated["Metadata_generator"].astype(str).str.startswith("external").any():
+        return None
+    notes = read_json_optional(Path(results_dir) / "generated" / "external" / "judging.json")
+    if not notes:
+        return None
+    channels = notes["channels"] if isinstance(notes["channels"], str) else "3x6 matrix"
+    base = (f"{notes['n_images']} images ({notes['layout']} layout, value range {notes['value_range']}, channels "
+            f"{channels}) at {notes['resolution_px']} px.")
+    return " ".join([base, *notes["sentences"]])
+
+
 def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]], out_dir, *,
                   results_dir="results", generated_html=None, plates_dir=None, snakemake_version: str | None = None,
                   cellprofiler: str | None = None) -> tuple[str, pd.DataFrame, bytes | None]:
@@ -531,8 +546,11 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
     if encoder_info:
         head.append(("encoder", f"{encoder_info.get('encoder')} · {encoder_info.get('weights')}"))
     head.append(("plates", len(plates)))
+    judging = external_judging(results_dir, generated)
+    if judging:
+        head.append(("external images judged", judging))
     scale = read_json_optional(results_dir / "morphology" / "scale.json")
-    if scale:
+    if scale and (not judging or "not applicable" not in judging):
         from ..morphology.scale import describe
 
         head.append(("CellProfiler scale", describe(scale)))
