@@ -91,7 +91,8 @@ def test_paper_config_dry_runs_on_rxrx1_shaped_metadata(tmp_path, metadata):
     result = run_snakemake(tmp_path, "--configfile", str(tmp_path / "config" / "paper_rxrx1.yaml"), "-n",
                            "--quiet", "rules", "--cores", "32", timeout=900)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    for rule in ("autoencoder", "train", "sample", "trust_score", "ceiling", "report_summary"):
+    for rule in ("autoencoder", "train", "sample", "trust_score", "ceiling", "report_summary", "baselines",
+                 "validation_scorers", "validation_corruptions"):
         assert jobs.get(rule) == "1", (rule, result.stdout[-3000:])
     assert jobs.get("features_real") == "3"  # one per split
     assert jobs.get("features_generated") == "2"  # the generations and the SD-VAE's held-out reconstructions

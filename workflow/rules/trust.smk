@@ -80,3 +80,34 @@ rule trust_score:
         "python -m morphotrust trust score --scorer results/trust/scorer --features {input.features}"
         " --real-scores {input.real_scores} --coverage {input.coverage} --adequacy {input.adequacy} --threads {threads}"
         " --out-dir results/trust > {log} 2>&1"
+
+
+# Simpler per-sample scores beside T (morphotrust.baselines): fitted on the same real features, calibrated and
+# thresholded the same way; T, R and F joined from trust_score. validation_scorers judges them all as T is judged.
+rule baselines:
+    input:
+        scorer="results/trust/scorer.npz",
+        scorer_json="results/trust/scorer.json",
+        train="results/reduction/real_train.parquet",
+        calibration="results/reduction/real_calibration.parquet" if TRUST_SPLIT else [],
+        generated="results/reduction/generated.parquet",
+        trust_scores="results/trust/generated_scores.parquet",
+    output:
+        scores="results/baselines/generated_scores.parquet",
+        scores_csv="results/baselines/generated_scores.csv",
+        thresholds="results/baselines/thresholds.json",
+    log:
+        "results/logs/baselines/score.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=cli_json(config["baselines"]),
+        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
+        out_dir=lambda wildcards, output: os.path.dirname(output.thresholds),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m morphotrust baselines score --scorer results/trust/scorer"
+        " --train {input.train} {params.calibration} --generated {input.generated} --trust-scores {input.trust_scores}"
+        " --config {params.cfg} --out-dir {params.out_dir} > {log} 2>&1"

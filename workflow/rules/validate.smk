@@ -32,6 +32,7 @@ rule validation_centroid:
         table="results/validation/centroid.csv",
         per_condition="results/validation/centroid_per_condition.csv",
         per_sample="results/validation/centroid_per_sample.csv",
+        ranking="results/validation/centroid_ranking.csv",
         plot=report(
             "results/validation/centroid.png",
             caption="../report/centroid.rst",
@@ -221,11 +222,90 @@ rule validation_shift:
         "python -m morphotrust validation shift --real {input.real} --trust {input.trust} --out-dir results/validation > {log} 2>&1"
 
 
+# Every per-sample score (T, R, F, the baselines) judged as T is: one table (issue 24).
+rule validation_scorers:
+    input:
+        real=VALIDATION_INPUTS["encoder"]["real"],
+        generated=VALIDATION_INPUTS["encoder"]["generated"],
+        trust=VALIDATION_TRUST,
+        scores="results/baselines/generated_scores.parquet",
+        thresholds="results/baselines/thresholds.json",
+        centroid="results/validation/centroid_per_sample.csv",
+        kid="results/validation/kid_per_condition.csv",
+    output:
+        table="results/validation/scorers.csv",
+        plot=report(
+            "results/validation/scorers.png",
+            caption="../report/scorers.rst",
+            category="Validation",
+            subcategory="Scorers",
+        ),
+        headline="results/validation/scorers.json",
+    log:
+        "results/logs/validation/scorers.log",
+    conda:
+        "../../envs/core.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    params:
+        cfg=cli_json(config["validation"]),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m morphotrust validation scorers --real {input.real} --generated {input.generated}"
+        " --trust {input.trust} --scores {input.scores} --thresholds {input.thresholds} --centroid {input.centroid}"
+        " --kid {input.kid} --config {params.cfg} --out-dir results/validation > {log} 2>&1"
+
+
+# Held-out real sites vs corrupted copies, scored by every score (AUROC per corruption); one encoder pass over five
+# corrupted copies of the held-out seen sites. In the default target unless baselines.corruptions is false.
+rule validation_corruptions:
+    input:
+        stack="results/subsets/stacks/evaluation.npy",
+        heldout="results/reduction/real_evaluation.parquet",
+        heldout_sidecar="results/reduction/real_evaluation.json",
+        reduction="results/reduction/reduction.npz",
+        reduction_json="results/reduction/reduction.json",
+        scorer="results/trust/scorer.npz",
+        scorer_json="results/trust/scorer.json",
+        train="results/reduction/real_train.parquet",
+        calibration="results/reduction/real_calibration.parquet" if TRUST_SPLIT else [],
+        weights=FEATURE_WEIGHTS,
+    output:
+        table="results/validation/corruptions.csv",
+        plot=report(
+            "results/validation/corruptions.png",
+            caption="../report/corruptions.rst",
+            category="Validation",
+            subcategory="Scorers",
+        ),
+        headline="results/validation/corruptions.json",
+    log:
+        "results/logs/validation/corruptions.log",
+    conda:
+        "../../envs/features.yaml"
+    threads: FEATURES["threads"]
+    resources:
+        mem_mb=4000,
+        gpu=1 if FEATURES["device"] == "cuda" else 0,
+    params:
+        features=cli_json(FEATURES),
+        baselines=cli_json(config["baselines"]),
+        cfg=cli_json(config["validation"]),
+        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
+    shell:
+        "python -m morphotrust validation corruptions --stack {input.stack} --heldout {input.heldout}"
+        " --reduction results/reduction/reduction --scorer results/trust/scorer --train {input.train}"
+        " {params.calibration} --features-config {params.features} --baselines-config {params.baselines}"
+        " --config {params.cfg} --threads {threads} --out-dir results/validation > {log} 2>&1"
+
+
 rule validation_summary:
     input:
         VALIDATION_CP_ONLY,
         "results/validation/kid.json",
         "results/validation/graded_shift.json",
+        "results/validation/scorers.json",
+        ["results/validation/corruptions.json"] if config["baselines"]["corruptions"] else [],
         expand("results/validation/deciles_{space}.json", space=VALIDATION_SPACES),
         expand("results/validation/distances_{space}.json", space=VALIDATION_SPACES),
     output:

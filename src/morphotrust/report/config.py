@@ -22,6 +22,7 @@ DEFAULTS = {
     ],
     "gallery": {"real": 4, "accepted": 4, "abstained": 4, "max_conditions": 12},
     "verdict": {"min_acceptance": 0.5, "max_centroid_z": 2.0},
+    "paper_figures": None,
 }
 
 

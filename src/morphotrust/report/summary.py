@@ -22,6 +22,7 @@ from .inputs import (MANIFEST_COLUMNS, SITES_COLUMNS, Inputs, generated_banners,
                      validation_table)
 from .plate import plate_file_name, plate_skipped
 from .qc import FAILED, all_flags, focus_reference, well_summary
+from .scorers import interval, paper_section, read_paper_figures, scorers_section
 from .sections import acceptance_table
 
 FLAG_FILE_COLUMNS = ["source", "experiment", "plate", "well", "condition", "id", "stain", "problem", "measurement",
@@ -56,6 +57,9 @@ CATALOGUE = [
     ("morphology/*_clean.parquet", "cleaned, standardised CellProfiler features"),
     ("morphology/cleaning_report.json", "what the feature cleaning kept and dropped"),
     ("morphology/scale.json", "the scale CellProfiler measured at: px, µm per px, how each source was resized"),
+    ("baselines/generated_scores.csv", "every generated image scored by T, R, F and the simpler baselines, "
+                                       "accepted or not by each (also .parquet)"),
+    ("baselines/thresholds.json", "each score's threshold (the same quantile of its real calibration scores)"),
     ("validation/summary.json", "headline numbers of every validation analysis"),
     ("validation/*.csv", "validation tables (docs/design.md, Validation outputs)"),
     ("validation/*.png", "validation plots"),
@@ -180,9 +184,9 @@ def arm_table(inputs: Inputs) -> pd.DataFrame | None:
     parts = []
     selection = validation_table(inputs, "kid_selection.csv", ("arm",))
     if selection is not None:
-        keep = {"acceptance_rate": "acceptance", "relative_improvement": "selection gain (ΔKID, relative)",
-                "fraction_conditions_improved": "conditions improved"}
+        keep = {"acceptance_rate": "acceptance", "fraction_conditions_improved": "conditions improved"}
         parts.append(selection[["arm", *[k for k in keep if k in selection]]].rename(columns=keep))
+        parts.append(pooled_gain_column(selection))
     ranking = validation_table(inputs, "kid_ranking.csv", ("arm", "score", "spearman_rho"))
     if ranking is not None:
         rho = ranking[ranking["score"] == "T"][["arm", "spearman_rho", "p_value", "n_conditions"]]
@@ -193,6 +197,10 @@ def arm_table(inputs: Inputs) -> pd.DataFrame | None:
         z = centroid[centroid["metric"] == "z"]
         parts.append(pd.DataFrame({"arm": z["arm"], "centroid Δz (accepted − random)": z["delta"],
                                    "95% CI": [f"{fmt(lo)} to {fmt(hi)}" for lo, hi in zip(z["ci_low"], z["ci_high"])]}))
+    ranking = validation_table(inputs, "centroid_ranking.csv", ("arm", "spearman_rho", "ci_low", "ci_high"))
+    if ranking is not None:
+        parts.append(pd.DataFrame({"arm": ranking["arm"], "Spearman ρ(T, z) per image [95% CI]": [
+            interval(v, lo, hi) for v, lo, hi in zip(ranking["spearman_rho"], ranking["ci_low"], ranking["ci_high"])]}))
     retrieval = map_table(inputs)
     if retrieval is not None:
         parts.append(retrieval)
@@ -208,6 +216,17 @@ def arm_table(inputs: Inputs) -> pd.DataFrame | None:
     if "conditions improved" in out:
         out["conditions improved"] = out["conditions improved"].map(percent)
     return out
+
+
+def pooled_gain_column(selection: pd.DataFrame) -> pd.DataFrame:
+    """The ΔKID selection gain pooled over each arm's conditions, with its bootstrap 95% interval (kid.py)."""
+    column = "ΔKID gain, pooled [95% CI]"
+    if "pooled_relative_improvement" not in selection:
+        return pd.DataFrame({"arm": selection["arm"], column: "–"})
+    return pd.DataFrame({"arm": selection["arm"], column: [
+        interval(v, lo, hi, as_percent=True) for v, lo, hi in zip(selection["pooled_relative_improvement"],
+                                                                   selection["pooled_relative_ci_low"],
+                                                                   selection["pooled_relative_ci_high"])]})
 
 
 def map_table(inputs: Inputs) -> pd.DataFrame | None:
@@ -612,15 +631,21 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
     validation = section(
         "validation", "Does the trust score work? (validation against real cells)",
         "Headline numbers per arm. Selection gain: how much closer to real images (ΔKID) the trust-accepted images "
-        "are "
-        "than random picks of the same size (positive = trust helps). ρ: Spearman correlation over conditions between "
+        "are than random picks of the same size per condition (positive = trust helps), pooled over the arm's "
+        "conditions against a real reference with the same condition mix (a condition holds too few accepted "
+        "images for a stable KID of its own), with a condition-stratified bootstrap 95% interval; conditions "
+        "improved: the share of conditions whose own ΔKID the selection lowers. ρ: Spearman correlation over conditions between "
         "the mean trust score and ΔKID (positive = the score ranks conditions the way real cells do). Centroid Δz: "
-        "accepted minus random centroid distance (negative = trust helps), with its 95% bootstrap interval. mAP: "
+        "accepted minus random centroid distance (negative = trust helps), with its 95% bootstrap interval. "
+        "Spearman ρ(T, z): over every generated image CellProfiler measured, does a worse trust score go with a "
+        "larger distance from real cells (positive = T ranks images as CellProfiler does; bootstrap 95% interval). "
+        "mAP: "
         "mean average precision (copairs) of generated images retrieving the real sites of their own condition among "
         "all real sites, for trust-accepted images, random picks of the same size per condition, and chance (1 = "
         "every own-condition site ranked first). Decile "
         "classifiers: trained on the most to the least trusted tenth of the generated images.",
-        "selection gain above 0, ρ clearly above 0, Δz below 0 with an interval that excludes 0; mAP of accepted "
+        "selection gain above 0, ρ clearly above 0, Δz below 0 and Spearman ρ(T, z) above 0, with intervals "
+        "that exclude 0; mAP of accepted "
         "above random, both above chance; the most trusted "
         "decile classifies real cells nearly as well as the real ceiling and the least trusted decile worse.",
         body or missing("Not available: no validation outputs (results/validation/)."))
@@ -668,13 +693,17 @@ def build_summary(inputs: Inputs, cfg: dict | None, plates: list[tuple[str, int]
 
     generation = generation_trust_section(inputs)
     ceiling = ceiling_section(results_dir, generated)
+    paper = read_paper_figures(cfg["paper_figures"])
+    scorers = scorers_section(results_dir, paper)
+    beside_paper = paper_section(results_dir, paper)
     nav = [("overview", "Overview"), ("conditions", "Conditions"),
            *([("coverage", "Coverage")] if coverage_html else []), ("validation", "Validation"),
+           *([("scorers", "Simpler scores")] if scorers else []), *([("paper", "Paper")] if beside_paper else []),
            *([("generation", "During generation")] if generation else []),
            *([("ceiling", "Ceiling")] if ceiling else []), ("qc", "QC"), ("encoder", "Encoder"),
            ("versions", "Versions"), ("files", "Files")]
-    body = "".join([overview, trust_conditions, coverage_html, validation, generation, ceiling, qc_section, encoder,
-                    versions, files])
+    body = "".join([overview, trust_conditions, coverage_html, validation, scorers, beside_paper, generation, ceiling,
+                    qc_section, encoder, versions, files])
     document = page("morphotrust run summary", "Which generated cell images to trust: across plates and conditions",
                     banners, nav, body)
     return document, flags, acceptance_png

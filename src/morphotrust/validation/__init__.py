@@ -12,6 +12,8 @@ headline numbers under `results/validation/`:
 - `distances`     energy distance and MMD per condition, discrimination test (rank of the true condition),
                   copairs retrieval mean average precision (generated retrieving real of their condition)
 - `shift`         graded shift: mean T per condition vs Hamming distance to the training support
+- `scorers`       every per-sample score (T, R, F and the baselines of morphotrust.baselines) judged as T is
+- `corruptions`   held-out real sites, clean vs corrupted copies: AUROC of every score per corruption
 `summary` collects the headline numbers into `results/validation/summary.json`.
 
 Command line: `python -m morphotrust validation <analysis> ...` (see `cli`).
@@ -24,11 +26,11 @@ import json
 from pathlib import Path
 
 from ..io import read_json, write_json
-from . import centroid, correlations, deciles, distances, kid, shift
+from . import centroid, correlations, corruptions, deciles, distances, kid, scorers, shift
 from .common import DEFAULTS, SPACES, settings
 
 __all__ = ["DEFAULTS", "settings", "run_all", "summarise", "cli",
-           "centroid", "correlations", "deciles", "distances", "kid", "shift"]
+           "centroid", "correlations", "corruptions", "deciles", "distances", "kid", "scorers", "shift"]
 
 
 def summarise(headline_paths, out_path) -> dict:
@@ -61,6 +63,8 @@ def run_all(cp_real, cp_generated, encoder_real, encoder_generated, trust, out_d
 
 
 def cli(argv: list[str]) -> None:
+    from ..baselines import add_fitting_arguments
+
     parser = argparse.ArgumentParser(prog="morphotrust validation",
                                      description="Validation analyses of trust-scored generated samples.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +89,23 @@ def cli(argv: list[str]) -> None:
     command("kid", "KID / ΔKID, selection gain, condition ranking, ΔKID per decile (encoder space)")
     command("distances", "energy distance, MMD and discrimination test", space=True)
     command("shift", "graded shift: mean trust vs Hamming distance to the training support", generated=False)
+    compare = command("scorers", "every per-sample score judged as T is: acceptance, degenerate threshold, pooled "
+                      "ΔKID gain, ρ over conditions, centroid Δz, Spearman with z")
+    compare.add_argument("--scores", required=True, help="results/baselines/generated_scores.parquet")
+    compare.add_argument("--thresholds", required=True, help="results/baselines/thresholds.json")
+    compare.add_argument("--centroid", required=True, help="results/validation/centroid_per_sample.csv")
+    compare.add_argument("--kid", required=True, help="results/validation/kid_per_condition.csv")
+    corrupted = commands.add_parser("corruptions", help="held-out real sites vs corrupted copies: AUROC of every "
+                                    "score per corruption")
+    corrupted.add_argument("--stack", required=True, help="results/subsets/stacks/evaluation.npy")
+    corrupted.add_argument("--heldout", required=True, help="results/reduction/real_evaluation.parquet")
+    corrupted.add_argument("--reduction", required=True, help="results/reduction/reduction (.npz/.json prefix)")
+    add_fitting_arguments(corrupted)
+    corrupted.add_argument("--features-config", required=True, help="the `features` config section as JSON")
+    corrupted.add_argument("--baselines-config", required=True, help="the `baselines` config section as JSON")
+    corrupted.add_argument("--config", default="{}", help="the `validation` config section as JSON (its seed)")
+    corrupted.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder")
+    corrupted.add_argument("--out-dir", required=True)
     summary = commands.add_parser("summary", help="collect headline numbers into summary.json")
     summary.add_argument("--inputs", required=True, nargs="+", help="per-analysis headline JSON files")
     summary.add_argument("--out", required=True)
@@ -94,6 +115,13 @@ def cli(argv: list[str]) -> None:
         result = summarise(args.inputs, args.out)
     elif args.command == "shift":
         result = shift.run(args.real, args.trust, args.out_dir)
+    elif args.command == "corruptions":
+        result = corruptions.run(args.stack, args.heldout, args.reduction, args.scorer, args.train,
+                                 args.calibration, json.loads(args.features_config), json.loads(args.baselines_config),
+                                 args.out_dir, settings(json.loads(args.config))["seed"], args.threads)
+    elif args.command == "scorers":
+        result = scorers.run(args.real, args.generated, args.trust, args.scores, args.thresholds, args.centroid,
+                             args.kid, args.out_dir, settings(json.loads(args.config)))
     else:
         cfg = settings(json.loads(args.config))
         real = args.real[0] if len(args.real) == 1 else args.real

@@ -15,6 +15,9 @@ Two definitions (config validation.centroid.method):
   any new sample than a half centroid is, by a margin that grows with the dimension, so a perfect generator
   gets z ≈ −7 at 4 real samples per condition and −1.6 at 24 in ~2,500 dimensions
   (benchmarks/centroid_z_bias.py).
+Ranking (`ranking_by_arm`): per arm, the Spearman ρ between T (or any per-sample score, lower = more trusted) and
+z over every generated image CellProfiler measured, with a percentile bootstrap 95% interval (images resampled
+with replacement): positive = the score orders images the way their distance from real cells does.
 Conditions with fewer than `min_real` real samples are flagged; `half_split` then takes the spread from
 distances of the real samples to their full centroid; `leave_one_out` still needs 3 (two leave-one-out
 distances of 2 samples are equal).
@@ -29,13 +32,14 @@ from pathlib import Path
 
 from ..io import write_csv
 from .common import ANALYSED_ARMS, Table, load_space, reference, save_figure, settings, write_headline
-from .stats import bootstrap_mean_difference, encode, group_indices, matched_random_masks
+from .stats import bootstrap_mean_difference, bootstrap_spearman, encode, group_indices, matched_random_masks
 
 PER_CONDITION_COLUMNS = ["condition", "arm", "n_real", "n_generated", "real_spread_mean", "real_spread_sd", "flag"]
 OUTPUTS = {
     "summary": "centroid.csv",
     "per_condition": "centroid_per_condition.csv",
     "per_sample": "centroid_per_sample.csv",
+    "ranking": "centroid_ranking.csv",
     "plot": "centroid.png",
     "headline": "centroid.json",
 }
@@ -187,6 +191,28 @@ def accepted_vs_random(per_sample: pd.DataFrame, n_seeds: int = 5, n_bootstrap: 
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS), masks  # no rows when no z is defined
 
 
+RANKING_COLUMNS = ["arm", "score", "n_measured", "spearman_rho", "ci_low", "ci_high"]
+
+
+def ranking_by_arm(per_sample: pd.DataFrame, score: str = "T", n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per arm (all, seen, unseen): Spearman ρ of the per-sample `score` column vs z over the images with a z, and
+    its percentile bootstrap 95% interval (module docstring). The same arguments give the same numbers for any
+    score (the scorer comparison calls this for every score)."""
+    z = per_sample["z"].to_numpy(dtype=float)
+    values = per_sample[score].to_numpy(dtype=float)
+    arm = per_sample["arm"].to_numpy().astype(str)
+    rows = []
+    for index, arm_name in enumerate(("all", *ANALYSED_ARMS)):
+        in_arm = np.ones(len(arm), bool) if arm_name == "all" else arm == arm_name
+        if not (in_arm & np.isfinite(z)).any():
+            continue
+        rho, low, high, n = bootstrap_spearman(values[in_arm], z[in_arm], n_bootstrap,
+                                               np.random.default_rng([seed, 4000, index]))
+        rows.append({"arm": arm_name, "score": score, "n_measured": n, "spearman_rho": rho, "ci_low": low,
+                     "ci_high": high})
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
 def per_condition_comparison(per_sample: pd.DataFrame, per_condition: pd.DataFrame,
                              masks: np.ndarray) -> pd.DataFrame:
     """Add acceptance and mean z of all / accepted / random samples to the per-condition table."""
@@ -251,7 +277,7 @@ def plot_centroid(per_sample: pd.DataFrame, masks: np.ndarray, summary: pd.DataF
     save_figure(fig, path)
 
 
-def headline(summary: pd.DataFrame, per_condition: pd.DataFrame) -> dict:
+def headline(summary: pd.DataFrame, per_condition: pd.DataFrame, ranking: pd.DataFrame | None = None) -> dict:
     out = {}
     for row in summary[summary["metric"] == "z"].itertuples():
         out[row.arm] = {"delta_z": row.delta, "ci_low": row.ci_low, "ci_high": row.ci_high,
@@ -260,6 +286,9 @@ def headline(summary: pd.DataFrame, per_condition: pd.DataFrame) -> dict:
     for row in summary[summary["metric"] == "distance"].itertuples():
         out[row.arm].update({"delta_distance": row.delta, "delta_distance_ci": [row.ci_low, row.ci_high],
                              "relative_reduction_of_excess_distance": row.relative_reduction})
+    for row in (ranking if ranking is not None else pd.DataFrame(columns=RANKING_COLUMNS)).itertuples():
+        out.setdefault(row.arm, {}).update({"spearman_T_z": row.spearman_rho, "spearman_T_z_ci": [row.ci_low, row.ci_high],
+                                            "n_measured": row.n_measured})
     out["n_conditions"] = int(len(per_condition))
     out["n_flagged_conditions"] = int((per_condition["flag"] != "").sum())
     return out
@@ -274,12 +303,14 @@ def run(real_path, generated_path, trust_path, out_dir, cfg: dict | None = None)
                                            cfg["centroid"]["method"])
     summary, masks = accepted_vs_random(per_sample, cfg["n_random_seeds"], cfg["centroid"]["n_bootstrap"], cfg["seed"])
     per_condition = per_condition_comparison(per_sample, per_condition, masks)
+    ranking = ranking_by_arm(per_sample, "T", cfg["centroid"]["n_bootstrap"], cfg["seed"])
     out = Path(out_dir)
     write_csv(summary, out / OUTPUTS["summary"])
     write_csv(per_condition, out / OUTPUTS["per_condition"])
     write_csv(per_sample, out / OUTPUTS["per_sample"])
+    write_csv(ranking, out / OUTPUTS["ranking"])
     plot_centroid(per_sample, masks, summary, out / OUTPUTS["plot"])
-    result = headline(summary, per_condition)
+    result = headline(summary, per_condition, ranking)
     result["generated_rows_dropped_nonfinite"] = generated.meta.attrs.get("dropped_nonfinite", 0)
     result["scored_samples_without_features"] = generated.meta.attrs.get("missing_features", 0)
     write_headline(result, out / OUTPUTS["headline"])

@@ -40,7 +40,7 @@ DEFAULTS = {
     "centroid": {"method": "leave_one_out", "n_half_splits": 10, "min_real": 4, "n_bootstrap": 2000},
     "deciles": {"n_bins": 10, "C": 1.0, "max_iter": 200},
     "correlations": {"n_top": 20, "near_zero_r": 0.1},
-    "kid": {"max_subset": 500, "n_subsets": 10, "min_subset": 20},
+    "kid": {"max_subset": 500, "n_subsets": 10, "min_subset": 20, "n_bootstrap": 500},
     "distances": {"max_per_set": 500, "map_null_size": 1000, "n_bootstrap": 2000},
 }
 

@@ -7,10 +7,24 @@ averaged over `n_subsets` draws of m samples from each set (without replacement,
 real samples of c: 0 = as close to real as real is to itself. m = min(n_gen, n_real/2, max_subset); the
 same m is used for both terms. Conditions where m < 2 get no value; m < min_subset is flagged as noisy.
 Never crashes on small conditions.
+
+Pooled selection gain (`PooledKID`, `pooled_selection`): a condition rarely holds enough accepted samples for a
+stable KID (2-3 on the demo: m = 2), so the headline gain pools each arm's conditions. For a selection X whose
+samples fall into the conditions with shares w_c, the real reference is the mixture A_w = Σ_c w_c A_c of the
+same disjoint halves (and B_w likewise), so the selection and its reference hold the conditions in the same
+proportions: ΔKID_pooled(X) = KID(X, A_w) − KID(B_w, A_w) = [E k(X, X') − E k(B, B')] − 2 [E k(X, A) −
+E k(B, A)] (the E k(A, A') terms cancel). Every term is an exact kernel mean from per-condition means, using every
+real sample: E k(X, X') over distinct pairs of X, and E k(B, B') with the condition pairs weighed as X's distinct
+pairs fall (a condition's own pairs within a half over distinct pairs), so real-like samples have expected
+ΔKID_pooled 0 at any per-condition counts. Trust-accepted and condition-matched random selections have the same
+counts, so their difference compares like with like. Its 95% interval is a condition-stratified bootstrap: replicates resample, within each condition, the
+accepted samples and each random selection (with replacement; within-set terms over pairs of distinct originals),
+the real reference held fixed; a selection larger than `max_subset` is resampled to that size (same shares).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +62,166 @@ def delta_kid(K: np.ndarray, pool: np.ndarray, half_a: np.ndarray, half_b: np.nd
             "delta_kid": delta.mean(), "delta_kid_sd": delta.std(ddof=1) if n_subsets > 1 else np.nan}
 
 
+def real_halves(rows: np.ndarray, code: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random halves (A, B) of one condition's real rows (A the smaller when the count is odd)."""
+    shuffled = rows[np.argsort(np.random.default_rng([seed, code, 0]).random(len(rows)))]
+    return shuffled[:len(rows) // 2], shuffled[len(rows) // 2:]
+
+
+@dataclass
+class PooledKID:
+    """Kernel means giving the pooled ΔKID of any multiset of generated rows (module docstring).
+
+    codes: condition code of each generated row (−1 where the condition has fewer than 3 real samples: no
+    reference); gram: K among generated rows; to_a: (n, C) mean K(x, a) over a in A_c; bb: (C, C) mean K between
+    the B halves of two conditions (within a condition: over distinct pairs); ab: (C, C) mean K(A_c, B_c')."""
+
+    codes: np.ndarray
+    gram: np.ndarray
+    to_a: np.ndarray
+    bb: np.ndarray
+    ab: np.ndarray
+
+    @classmethod
+    def build(cls, reference: Table, generated: Table, seed: int = 0, chunk: int = 4096) -> "PooledKID":
+        names = np.unique(generated.conditions)
+        if not len(names):
+            return cls(np.empty(0, int), *(np.empty((0, 0)) for _ in range(4)))
+        codes = encode(generated.conditions, names)
+        real_groups = group_indices(encode(reference.conditions, names), len(names))
+        halves = [real_halves(rows, code, seed) for code, rows in enumerate(real_groups)]
+        usable = np.array([len(a) >= 1 and len(b) >= 2 for a, b in halves], dtype=bool)
+        codes = np.where((codes >= 0) & usable[np.maximum(codes, 0)], codes, -1)
+        a_rows = np.concatenate([a for a, _ in halves] + [np.empty(0, int)]).astype(int)
+        b_rows = np.concatenate([b for _, b in halves] + [np.empty(0, int)]).astype(int)
+        a_codes = np.repeat(np.arange(len(names)), [len(a) for a, _ in halves])
+        b_codes = np.repeat(np.arange(len(names)), [len(b) for _, b in halves])
+        a_sizes, b_sizes = np.bincount(a_codes, minlength=len(names)), np.bincount(b_codes, minlength=len(names))
+        H_a = _indicator(a_codes, len(names)) / np.maximum(a_sizes, 1)
+        H_b = _indicator(b_codes, len(names)) / np.maximum(b_sizes, 1)
+        to_a = np.concatenate([cubic_kernel(generated.X[start:start + chunk], reference.X[a_rows]) @ H_a
+                               for start in range(0, len(generated), chunk)] + [np.empty((0, len(names)))])
+        K_bb = cubic_kernel(reference.X[b_rows], reference.X[b_rows])
+        bb = H_b.T @ K_bb @ H_b
+        within = _indicator(b_codes, len(names)).T @ np.diag(K_bb)  # Σ K(b, b) per condition
+        with np.errstate(invalid="ignore", divide="ignore"):  # within a condition: distinct pairs only
+            np.fill_diagonal(bb, (np.diag(bb) * b_sizes ** 2 - within) / (b_sizes * (b_sizes - 1)))
+        ab = H_a.T @ cubic_kernel(reference.X[a_rows], reference.X[b_rows]) @ H_b
+        return cls(codes, cubic_kernel(generated.X, generated.X), to_a, np.nan_to_num(bb), ab)
+
+    def delta_kid(self, rows: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """ΔKID_pooled of the multisets `counts` (reps, m) over the generated `rows` (m,) with a reference
+        (counts None: each row once). The within-set mean runs over pairs of distinct rows; its real counterpart
+        weighs the condition pairs exactly as those pairs fall (so a selection of real-like samples has expected
+        ΔKID 0 at any per-condition counts). NaN below 2 distinct rows."""
+        rows = np.asarray(rows, dtype=int)
+        counts = np.ones((1, len(rows))) if counts is None else np.asarray(counts, dtype=float)
+        membership = _indicator(self.codes[rows], self.to_a.shape[1])
+        total = counts.sum(axis=1)
+        per_condition = counts @ membership  # (reps, C)
+        weights = per_condition / total[:, None]
+        gram = self.gram[np.ix_(rows, rows)]
+        same = (counts ** 2) @ membership  # Σ count² per condition: pairs of a row with itself
+        pairs = total ** 2 - same.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            e_xx = (((counts @ gram) * counts).sum(axis=1) - (counts ** 2) @ np.diag(gram)) / pairs
+            e_bb = (np.einsum("rc,cd,rd->r", per_condition, self.bb, per_condition)
+                    - (same * np.diag(self.bb)).sum(axis=1)) / pairs
+        e_xa = ((counts @ self.to_a[rows]) * weights).sum(axis=1) / total
+        e_ba = np.einsum("rc,cd,rd->r", weights, self.ab, weights)
+        return np.where(pairs > 0, (e_xx - e_bb) - 2.0 * (e_xa - e_ba), np.nan)
+
+
+def _indicator(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.zeros((len(codes), n_groups))
+    out[np.arange(len(codes)), codes] = 1.0
+    return out
+
+
+def _stratified_counts(codes: np.ndarray, reps: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(reps, m) bootstrap counts over m rows: within each code group, draws with replacement of the group's
+    size scaled to `size` in all (at least one per group)."""
+    m = len(codes)
+    scale = min(1.0, size / m)
+    order = np.argsort(codes, kind="stable")
+    group_sizes = np.bincount(codes)[np.unique(codes)]
+    starts = np.cumsum(group_sizes) - group_sizes
+    draws = np.maximum(1, np.rint(group_sizes * scale).astype(int))
+    start_of_draw = np.repeat(starts, draws)
+    size_of_draw = np.repeat(group_sizes, draws)
+    picks = order[start_of_draw + (rng.random((reps, len(start_of_draw))) * size_of_draw).astype(int)]
+    counts = np.zeros((reps, m))
+    np.add.at(counts, (np.repeat(np.arange(reps), picks.shape[1]), picks.ravel()), 1.0)
+    return counts
+
+
+def pooled_gain(pooled: PooledKID, selected: np.ndarray, random_masks: np.ndarray, n_bootstrap: int,
+                max_subset: int, rng: np.random.Generator, level: float = 0.95, chunk: int = 100) -> dict:
+    """Pooled ΔKID of the `selected` rows and of each condition-matched random mask (seeds averaged), the gain
+    (random − selected), relative improvement (gain / |random|, positive = selection better) and their
+    condition-stratified bootstrap intervals (module docstring)."""
+    valid = pooled.codes >= 0
+    chosen = np.flatnonzero(np.asarray(selected, bool) & valid)
+    randoms = [np.flatnonzero(np.asarray(mask, bool) & valid) for mask in random_masks]
+    out = {"n_selected": int(len(chosen)), "n_conditions": int(len(np.unique(pooled.codes[chosen]))),
+           "delta_kid_selected": np.nan, "delta_kid_random": np.nan, "gain": np.nan, "relative_improvement": np.nan,
+           "gain_ci_low": np.nan, "gain_ci_high": np.nan, "relative_ci_low": np.nan, "relative_ci_high": np.nan}
+    if len(chosen) < 2 or not randoms or any(len(r) < 2 for r in randoms):
+        return out
+    accepted = float(pooled.delta_kid(chosen)[0])
+    random = float(np.mean([pooled.delta_kid(r)[0] for r in randoms]))
+    out.update(delta_kid_selected=accepted, delta_kid_random=random, gain=random - accepted,
+               relative_improvement=(random - accepted) / abs(random) if random != 0 else np.nan)
+    gains, relatives = [], []
+    for start in range(0, n_bootstrap, chunk):
+        reps = min(chunk, n_bootstrap - start)
+        boot_accepted = pooled.delta_kid(chosen, _stratified_counts(pooled.codes[chosen], reps, max_subset, rng))
+        boot_random = np.mean([pooled.delta_kid(r, _stratified_counts(pooled.codes[r], reps, max_subset, rng))
+                               for r in randoms], axis=0)
+        gains.append(boot_random - boot_accepted)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relatives.append((boot_random - boot_accepted) / np.abs(boot_random))
+    tail = (1.0 - level) / 2.0 * 100.0
+    for name, values in (("gain", np.concatenate(gains)), ("relative", np.concatenate(relatives))):
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = np.percentile(values, [tail, 100.0 - tail])
+    return out
+
+
+POOLED_COLUMNS = {"n_selected": "pooled_n_accepted", "n_conditions": "pooled_n_conditions",
+                  "delta_kid_selected": "pooled_delta_kid_accepted", "delta_kid_random": "pooled_delta_kid_random",
+                  "gain": "pooled_gain", "gain_ci_low": "pooled_gain_ci_low", "gain_ci_high": "pooled_gain_ci_high",
+                  "relative_improvement": "pooled_relative_improvement", "relative_ci_low": "pooled_relative_ci_low",
+                  "relative_ci_high": "pooled_relative_ci_high"}
+
+
+def pooled_selection(pooled: PooledKID, arms: np.ndarray, accepted: np.ndarray, n_seeds: int, n_bootstrap: int,
+                     max_subset: int, seed: int) -> pd.DataFrame:
+    """Per arm (all, seen, unseen): the pooled ΔKID selection gain of `accepted` vs condition-matched random
+    subsets (`n_seeds`), with its bootstrap interval; columns POOLED_COLUMNS' values. The same arguments give the
+    same numbers, whichever score made `accepted` (the scorer comparison calls this for every score)."""
+    accepted = np.asarray(accepted, dtype=bool)
+    matchable = pooled.codes >= 0
+    masks = np.zeros((n_seeds, len(accepted)), dtype=bool)
+    if matchable.any():
+        masks[:, matchable] = matched_random_masks(pooled.codes[matchable], accepted[matchable], n_seeds, seed)
+    rows = []
+    for index, arm in enumerate(("all", *ANALYSED_ARMS)):
+        in_arm = np.ones(len(arms), bool) if arm == "all" else np.asarray(arms) == arm
+        if not in_arm.any():
+            continue
+        result = pooled_gain(pooled, accepted & in_arm, masks & in_arm, n_bootstrap, max_subset,
+                             np.random.default_rng([seed, 3000, index]))
+        rows.append({"arm": arm, **{POOLED_COLUMNS[k]: v for k, v in result.items()}})
+    return pd.DataFrame(rows, columns=["arm", *POOLED_COLUMNS.values()])
+
+
 def kid_analysis(reference: Table, generated: Table, max_subset: int = 500, n_subsets: int = 10,
-                 min_subset: int = 20, n_bins: int = 10, n_seeds: int = 5, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """All KID tables: per condition, selection gain summary, Spearman ranking, ΔKID per trust decile."""
+                 min_subset: int = 20, n_bins: int = 10, n_seeds: int = 5, seed: int = 0,
+                 n_bootstrap: int = 500) -> dict[str, pd.DataFrame]:
+    """All KID tables: per condition, selection gain summary (per condition and pooled over conditions, with
+    its bootstrap interval), Spearman ranking, ΔKID per trust decile."""
     names = np.unique(generated.conditions)
     codes = encode(generated.conditions, names)
     real_codes = encode(reference.conditions, names)
@@ -61,8 +232,8 @@ def kid_analysis(reference: Table, generated: Table, max_subset: int = 500, n_su
     rows, decile_rows = [], []
     for code, name in enumerate(tqdm(names, desc="KID per condition", mininterval=5)):
         g, r = gen_groups[code], real_groups[code]
-        halves = r[np.argsort(np.random.default_rng([seed, code, 0]).random(len(r)))]
-        half_a, half_b = np.arange(len(halves) // 2), np.arange(len(halves) // 2, len(halves))
+        halves = np.concatenate(real_halves(r, code, seed))
+        half_a, half_b = np.arange(len(r) // 2), np.arange(len(r) // 2, len(r))
         # One Gram matrix per condition over [real halves, generated]; every subset below indexes into it.
         K = cubic_kernel(*(2 * [np.concatenate([reference.X[halves], generated.X[g]])]))
         local = len(halves) + np.arange(len(g))
@@ -89,7 +260,10 @@ def kid_analysis(reference: Table, generated: Table, max_subset: int = 500, n_su
             value = delta_kid(K, local[bins[g] == decile], half_a, half_b, max_subset, n_subsets, rng(100 + decile))
             decile_rows.append({"condition": name, "arm": rows[-1]["arm"], "decile": decile + 1, **value})
     per_condition = pd.DataFrame(rows)
-    return {"per_condition": per_condition, "selection": selection_gain(per_condition),
+    pooled = pooled_selection(PooledKID.build(reference, generated, seed), generated.column("Metadata_arm"),
+                              accepted, n_seeds, n_bootstrap, max_subset, seed)
+    selection = selection_gain(per_condition).merge(pooled, on="arm", how="left")
+    return {"per_condition": per_condition, "selection": selection,
             "ranking": ranking(per_condition), "deciles": decile_summary(pd.DataFrame(decile_rows), min_subset)}
 
 
@@ -223,7 +397,8 @@ def headline(tables: dict) -> dict:
         out[f"selection_{row.arm}"] = {"delta_kid_accepted": row.delta_kid_accepted,
                                        "delta_kid_random": row.delta_kid_random,
                                        "relative_improvement": row.relative_improvement,
-                                       "acceptance_rate": row.acceptance_rate}
+                                       "acceptance_rate": row.acceptance_rate,
+                                       "pooled": {k: getattr(row, k) for k in POOLED_COLUMNS.values()}}
     for row in ranks[ranks["arm"] == "all"].itertuples():
         out[f"spearman_mean_{row.score}_vs_delta_kid"] = row.spearman_rho
     overall = deciles[deciles["arm"] == "all"].sort_values("decile")
@@ -236,7 +411,8 @@ def run(real_paths, generated_path, trust_path, out_dir, cfg: dict | None = None
     real, generated = load_space("encoder", real_paths, generated_path, trust_path)
     kid = cfg["kid"]
     tables = kid_analysis(reference(real, cfg["reference_splits"]), generated, kid["max_subset"], kid["n_subsets"],
-                          kid["min_subset"], cfg["deciles"]["n_bins"], cfg["n_random_seeds"], cfg["seed"])
+                          kid["min_subset"], cfg["deciles"]["n_bins"], cfg["n_random_seeds"], cfg["seed"],
+                          kid["n_bootstrap"])
     out = Path(out_dir)
     for key in ("per_condition", "selection", "ranking", "deciles"):
         write_csv(tables[key], out / OUTPUTS[key])

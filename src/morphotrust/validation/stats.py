@@ -80,6 +80,34 @@ def bootstrap_mean_difference(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np
     return float(a.mean() - b.mean()), float(low), float(high)
 
 
+def bootstrap_spearman(x, y, n_boot: int, rng: np.random.Generator, level: float = 0.95,
+                       chunk: int = 200) -> tuple[float, float, float, int]:
+    """Spearman ρ of the finite pairs (x, y), its percentile bootstrap interval (pairs resampled with replacement)
+    and the number of pairs. NaN below 3 pairs or for constant input; replicates with a constant side are left
+    out of the interval."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    rho, _, n = spearman(x, y)
+    if not np.isfinite(rho):
+        return np.nan, np.nan, np.nan, n
+    replicates = []
+    for start in range(0, n_boot, chunk):
+        rows = rng.integers(0, n, (min(chunk, n_boot - start), n))
+        rx, ry = stats.rankdata(x[rows], axis=1), stats.rankdata(y[rows], axis=1)
+        rx -= rx.mean(axis=1, keepdims=True)
+        ry -= ry.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            replicates.append((rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1)))
+    replicates = np.concatenate(replicates)
+    replicates = replicates[np.isfinite(replicates)]
+    if not len(replicates):
+        return rho, np.nan, np.nan, n
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return rho, float(low), float(high), n
+
+
 def squared_distances(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """‖x_i − y_j‖² for all pairs (float64, clipped at 0 against rounding)."""
     X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
