@@ -9,12 +9,8 @@ import morphotrust.report as mtreport
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 REPORT = config["report"]
-# report.paper_figures: looked up in the working directory first, then in the repository (resources/paper/), so
-# `--directory` runs find the shipped figures; the summary job gets the path that exists.
-REPORT_PAPER_FIGURES = [
-    path if os.path.isabs(path) or os.path.exists(path) else os.path.join(os.path.dirname(os.path.abspath(workflow.basedir)), path)
-    for path in [REPORT["paper_figures"]] if path
-]
+# report.paper_figures (a repository-relative path is resolved by morphotrust.config): the summary job's input
+REPORT_PAPER_FIGURES = [REPORT["paper_figures"]] if REPORT["paper_figures"] else []
 REPORT_PLATES = mtreport.plates_with_conditions(METADATA, CONDITIONS)
 REPORT_INPUTS = {
     "manifest": "results/subsets/manifest.parquet",
@@ -164,7 +160,7 @@ rule report_summary:
     resources:
         mem_mb=2000,
     params:
-        cfg=cli_json({**REPORT, "paper_figures": (REPORT_PAPER_FIGURES or [None])[0]}),
+        cfg=cli_json(REPORT),
         stacks_dir=lambda wildcards, input: os.path.dirname(input.stacks[0]),
         validation_dir=lambda wildcards, input: os.path.dirname(input.validation),
         features_dir=lambda wildcards, input: os.path.dirname(input.sidecars[0]),
