@@ -28,7 +28,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # What the long run changes in config/config.yaml: from scratch, many more steps. Nothing else.
-OVERLAY = {"generator": {"init_weights": None, "steps": 60000, "checkpoint_every": 2000,
+OVERLAY = {"generator": {"init_weights": None, "steps": 40000, "checkpoint_every": 2000,
                          "trained_autoencoder": {"init_weights": None, "steps": 30000, "checkpoint_every": 1000}}}
 TIMINGS = "demo_weights_timings.json"
 TARGETS = {"autoencoder": "results/autoencoder/autoencoder.json", "flow": "results/generator/checkpoint.pt"}

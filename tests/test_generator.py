@@ -66,6 +66,7 @@ def config(**overrides) -> dict:
     cfg.update(autoencoder="none", init_weights=None, preset="tiny", steps=8, batch_size=4, warmup=2,
                checkpoint_every=3, num_workers=0, device="cpu", sampling_steps=4, samples_per_condition=3,
                sampling_batch_size=4)
+    cfg["trained_autoencoder"] = dict(cfg["trained_autoencoder"], init_weights=None)
     cfg.update(overrides)
     return cfg
 

@@ -167,9 +167,9 @@ def test_killed_run_resumes_to_the_same_tables(tmp_path):
     for table in FINAL_TABLES:
         read = pd.read_csv if table.endswith(".csv") else pd.read_parquet
         pd.testing.assert_frame_equal(read(workdir / table), read(uninterrupted / table), obj=table)
-    images = sorted(p.relative_to(workdir) for p in (workdir / "results/generated/generator/images").glob("*.tif"))
+    images = sorted(p.relative_to(workdir) for p in (workdir / "results/generated/generator/images").rglob("*.tif"))
     assert images and images == sorted(p.relative_to(uninterrupted)
-                                       for p in (uninterrupted / "results/generated/generator/images").glob("*.tif"))
+                                       for p in (uninterrupted / "results/generated/generator/images").rglob("*.tif"))
     for image in images:
         assert (workdir / image).read_bytes() == (uninterrupted / image).read_bytes(), image
 

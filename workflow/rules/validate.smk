@@ -230,7 +230,7 @@ rule validation_scorers:
         trust=VALIDATION_TRUST,
         scores="results/baselines/generated_scores.parquet",
         thresholds="results/baselines/thresholds.json",
-        centroid="results/validation/centroid_per_sample.csv",
+        centroid="results/validation/centroid_per_sample.csv" if CELLPROFILER_APPLICABLE else [],
         kid="results/validation/kid_per_condition.csv",
     output:
         table="results/validation/scorers.csv",
@@ -250,9 +250,10 @@ rule validation_scorers:
         mem_mb=8000,
     params:
         cfg=cli_json(config["validation"]),
+        centroid=lambda wildcards, input: f"--centroid {input.centroid}" if input.centroid else "",
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust validation scorers --real {input.real} --generated {input.generated}"
-        " --trust {input.trust} --scores {input.scores} --thresholds {input.thresholds} --centroid {input.centroid}"
+        " --trust {input.trust} --scores {input.scores} --thresholds {input.thresholds} {params.centroid}"
         " --kid {input.kid} --config {params.cfg} --out-dir results/validation > {log} 2>&1"
 
 

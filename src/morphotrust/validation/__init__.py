@@ -93,7 +93,8 @@ def cli(argv: list[str]) -> None:
                       "ΔKID gain, ρ over conditions, centroid Δz, Spearman with z")
     compare.add_argument("--scores", required=True, help="results/baselines/generated_scores.parquet")
     compare.add_argument("--thresholds", required=True, help="results/baselines/thresholds.json")
-    compare.add_argument("--centroid", required=True, help="results/validation/centroid_per_sample.csv")
+    compare.add_argument("--centroid", help="results/validation/centroid_per_sample.csv (none: CellProfiler "
+                         "validation not applicable)")
     compare.add_argument("--kid", required=True, help="results/validation/kid_per_condition.csv")
     corrupted = commands.add_parser("corruptions", help="held-out real sites vs corrupted copies: AUROC of every "
                                     "score per corruption")

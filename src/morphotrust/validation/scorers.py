@@ -185,7 +185,10 @@ def run(real_paths, generated_path, trust_path, scores_path, thresholds_path, ce
     if absent.any():
         raise InputError(f"{int(absent.sum())} generated sample(s) have no baseline scores", file=scores_path,
                          where=f"e.g. {ids[absent][0]!r}", expected=f"every sample of {generated_path}")
-    per_sample = _read_csv(centroid_path, ["sample_id", "condition", "arm", "distance", "excess_distance", "z"])
+    centroid_columns = ["sample_id", "condition", "arm", "distance", "excess_distance", "z"]
+    # no centroid file where CellProfiler validation is not applicable (external composites or crops)
+    per_sample = (_read_csv(centroid_path, centroid_columns) if centroid_path
+                  else pd.DataFrame(columns=centroid_columns))
     # header only when CellProfiler measured no generated image: the numbers are then read as text
     per_sample = per_sample.astype({"distance": float, "excess_distance": float, "z": float})
     kid_per_condition = _read_csv(kid_path, ["condition", "arm", "delta_kid"])
