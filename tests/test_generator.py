@@ -255,6 +255,28 @@ def test_killed_and_resumed_training_equals_uninterrupted(toy, tmp_path):
                                   pd.read_csv(tmp_path / "split" / "loss.csv"))
 
 
+def test_new_pixels_under_the_same_site_ids_retrain_and_an_unchanged_rerun_resumes(tmp_path, capsys):
+    """Issue 26: the resume check covers the training images' bytes, not only their site ids and conditions."""
+    toy = make_toy_subsets(tmp_path / "toy")
+    cfg = config(steps=4, checkpoint_every=2)
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", cfg, RES)
+    first = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
+    capsys.readouterr()
+
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=6, checkpoint_every=2), RES)
+    assert "resuming from" in capsys.readouterr().err
+    resumed = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
+    assert len(resumed) == 6 and torch.equal(resumed[:4], first)
+
+    stack = np.load(toy / "stacks" / "train.npy")
+    np.save(toy / "stacks" / "train.npy", 255 - stack)  # new pixels, same manifest
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=6, checkpoint_every=2), RES)
+    log = capsys.readouterr().err
+    assert "resuming from" not in log and "training data changed" in log and "training from scratch" in log
+    retrained = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
+    assert len(retrained) == 6 and not torch.equal(retrained[:4], first)
+
+
 # ------------------------------------------------------------------------------------------- sampling
 
 class LinearField(torch.nn.Module):
