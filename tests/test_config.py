@@ -76,6 +76,27 @@ def test_later_files_and_command_line_are_named(tmp_path):
     assert "validation.n_random_seeds (--config): found 0.5 (expected a whole number)" in message
 
 
+def test_command_line_values_nested_in_a_mapping_are_typed_as_the_schema_says():
+    """Issue 26: Snakemake reads `--config subsets={seed: 3, ...}` with YAML's BaseLoader (all text)."""
+    from snakemake.cli import parse_config
+
+    given = parse_config(["subsets={seed: 3, split_fractions: {train: 0.6, calibration: 0.2, evaluation: 0.2}}",
+                          "morphology={nuclei_diameter_um: [5, 25], resolution: 96, cellprofiler: '12'}",
+                          "data={rxrx1_path: null, demo: {seed: 11}}"])
+    assert given["subsets"]["seed"] == "3"  # what arrives
+    config = yaml.safe_load(CONFIG.read_text())
+    for key, value in given.items():
+        config[key] = {**config[key], **value}
+    check_config(config, [CONFIG], given)
+    assert config["subsets"]["seed"] == 3 and config["subsets"]["split_fractions"]["train"] == 0.6
+    assert config["morphology"]["nuclei_diameter_um"] == [5, 25] and config["morphology"]["resolution"] == 96
+    assert config["morphology"]["cellprofiler"] == "12"  # a text key stays text
+    assert config["data"]["rxrx1_path"] is None and config["data"]["demo"]["seed"] == 11
+    config["subsets"]["seed"] = "three"
+    with pytest.raises(InputError, match=r"subsets.seed \(--config\): found 'three' \(expected a whole number\)"):
+        check_config(config, [CONFIG], {"subsets": {"seed": "three"}})
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace("train: 0.6,", "train: 0.5,"),
      r"subsets.split_fractions \(.*line \d+\): the fractions sum to 0.9"),

@@ -102,6 +102,31 @@ class Sources:
         return f"{name} (default)"
 
 
+def _typed(value, schema: dict):
+    """A `--config` value as YAML types it in a config file, where the schema allows that type at its key."""
+    if isinstance(value, list):
+        return [_typed(item, schema.get("items", {})) for item in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        typed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return typed if jsonschema.Draft202012Validator(schema).is_valid(typed) else value
+
+
+def _type_command_line(section: dict, given, schema: dict) -> None:
+    """Snakemake reads a `--config` value that is a mapping (`subsets={seed: 3}`) with YAML's BaseLoader, so every
+    number, true/false and null in it arrives as text: give the values `given` on the command line the type the
+    schema expects (in place, in the merged `section`)."""
+    for key, value in (given or {}).items():
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _type_command_line(section[key], value, sub)
+        elif key in section and isinstance(value, (str, list)):
+            section[key] = _typed(value, sub)
+
+
 def _default_filling(validator_class):
     """Snakemake's validate(set_default=True): a property's `default` is set before its section is checked."""
     check_properties = validator_class.VALIDATORS["properties"]
@@ -355,6 +380,7 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
     """
     sources = Sources(files, command_line)
     schema = yaml.safe_load(Path(schema_path).read_text())
+    _type_command_line(config, command_line, schema)
     problems = _schema_problems(config, schema, sources)
     if not problems:  # the cross-key checks read keys the schema guarantees
         _resolve_shipped_files(config)
