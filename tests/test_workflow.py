@@ -80,6 +80,29 @@ def test_bad_config_key_stops(tmp_path):
     assert "max_sites_per_conditon" in result.stdout + result.stderr
 
 
+def test_an_unwritable_results_folder_is_one_line_before_any_job(tmp_path):
+    """Issue 26: a read-only results folder (a read-only mount, as root; otherwise a file in its place) stops the
+    run at once with one line naming it, not a Snakemake traceback."""
+    workdir = make_workdir(tmp_path)
+    results = workdir / "results"
+    results.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(results)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        results.rmdir()
+        results.write_text("")
+    try:
+        result = run_snakemake(workdir, "--cores", "1", check=False)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(results)], check=True)
+    output = result.stdout + result.stderr
+    reason = "Read-only file system" if mounted else "a file stands where a folder is needed"
+    assert result.returncode != 0 and f"morphotrust: cannot write results: {reason}" in output, output
+    assert "Traceback" not in output and "OSError" not in output and len(output.splitlines()) < 6, output
+    assert not (workdir / ".snakemake" / "log").exists() or "Job stats" not in output
+
+
 # What the killed-run test compares: the generated images themselves and the tables made from them. CellProfiler
 # is left out (the test would run it twice for nothing: it measures the same image files).
 RESUMED_TARGETS = ["results/trust/generated_scores.parquet", "results/validation/kid_per_condition.csv"]
