@@ -103,6 +103,22 @@ def test_an_unwritable_results_folder_is_one_line_before_any_job(tmp_path):
     assert not (workdir / ".snakemake" / "log").exists() or "Job stats" not in output
 
 
+def test_a_run_that_rebuilds_the_report_marks_the_old_one_out_of_date_first(tmp_path):
+    """Issue 23: a run that fails before its report must not leave the earlier run's report looking current. The
+    run here fails at its first job (a file stands where the demo's folder goes); the old summary is marked."""
+    workdir = make_workdir(tmp_path, **TINY_DEMO)
+    summary = workdir / "results" / "report" / "summary.html"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("<!DOCTYPE html><html><head></head><body><h1>an earlier run</h1></body></html>")
+    (workdir / "results" / "data").mkdir()
+    (workdir / "results" / "data" / "rxrx1_demo").write_text("")
+    result = run_snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    text = summary.read_text()
+    assert text.count("OUT OF DATE: a new run started at") == 1 and "<h1>an earlier run</h1>" in text
+    assert text.index("OUT OF DATE") > text.index("<body>")
+
+
 # What the killed-run test compares: the generated images themselves and the tables made from them. CellProfiler
 # is left out (the test would run it twice for nothing: it measures the same image files).
 RESUMED_TARGETS = ["results/trust/generated_scores.parquet", "results/validation/kid_per_condition.csv"]

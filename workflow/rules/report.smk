@@ -9,6 +9,18 @@ import morphotrust.report as mtreport
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 REPORT = config["report"]
+
+
+# A run that rebuilds reports first marks the current ones "out of date": a run that fails before its reports never
+# leaves an earlier run's report looking current.
+onstart:
+    import time
+
+    mtreport.mark_rebuilt_reports_stale(
+        [path for job in workflow.dag.needrun_jobs() for path in job.output], time.strftime("%Y-%m-%d %H:%M")
+    )
+
+
 REPORT_PLATES = mtreport.plates_with_conditions(METADATA, CONDITIONS)
 REPORT_INPUTS = {
     "manifest": "results/subsets/manifest.parquet",
