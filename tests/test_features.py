@@ -252,6 +252,27 @@ def test_weights_with_extra_keys_are_refused_and_header_problems_are_found_witho
         assert error is not None and error.file == file and expected in error.problem, (weights, error)
 
 
+def test_image_problems_name_what_no_microscopy_site_looks_like():
+    """Issue 23: blank, constant, two-valued and not-a-number images are named; real-looking images are not."""
+    from morphotrust.images import image_problem
+
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 256, size=(6, 16, 16), dtype=np.uint8)
+    assert image_problem(site) == ""
+    assert image_problem(np.zeros_like(site)) == "blank: every pixel is 0"
+    assert image_problem(np.full_like(site, 7)) == "constant: every pixel is 7"
+    two = site.copy()
+    two[2] = 0
+    two[4] = (rng.random((16, 16)) > 0.5) * 200
+    assert image_problem(two) == "constant or two-valued stain(s): w3 (0), w5 (0, 200)"
+    floats = site.astype(np.float32)
+    floats[0, :4] = np.nan
+    assert image_problem(floats) == "not a number: 4.2% of the pixels are NaN or infinite (stored as 0)"
+    rows = pd.DataFrame({"Metadata_image_problem": ["not a number: 1.0% ...", ""]})
+    assert F.with_image_problems(rows, ["", "blank: every pixel is 0"])["Metadata_image_problem"].tolist() == [
+        "not a number: 1.0% ...", "blank: every pixel is 0"]
+
+
 # --- pooling, channels, streaming -----------------------------------------------------------------------
 
 

@@ -338,6 +338,22 @@ def test_sampling_shapes_determinism_and_resume(trained, toy, tmp_path):
     assert not np.array_equal(images, np.stack([read_site(p) for p in other["Metadata_image_path"]]))
 
 
+def test_a_generator_that_outputs_nan_still_writes_its_samples_and_flags_them(toy, tmp_path):
+    """Issue 23: NaN from the workflow's own generator (a diverged checkpoint) is stored as 0, never as whatever a
+    float-to-uint8 cast of NaN gives, and each sample's manifest row says so; sampling does not stop."""
+    cfg = config(steps=2)
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "gen", cfg, RES)
+    state = load_checkpoint(tmp_path / "gen" / "checkpoint.pt")
+    for key in state["ema"]:
+        state["ema"][key] = torch.full_like(state["ema"][key], float("nan"))
+    torch.save(state, tmp_path / "gen" / "nan.pt")
+    generated = run_sampling(toy / "manifest.parquet", toy / "stacks", tmp_path / "gen" / "nan.pt", tmp_path / "s",
+                             config(samples_per_condition=1))
+    assert (generated["Metadata_image_problem"] == "not a number: 100.0% of the pixels are NaN or infinite "
+                                                   "(stored as 0)").all()
+    assert all((read_site(path) == 0).all() for path in generated["Metadata_image_path"])
+
+
 def test_samples_follow_their_condition(trained, toy, tmp_path):
     out, cfg = trained
     cfg = dict(cfg, samples_per_condition=4, sampling_batch_size=12, sampling_steps=10, guidance_scale=2.0)

@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 import pytest
 import yaml
+
+from morphotrust.images import read_site, write_site
 
 from workflow_helpers import REPO, SNAKEMAKE, TINY_DEMO, make_workdir, run_snakemake
 
@@ -154,6 +157,46 @@ def test_demo_end_to_end(tiny_demo_run):
     assert "SYNTHETIC" in summary and "The ceiling of the latent space" in summary
     rerun = run_snakemake(tiny_demo_run, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.slow
+def test_blank_constant_two_valued_and_nan_generations_are_scored_rejected_and_flagged(tiny_demo_run, tmp_path):
+    """Issue 23: bad generations go through features, the reduction and the trust score of a real run like any
+    other image: finite scores, rejected, and each flagged with why in generated_scores.csv (the pixels that were
+    not numbers are flagged by the generator that stored them as 0)."""
+    results = tiny_demo_run / "results"
+    generated = pd.read_parquet(results / "generated" / "generator" / "manifest.parquet").iloc[:5].copy()
+    size = read_site(generated["Metadata_image_path"].iloc[0]).shape[-1]
+    rng = np.random.default_rng(0)
+    bad = {"blank": np.zeros((6, size, size), np.uint8), "constant": np.full((6, size, size), 90, np.uint8),
+           "two-valued": (rng.random((6, size, size)) > 0.5).astype(np.uint8) * 200,
+           "nan": np.zeros((6, size, size), np.uint8)}  # NaN pixels, stored as 0 by the generator
+    generated["Metadata_image_problem"] = ""
+    for row, (name, image) in zip(generated.index[1:], bad.items()):
+        write_site(tmp_path / f"{name}.tif", image)
+        generated.loc[row, ["Metadata_sample_id", "Metadata_image_path"]] = [name, str(tmp_path / f"{name}.tif")]
+    generated.loc[generated["Metadata_sample_id"] == "nan", "Metadata_image_problem"] = "not a number: 100.0% ..."
+    generated.to_parquet(tmp_path / "manifest.parquet")
+    features = yaml.safe_load((tiny_demo_run / "config" / "config.yaml").read_text())["features"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for args in (["features", "generated", "--manifest", tmp_path / "manifest.parquet", "--config",
+                  json.dumps(features), "--out", tmp_path / "features.parquet"],
+                 ["reduction", "transform", "--reduction", results / "reduction" / "reduction", "--features",
+                  tmp_path / "features.parquet", "--out", tmp_path / "reduced.parquet"],
+                 ["trust", "score", "--scorer", results / "trust" / "scorer", "--features", tmp_path / "reduced.parquet",
+                  "--real-scores", results / "trust" / "real_scores.parquet", "--out-dir", tmp_path / "trust"]):
+        run = subprocess.run([sys.executable, "-m", "morphotrust", *map(str, args)], capture_output=True, text=True,
+                             env=env, cwd=tiny_demo_run)
+        assert run.returncode == 0, run.stderr[-3000:]
+    scores = pd.read_csv(tmp_path / "trust" / "generated_scores.csv", keep_default_na=False).set_index(
+        "Metadata_sample_id")
+    problem = scores["Metadata_image_problem"]
+    assert problem["blank"] == "blank: every pixel is 0" and problem["constant"] == "constant: every pixel is 90"
+    assert problem["two-valued"].startswith("constant or two-valued stain(s): w1 (0, 200)")
+    assert problem["nan"] == "not a number: 100.0% ...; blank: every pixel is 0"
+    assert problem.iloc[0] == ""  # the generator's own image
+    bad_rows = scores.loc[list(bad)]
+    assert np.isfinite(bad_rows["T"].astype(float)).all() and not bad_rows["accepted"].astype(bool).any()
 
 
 def _group_members(group: int) -> list:

