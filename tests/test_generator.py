@@ -258,23 +258,20 @@ def test_killed_and_resumed_training_equals_uninterrupted(toy, tmp_path):
 def test_new_pixels_under_the_same_site_ids_retrain_and_an_unchanged_rerun_resumes(tmp_path, capsys):
     """Issue 26: the resume check covers the training images' bytes, not only their site ids and conditions."""
     toy = make_toy_subsets(tmp_path / "toy")
-    cfg = config(steps=4, checkpoint_every=2)
-    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", cfg, RES)
-    first = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
-    capsys.readouterr()
+    latest = tmp_path / "out" / "checkpoints" / "latest.pt"
 
-    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=6, checkpoint_every=2), RES)
-    assert "resuming from" in capsys.readouterr().err
-    resumed = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
-    assert len(resumed) == 6 and torch.equal(resumed[:4], first)
+    def run(steps):
+        train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=steps, checkpoint_every=2), RES)
+        return load_checkpoint(latest)["losses"], capsys.readouterr().err
 
+    first, _ = run(2)
+    resumed, log = run(3)  # extended: resumes
+    assert "resuming from" in log and len(resumed) == 3 and torch.equal(resumed[:2], first)
     stack = np.load(toy / "stacks" / "train.npy")
     np.save(toy / "stacks" / "train.npy", 255 - stack)  # new pixels, same manifest
-    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=6, checkpoint_every=2), RES)
-    log = capsys.readouterr().err
+    retrained, log = run(3)
     assert "resuming from" not in log and "training data changed" in log and "training from scratch" in log
-    retrained = load_checkpoint(tmp_path / "out" / "checkpoints" / "latest.pt")["losses"]
-    assert len(retrained) == 6 and not torch.equal(retrained[:4], first)
+    assert len(retrained) == 3 and not torch.equal(retrained[:2], first)
 
 
 # ------------------------------------------------------------------------------------------- sampling
