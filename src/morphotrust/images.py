@@ -130,7 +130,8 @@ def image_problem(image: np.ndarray) -> str:
     for stain, plane in enumerate(image):
         values = np.unique(plane[plane != plane.flat[0]])  # the other values than the first pixel's, if any
         if len(values) <= 1:
-            few.append(f"w{stain + 1} ({', '.join(f'{v:g}' for v in sorted({plane.flat[0], *values}))})")
+            name = f"w{stain + 1}" if len(image) == N_CHANNELS else f"channel {stain + 1}"  # or a composite
+            few.append(f"{name} ({', '.join(f'{v:g}' for v in sorted({plane.flat[0], *values}))})")
     if few:
         return "constant or two-valued stain(s): " + ", ".join(few)
     return ""

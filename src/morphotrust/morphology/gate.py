@@ -72,7 +72,7 @@ def gate_sites(table: pd.DataFrame, *, pixel_size_um: float, nuclei_diameter_um,
     low, high = (float(v) for v in nuclei_diameter_um)
     count = pd.to_numeric(table[COUNT_COLUMN], errors="coerce").fillna(0).to_numpy(float)
     diameter = pd.to_numeric(table[DIAMETER_COLUMN], errors="coerce").to_numpy(float) * float(pixel_size_um)
-    failures = table.get(FAILURE_COLUMN, pd.Series("", index=table.index)).fillna("").astype(str)
+    failures = table.get(FAILURE_COLUMN, pd.Series("", index=table.index)).astype(object).fillna("").astype(str)
     problems = []
     min_px = low / float(pixel_size_um)
     too_coarse = (f"nuclei of {low:g} µm are {min_px:.1f} px at {float(pixel_size_um):.3g} µm/px "
