@@ -167,6 +167,26 @@ def test_killed_and_resumed_autoencoder_equals_uninterrupted(toy, tmp_path):
                                   pd.read_csv(tmp_path / "split" / "loss.csv"))
 
 
+def test_autoencoder_retrains_on_new_pixels_under_the_same_site_ids(tmp_path, capsys):
+    """Issue 26: the same site ids with other pixels are other training data; unchanged data resumes."""
+    toy = make_toy_subsets(tmp_path / "toy")
+    latest = tmp_path / "ae" / "checkpoints" / "latest.pt"
+
+    def run():
+        train_autoencoder(toy / "manifest.parquet", toy / "stacks", tmp_path / "ae", ae_config(steps=3), RES)
+        return load_autoencoder_checkpoint(latest)["losses"], capsys.readouterr().err
+
+    first, _ = run()
+    again, log = run()
+    assert "resuming from" in log and torch.equal(again, first)
+    stack = np.load(toy / "stacks" / "train.npy")
+    stack[:, :, :4] = 0  # a fixed (or replaced) image region: new pixels, same manifest
+    np.save(toy / "stacks" / "train.npy", stack)
+    retrained, log = run()
+    assert "not resuming" in log and "training data changed" in log
+    assert len(retrained) == 3 and not torch.equal(retrained, first)
+
+
 def test_autoencoder_rejects_a_non_power_of_two_downsampling(toy, tmp_path):
     with pytest.raises(InputError, match="power of two"):
         train_autoencoder(toy / "manifest.parquet", toy / "stacks", tmp_path, ae_config(downsample=3), RES)

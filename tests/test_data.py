@@ -771,3 +771,33 @@ def test_external_inventory_lists_every_named_file(tmp_path):
     (tmp_path / "HUVEC" / "x.npy").write_bytes(b"12")
     pattern = ExternalSettings(folder=str(tmp_path), layout="pattern", pattern="{cell_type}/{name}.npy")
     assert "HUVEC/x.npy\t2\t" in inventory.external_inventory(pattern)
+
+
+def test_a_long_list_of_bad_images_is_capped_with_counts_and_the_full_list_in_a_file(tmp_path):
+    """Issue 26: RxRx1's 51 plates with 20 problems each: one message of at most 50 lines, every plate's problems
+    counted (those shown by plate, the rest in one line), every problem in one file."""
+    from morphotrust.data.ingest import QC_COLUMNS, _sites_table
+
+    tables, qcs = [], []
+    for index in range(51):
+        experiment, plate = f"HUVEC-{index // 4 + 1:02d}", index % 4 + 1
+        qc = pd.DataFrame([{"experiment": experiment, "plate": plate, "site_id": f"{experiment}_{plate}_B02_{i}",
+                            "metadata_line": i + 2, "file": f"img/{experiment}/Plate{plate}/B{i:02d}_s1_w1.png",
+                            "problem": "unreadable", "detail": "not a PNG", "action": "stopped"}
+                           for i in range(20)], columns=QC_COLUMNS)
+        qcs.append(tmp_path / f"qc{index}.csv")
+        qc.to_csv(qcs[-1], index=False)
+        tables.append(tmp_path / f"sites{index}.parquet")
+        _sites_table([]).to_parquet(tables[-1])
+    problems = tmp_path / "qc_problems.csv"
+    with pytest.raises(InputError) as caught:
+        merge(tables, qcs, sites_path=tmp_path / "sites.parquet", qc_path=tmp_path / "qc.csv", problems_path=problems)
+    lines = str(caught.value).splitlines()
+    assert len(lines) <= 50, len(lines)
+    assert "1020 problem(s) on 51 of 51 plate(s)" in lines[0] and "unreadable 1020" in lines[0]
+    plates = [line for line in lines if line.startswith("  HUVEC-")]
+    assert plates and all(line.endswith(": 20 problem(s) (unreadable 20)") for line in plates)
+    rest = 51 - len(plates)
+    assert f"  ... and {rest} more plate(s) with {20 * rest} problem(s)" in lines
+    assert lines[-1] == f"every problem, one per line: {problems}"
+    assert len(pd.read_csv(problems)) == 1020

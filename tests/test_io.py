@@ -74,3 +74,23 @@ def test_cli_write_failing_midway_like_a_full_disk(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("morphotrust: error: cannot write demo/metadata.csv: File too "
                                                    "large (larger than this file system or a ulimit allows)"), lines
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # temporary file removed
+
+
+def test_a_short_write_on_a_full_disk_says_the_disk_is_full(tmp_path):
+    """Issue 26: numpy reports a short write without an error number ("16384 requested and 992 written"); the
+    output error names the file and the cause. A 64 KiB file system (a tmpfs mount, as root) fills up."""
+    import numpy as np
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a small file system")
+    try:
+        with pytest.raises(OutputError) as caught:
+            with io.atomic_path(mount / "big.npy") as tmp:
+                np.save(tmp, np.zeros(100_000))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {mount / 'big.npy'}: ") and "(the disk is full" in message, message

@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 
 from morphotrust.errors import InputError
 from morphotrust.images import read_site, resize_site, write_site
-from morphotrust.morphology.cellprofiler import CellProfilerError, cellprofiler_command, resolve_executable, run_chunk
+from morphotrust.morphology.cellprofiler import (OWNER, CellProfilerError, cellprofiler_command, cellprofiler_output_path,
+                                                claim_scratch, resolve_executable, run_chunk)
 from morphotrust.morphology.cleaning import FeatureCleaner, clean, is_metadata_like
 from morphotrust.morphology.fields import field_name, image_feature, to_field_conventions
 from morphotrust.morphology.pipeline import REFERENCE, rescale_pipeline, write_pipeline
@@ -252,14 +253,25 @@ def test_missing_executable_says_how_to_install(tmp_path):
         resolve_executable("surely-no-such-cellprofiler")
 
 
+def _gone(pid, seconds=10) -> bool:
+    for _ in range(int(seconds * 10)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_a_stopped_chunk_kills_a_cellprofiler_that_ignores_sigterm(tmp_path):
     """CellProfiler's JVM ignores SIGTERM mid-measurement; a Snakemake / SLURM stop must still end it (a live orphan
     made the stopped workflow hang in CI). The stand-in child ignores SIGTERM the same way."""
     child_pid = tmp_path / "child.pid"
     stubborn = (f"import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
-    wrapper = (f"import sys; from morphotrust.morphology.cellprofiler import run_stoppable; "
-               f"run_stoppable([sys.executable, '-c', {stubborn!r}])")
+    wrapper = (f"import sys; from morphotrust.morphology.cellprofiler import Stopped, die_of, run_stoppable, "
+               f"stop_signals\ntry:\n    with stop_signals():\n        run_stoppable([sys.executable, '-c', "
+               f"{stubborn!r}])\nexcept Stopped as stopped:\n    die_of(stopped)")
     process = subprocess.Popen([sys.executable, "-c", wrapper])
     deadline = time.monotonic() + 60
     while not child_pid.exists() and time.monotonic() < deadline:
@@ -268,14 +280,71 @@ def test_a_stopped_chunk_kills_a_cellprofiler_that_ignores_sigterm(tmp_path):
     pid = int(child_pid.read_text())
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == -signal.SIGTERM
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the SIGTERM-ignoring child outlived its stopped wrapper")
+    assert _gone(pid), "the SIGTERM-ignoring child outlived its stopped wrapper"
+
+
+def _hold(lock_path: Path, *, live: bool):
+    """A process that holds `lock_path` as a chunk job does (live), or one that held it and was SIGKILLed."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"handle = open({str(lock_path)!r}, 'w'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "handle.write(str(os.getpid())); handle.flush(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    if not live:
+        holder.kill()
+        holder.wait()
+    return holder
+
+
+def test_a_chunk_job_stops_an_earlier_job_on_its_chunk_and_removes_dead_jobs_scratch(tmp_path):
+    """Issue 26: a job of an earlier, killed Snakemake still holding the chunk's scratch folder is stopped; scratch
+    folders whose job was SIGKILLed are removed by the next job in their folder; live jobs' folders are kept."""
+    mine, dead, alive = (tmp_path / f".chunk_00{i}.csv.cellprofiler" for i in (1, 2, 3))
+    for folder in (mine, dead, alive):
+        folder.mkdir()
+    earlier = _hold(mine / OWNER, live=True)
+    _hold(dead / OWNER, live=False)
+    neighbour = _hold(alive / OWNER, live=True)
+    try:
+        handle, note = claim_scratch(mine)
+        assert earlier.wait(timeout=30) == -signal.SIGTERM
+        assert f"stopped an earlier job (pid {earlier.pid}, SIGTERM)" in note
+        assert (mine / OWNER).read_text().strip() == str(os.getpid())
+        assert not dead.exists() and (alive / OWNER).exists()
+        handle.close()
+    finally:
+        for process in (earlier, neighbour):
+            process.kill()
+            process.wait()
+
+
+def test_a_chunk_job_that_cannot_write_names_the_file_and_leaves_no_scratch(demo_sites, tmp_path):
+    """Issue 26: a write failing half-way (a file-size limit: EFBIG, as a full disk fails with ENOSPC) is one line
+    naming the file and the cause, in the terminal and the job's log; the scratch folder is removed."""
+    import resource
+
+    work, manifest, pipeline = demo_sites
+    chunks = tmp_path / "chunks"
+    prepare("generated", manifest, chunks, resolution=128, chunk_size=4, progress=False)
+    out, log = tmp_path / "out" / "chunk_001.csv", tmp_path / "chunk.log"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))  # a 128-px float32 plane is 64 KiB
+
+    result = subprocess.run(
+        [sys.executable, "-m", "morphotrust", "morphology", "run-chunk", "--cellprofiler", sys.executable,
+         "--pipeline", str(pipeline), "--data-file", str(chunks / "chunk_001.csv"), "--out", str(out),
+         "--log", str(log)], capture_output=True, text=True, preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 1, result.stderr
+    scratch = out.parent / ".chunk_001.csv.cellprofiler"
+    expected = (f"morphotrust: error: cannot write {scratch}/npy/images/generated000000_w1.npy: 16384 requested "
+                "and 8160 written (a file-size limit, ulimit -f, of 32768 bytes)")  # numpy's words, and the cause
+    assert result.stderr.strip().splitlines() == [expected], result.stderr
+    assert log.read_text().splitlines()[-1] == expected
+    assert not scratch.exists() and not out.exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,8 +610,8 @@ def test_cellprofiler_on_demo_sites_in_chunks(demo_sites):
 @pytest.mark.cellprofiler
 @needs_cellprofiler
 def test_cellprofiler_failure_fails_the_job_with_its_log(demo_sites, tmp_path):
-    """A chunk with an unreadable image: `morphotrust morphology run-chunk` exits 1 and prints the end of
-    CellProfiler's log. Run under CellProfiler's own Python 3.9 (no pandas/numpy from morphotrust's env), as
+    """A chunk with an unreadable image: `morphotrust morphology run-chunk` exits 1 and prints CellProfiler's error
+    and the end of its output. Run under CellProfiler's own Python 3.9 (no pandas/numpy from morphotrust's env), as
     the chunk jobs run inside envs/cellprofiler.yaml with --use-conda."""
     work, manifest, pipeline = demo_sites
     chunks = tmp_path / "chunks"
@@ -556,12 +625,141 @@ def test_cellprofiler_failure_fails_the_job_with_its_log(demo_sites, tmp_path):
          "--log", str(log)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert result.returncode == 1, result.stderr
-    assert "CellProfiler failed" in result.stderr and "exit status" in result.stderr
-    assert "Could not load the file" in result.stderr  # CellProfiler's own words, from the log tail
-    assert f"full log: {log}" in result.stderr and "Could not load the file" in log.read_text()
+    assert "failed: site generated000000: its images could not be loaded (LoadData: OSError" in result.stderr
+    assert "Could not load the file" in result.stderr  # CellProfiler's own words
+    output = cellprofiler_output_path(log)
+    assert f"full output: {output}" in result.stderr and "Could not load the file" in output.read_text()
+    assert "its images could not be loaded" in log.read_text()
     assert not out.exists() and not list(out.parent.glob(".*cellprofiler"))
-    with pytest.raises(CellProfilerError, match="exit status"):
+    with pytest.raises(CellProfilerError, match="could not be loaded"):
         run_chunk(CELLPROFILER, pipeline, chunks / "chunk_001.csv", out, log)
+
+
+def _run_chunk_command(chunks, pipeline, out, log) -> list:
+    return [str(Path(CELLPROFILER).parent / "python"), "-m", "morphotrust", "morphology", "run-chunk",
+            "--cellprofiler", CELLPROFILER, "--pipeline", str(pipeline), "--data-file", str(chunks / "chunk_001.csv"),
+            "--out", str(out), "--log", str(log)]
+
+
+def _cellprofiler_running(scratch: Path) -> list:
+    """pids of the processes whose command line names `scratch` (CellProfiler working there, or a job's folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(scratch) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _wait_for_cellprofiler(scratch: Path, timeout=120) -> None:
+    """Until CellProfiler runs in `scratch` (its command line names it), and a second more."""
+    deadline = time.monotonic() + timeout
+    while not _cellprofiler_running(scratch):
+        assert time.monotonic() < deadline, "CellProfiler did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_bad_generations_are_measured_or_recorded_as_failed_without_failing_the_chunk(demo_sites, tmp_path):
+    """Issue 23: a blank, a constant and a two-valued image (collapsed generator checkpoints draw them) in one chunk
+    with a real site. CellProfiler cannot threshold the two-valued one in three classes; the chunk still succeeds,
+    every site has its row, the two-valued one carries CellProfiler's error, and the segmentation gate records the
+    bad ones as failed while the real site passes."""
+    work, manifest, pipeline = demo_sites
+    real = pd.read_parquet(manifest).iloc[:1]
+    rng = np.random.default_rng(0)
+    bad = {"blank": np.zeros((6, 128, 128), np.uint8), "constant": np.full((6, 128, 128), 90, np.uint8),
+           "two-valued": (rng.random((6, 128, 128)) > 0.5).astype(np.uint8) * 200}
+    rows = [real]
+    for name, image in bad.items():
+        write_site(tmp_path / f"{name}.tif", image)
+        rows.append(real.assign(Metadata_sample_id=name, Metadata_image_path=str(tmp_path / f"{name}.tif")))
+    pd.concat(rows, ignore_index=True).to_parquet(tmp_path / "manifest.parquet")
+    chunks = tmp_path / "chunks"
+    prepare("generated", tmp_path / "manifest.parquet", chunks, resolution=128, chunk_size=4, progress=False)
+    out, log = tmp_path / "out" / "chunk_001.csv", tmp_path / "chunk.log"
+    result = subprocess.run(_run_chunk_command(chunks, pipeline, out, log), capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 0, result.stderr + log.read_text()
+    assert "1 could not be measured" in result.stdout
+    assert "IdentifySecondaryObjects: ValueError: The input image has only 2 different values" in log.read_text()
+
+    from morphotrust.morphology.sites import merge
+
+    table = merge(chunks / "sites.parquet", [out], tmp_path / "generated_image.parquet",
+                  gate={"pixel_size_um": 0.875, "nuclei_diameter_um": (6, 30)}).set_index("Metadata_sample_id")
+    assert list(table.index) == [real["Metadata_sample_id"].iloc[0], "blank", "constant", "two-valued"]
+    failure = table["Metadata_ModuleError_Message"].fillna("")
+    assert failure["two-valued"].startswith("IdentifySecondaryObjects: ValueError: The input image has only 2")
+    assert (failure.drop("two-valued") == "").all()
+    ok = table["Metadata_segmentation_ok"]
+    assert ok.iloc[0] and not ok["blank"] and not ok["constant"] and not ok["two-valued"]
+    assert table.loc["two-valued", "Metadata_segmentation_problem"].startswith("CellProfiler could not measure it")
+    assert table.loc["blank", "Image_Count_Nuclei"] == 0  # measured: nothing found
+    assert not list(out.parent.glob(".*cellprofiler"))
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_ctrl_c_stops_a_chunk_job_with_one_line_and_no_scratch(demo_sites, tmp_path):
+    """Issue 26: SIGINT (Ctrl-C) while CellProfiler measures: CellProfiler is killed, the scratch folder removed,
+    the job dies of SIGINT and its log (what Snakemake shows for a stopped job) is one line, not a traceback."""
+    work, manifest, pipeline = demo_sites
+    chunks = tmp_path / "chunks"
+    prepare("generated", manifest, chunks, resolution=128, chunk_size=4, progress=False)
+    out, log = tmp_path / "out" / "chunk_001.csv", tmp_path / "chunk.log"
+    scratch = out.parent / ".chunk_001.csv.cellprofiler"
+    job = subprocess.Popen(_run_chunk_command(chunks, pipeline, out, log), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    _wait_for_cellprofiler(scratch)
+    cellprofiler = _cellprofiler_running(scratch)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == -signal.SIGINT
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("morphotrust: stopped (SIGINT) after "), lines
+    assert "run Snakemake again to measure this chunk" in lines[0]
+    assert all(_gone(pid) for pid in cellprofiler) and not scratch.exists() and not out.exists()
+
+
+@pytest.mark.cellprofiler
+@needs_cellprofiler
+def test_after_kill_9_of_snakemake_no_cellprofiler_keeps_writing_and_a_rerun_redoes_the_chunk(demo_sites, tmp_path):
+    """Issue 26: Snakemake killed with SIGKILL while a chunk job runs: the orphaned job notices (its shell lost its
+    parent), kills CellProfiler and removes its scratch folder, so nothing writes behind the next run, and that
+    run plans the chunk again instead of saying "Nothing to be done". A one-rule Snakefile runs the real job."""
+    work, manifest, pipeline = demo_sites
+    chunks = tmp_path / "chunks"
+    prepare("generated", manifest, chunks, resolution=128, chunk_size=4, progress=False)
+    command = " ".join(_run_chunk_command(chunks, pipeline, "{output}", "{log}"))
+    (tmp_path / "Snakefile").write_text(  # absolute paths: CellProfiler's command line names the scratch folder
+        f'rule chunk:\n    output: "{tmp_path}/out/chunk_001.csv"\n    log: "{tmp_path}/logs/chunk_001.log"\n'
+        f'    shell: "{command}"\n')
+    snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory",
+                 str(tmp_path), "--cores", "1"]
+    scratch = tmp_path / "out" / ".chunk_001.csv.cellprofiler"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    first = subprocess.Popen(snakemake, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+    _wait_for_cellprofiler(scratch)
+    running = _cellprofiler_running(scratch)
+    first.kill()  # kill -9 of Snakemake alone: its job shell and the job are orphaned
+    first.wait()
+    assert all(_gone(pid, seconds=30) for pid in running), "CellProfiler kept running"
+    deadline = time.monotonic() + 30
+    while _cellprofiler_running(tmp_path):  # the job shell and the job itself (their command lines name tmp_path)
+        assert time.monotonic() < deadline, "the orphaned job kept running"
+        time.sleep(0.2)
+    assert not scratch.exists() and not (tmp_path / "out" / "chunk_001.csv").exists()
+    assert "the Snakemake that started this job is gone" in (tmp_path / "logs" / "chunk_001.log").read_text()
+    rerun = subprocess.run([*snakemake, "-n"], capture_output=True, text=True, env=env)
+    assert "Nothing to be done" not in rerun.stdout + rerun.stderr
+    assert "rule chunk" in rerun.stdout + rerun.stderr, rerun.stdout + rerun.stderr
 
 
 @pytest.mark.cellprofiler

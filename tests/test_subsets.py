@@ -133,3 +133,30 @@ def test_stack_matches_resized_sites(tmp_path):
     first = read_site(rows[2]["Metadata_image_path"]).astype(float)
     block_mean = first.reshape(6, 8, 2, 8, 2).mean(axis=(2, 4))
     assert np.abs(stack[0].astype(float) - block_mean).max() <= 0.5 + 1e-6
+
+
+def test_too_few_sites_after_skips_names_the_skipped_sites_and_their_list(tmp_path):
+    """Issue 26: the error says how many of the condition's sites ingest skipped, and where they are listed."""
+    import json
+
+    from morphotrust.subsets import cli
+
+    sites = _sites().assign(Metadata_well_type="treatment", Metadata_dataset="train")
+    skipped_ids = sites.loc[sites["Metadata_cell_type"].eq("HUVEC") & sites["Metadata_sirna_id"].eq(0),
+                            "Metadata_site_id"].head(5).tolist()
+    metadata = sites.rename(columns=lambda c: c.removeprefix("Metadata_"))
+    metadata[["site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well", "site", "well_type",
+              "sirna", "sirna_id"]].to_csv(tmp_path / "metadata.csv", index=False)
+    sites[~sites["Metadata_site_id"].isin(skipped_ids)].to_parquet(tmp_path / "sites.parquet")
+    pd.DataFrame({"experiment": "HUVEC-01", "plate": 1, "site_id": skipped_ids, "metadata_line": 2, "file": "x.png",
+                  "problem": "unreadable", "detail": "", "action": "skipped"}).to_csv(tmp_path / "qc_skipped.csv",
+                                                                                     index=False)
+    (tmp_path / "conditions.yaml").write_text("seen:\n  - {cell_type: HUVEC, sirna_id: 0}\n")
+    args = ["manifest", "--sites", str(tmp_path / "sites.parquet"), "--conditions", str(tmp_path / "conditions.yaml"),
+            "--config", json.dumps({**CFG, "min_sites_per_condition": 30}), "--out-dir", str(tmp_path / "out"),
+            "--metadata", str(tmp_path / "metadata.csv"), "--skipped", str(tmp_path / "qc_skipped.csv")]
+    with pytest.raises(InputError) as caught:
+        cli(args)
+    assert ("condition HUVEC:0 has 27 real site(s), fewer than subsets.min_sites_per_condition = 30: 5 of its sites "
+            f"were skipped at ingest (data.on_bad_site: skip), listed in {tmp_path / 'qc_skipped.csv'}"
+            in str(caught.value)), caught.value

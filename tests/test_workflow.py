@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 import pytest
 import yaml
+
+from morphotrust.images import read_site, write_site
 
 from workflow_helpers import REPO, SNAKEMAKE, TINY_DEMO, make_workdir, run_snakemake
 
@@ -80,6 +83,45 @@ def test_bad_config_key_stops(tmp_path):
     assert "max_sites_per_conditon" in result.stdout + result.stderr
 
 
+def test_an_unwritable_results_folder_is_one_line_before_any_job(tmp_path):
+    """Issue 26: a read-only results folder (a read-only mount, as root; otherwise a file in its place) stops the
+    run at once with one line naming it, not a Snakemake traceback."""
+    workdir = make_workdir(tmp_path)
+    results = workdir / "results"
+    results.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(results)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        results.rmdir()
+        results.write_text("")
+    try:
+        result = run_snakemake(workdir, "--cores", "1", check=False)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(results)], check=True)
+    output = result.stdout + result.stderr
+    reason = "Read-only file system" if mounted else "a file stands where a folder is needed"
+    assert result.returncode != 0 and f"morphotrust: cannot write results: {reason}" in output, output
+    assert "Traceback" not in output and "OSError" not in output and len(output.splitlines()) < 6, output
+    assert not (workdir / ".snakemake" / "log").exists() or "Job stats" not in output
+
+
+def test_a_run_that_rebuilds_the_report_marks_the_old_one_out_of_date_first(tmp_path):
+    """Issue 23: a run that fails before its report must not leave the earlier run's report looking current. The
+    run here fails at its first job (a file stands where the demo's folder goes); the old summary is marked."""
+    workdir = make_workdir(tmp_path, **TINY_DEMO)
+    summary = workdir / "results" / "report" / "summary.html"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("<!DOCTYPE html><html><head></head><body><h1>an earlier run</h1></body></html>")
+    (workdir / "results" / "data").mkdir()
+    (workdir / "results" / "data" / "rxrx1_demo").write_text("")
+    result = run_snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    text = summary.read_text()
+    assert text.count("OUT OF DATE: a new run started at") == 1 and "<h1>an earlier run</h1>" in text
+    assert text.index("OUT OF DATE") > text.index("<body>")
+
+
 # What the killed-run test compares: the generated images themselves and the tables made from them. CellProfiler
 # is left out (the test would run it twice for nothing: it measures the same image files).
 RESUMED_TARGETS = ["results/trust/generated_scores.parquet", "results/validation/kid_per_condition.csv"]
@@ -115,6 +157,46 @@ def test_demo_end_to_end(tiny_demo_run):
     assert "SYNTHETIC" in summary and "The ceiling of the latent space" in summary
     rerun = run_snakemake(tiny_demo_run, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.slow
+def test_blank_constant_two_valued_and_nan_generations_are_scored_rejected_and_flagged(tiny_demo_run, tmp_path):
+    """Issue 23: bad generations go through features, the reduction and the trust score of a real run like any
+    other image: finite scores, rejected, and each flagged with why in generated_scores.csv (the pixels that were
+    not numbers are flagged by the generator that stored them as 0)."""
+    results = tiny_demo_run / "results"
+    generated = pd.read_parquet(results / "generated" / "generator" / "manifest.parquet").iloc[:5].copy()
+    size = read_site(generated["Metadata_image_path"].iloc[0]).shape[-1]
+    rng = np.random.default_rng(0)
+    bad = {"blank": np.zeros((6, size, size), np.uint8), "constant": np.full((6, size, size), 90, np.uint8),
+           "two-valued": (rng.random((6, size, size)) > 0.5).astype(np.uint8) * 200,
+           "nan": np.zeros((6, size, size), np.uint8)}  # NaN pixels, stored as 0 by the generator
+    generated["Metadata_image_problem"] = ""
+    for row, (name, image) in zip(generated.index[1:], bad.items()):
+        write_site(tmp_path / f"{name}.tif", image)
+        generated.loc[row, ["Metadata_sample_id", "Metadata_image_path"]] = [name, str(tmp_path / f"{name}.tif")]
+    generated.loc[generated["Metadata_sample_id"] == "nan", "Metadata_image_problem"] = "not a number: 100.0% ..."
+    generated.to_parquet(tmp_path / "manifest.parquet")
+    features = yaml.safe_load((tiny_demo_run / "config" / "config.yaml").read_text())["features"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for args in (["features", "generated", "--manifest", tmp_path / "manifest.parquet", "--config",
+                  json.dumps(features), "--out", tmp_path / "features.parquet"],
+                 ["reduction", "transform", "--reduction", results / "reduction" / "reduction", "--features",
+                  tmp_path / "features.parquet", "--out", tmp_path / "reduced.parquet"],
+                 ["trust", "score", "--scorer", results / "trust" / "scorer", "--features", tmp_path / "reduced.parquet",
+                  "--real-scores", results / "trust" / "real_scores.parquet", "--out-dir", tmp_path / "trust"]):
+        run = subprocess.run([sys.executable, "-m", "morphotrust", *map(str, args)], capture_output=True, text=True,
+                             env=env, cwd=tiny_demo_run)
+        assert run.returncode == 0, run.stderr[-3000:]
+    scores = pd.read_csv(tmp_path / "trust" / "generated_scores.csv", keep_default_na=False).set_index(
+        "Metadata_sample_id")
+    problem = scores["Metadata_image_problem"]
+    assert problem["blank"] == "blank: every pixel is 0" and problem["constant"] == "constant: every pixel is 90"
+    assert problem["two-valued"].startswith("constant or two-valued stain(s): w1 (0, 200)")
+    assert problem["nan"] == "not a number: 100.0% ...; blank: every pixel is 0"
+    assert problem.iloc[0] == ""  # the generator's own image
+    bad_rows = scores.loc[list(bad)]
+    assert np.isfinite(bad_rows["T"].astype(float)).all() and not bad_rows["accepted"].astype(bool).any()
 
 
 def _group_members(group: int) -> list:

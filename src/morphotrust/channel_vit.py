@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import InputError
-from .weights import architecture_problem, read_tensors
+from .weights import listing, architecture_problem, key_problem, read_tensors
 
 
 @dataclass(frozen=True)
@@ -221,31 +221,17 @@ def _unwrap(tensors: dict) -> dict:
     return inner if isinstance(inner, dict) else tensors
 
 
-def _listing(keys, limit=5) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def key_problem(found: dict, expected: dict) -> str | None:
-    """Missing, unexpected and misshapen keys of `found` against `expected` (None when they agree)."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {tuple(found[k].shape)} (expected {tuple(expected[k].shape)})" for k in expected
-              if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)]
-    parts = [f"missing keys: {_listing(missing)}" if missing else "",
-             f"unexpected keys: {_listing(unexpected)}" if unexpected else "",
-             f"wrong shapes: {'; '.join(shapes[:4])}" if shapes else ""]
-    return "; ".join(p for p in parts if p) or None
-
-
-def load_channel_vit(name: str, path) -> tuple[ChannelAdaptiveViT, dict]:
-    """The family `name` with the weights of the file `path` (eval mode) and a description for the sidecar."""
+def family_state(name: str, path, header_only: bool = False) -> tuple[dict, str, int, ChannelAdaptiveViT]:
+    """(the module state dict from the file `path`, its key prefix, the count of file tensors left out, the model
+    it fits) for the family `name`; an InputError naming the file and the missing, unexpected and misshapen keys
+    when they differ. `header_only`: names and shapes from the file's header on a meta model (the dry run)."""
     family = FAMILIES[name]
     path = Path(path)
-    tensors = _unwrap(read_tensors(path, where="features.weights"))
-    model = ChannelAdaptiveViT(family)
+    tensors = _unwrap(read_tensors(path, where="features.weights", header_only=header_only))
+    with torch.device("meta" if header_only else "cpu"):
+        model = ChannelAdaptiveViT(family)
     expected = model.state_dict()
-    expectation = (f"{family.description} weights: keys {_listing(list(expected), 4)} ... under one of the "
+    expectation = (f"{family.description} weights: keys {listing(list(expected), 4)} ... under one of the "
                    f"prefixes {', '.join(repr(p) for p in family.prefixes)} (README, 'Cell-aware encoders')")
     prefix = next((p for p in family.prefixes if p + family.anchor in tensors), None)
     if prefix is None:
@@ -253,17 +239,24 @@ def load_channel_vit(name: str, path) -> tuple[ChannelAdaptiveViT, dict]:
         raise InputError(f"no `{family.anchor}` key under the prefixes {family.prefixes}: {problem}", file=path,
                          where="features.weights", expected=expectation)
     state = {rename_key(family, k[len(prefix):]): v for k, v in tensors.items() if k.startswith(prefix)}
-    ignored = len(tensors) - len(state)
     problem = key_problem(state, expected)
     if problem:
         raise InputError(f"{name} weights do not fit ({problem})", file=path, where="features.weights",
                          expected=expectation)
+    return state, prefix, len(tensors) - len(state), model
+
+
+def load_channel_vit(name: str, path) -> tuple[ChannelAdaptiveViT, dict]:
+    """The family `name` with the weights of the file `path` (eval mode) and a description for the sidecar."""
+    family = FAMILIES[name]
+    state, prefix, ignored, model = family_state(name, path)
     if family.name == "openphenom":
         table = torch.cat([torch.zeros(1, family.embed_dim),
                            sincos_table(family.embed_dim, model.native_grid).repeat(family.max_channels, 1)])
         if not torch.allclose(state["pos_embed"][0].float(), table, atol=1e-4):
             raise InputError("pos_embed is not OpenPhenom's fixed 2-D sin-cos table", file=path,
-                             where="features.weights", expected=expectation)
+                             where="features.weights", expected=f"{family.description} weights (README, "
+                             "'Cell-aware encoders')")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     info = {"weights_description": f"{family.description} from the file {path}",
             "architecture": {"family": name, "embed_dim": family.embed_dim, "depth": family.depth,

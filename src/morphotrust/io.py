@@ -57,6 +57,25 @@ def atomic_path(path, suffix: str | None = None):
             tmp.unlink()
 
 
+def write_problem(folder) -> str | None:
+    """Why nothing can be written under `folder` (one line naming it), or None: a test file of one block is written
+    and removed in it, or in its nearest existing parent folder when it does not exist yet (nothing is left)."""
+    folder = Path(folder)
+    probe_in = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    try:
+        if probe_in is not None and not probe_in.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".morphotrust-write-test.", dir=probe_in)
+        try:
+            os.write(fd, bytes(4096))  # a full disk still lets an empty file be made
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        return str(OutputError(folder, OSError(error.errno, error.strerror)))  # not the test file's name
+    return None
+
+
 def write_parquet(df: pd.DataFrame, path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)

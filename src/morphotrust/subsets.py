@@ -163,6 +163,17 @@ def write_stack(manifest: pd.DataFrame, split: str, resolution: int, path) -> No
         del stack
 
 
+def skipped_sites(metadata_path, skipped_path) -> tuple[pd.DataFrame | None, str | None]:
+    """(metadata rows of the sites skipped at ingest, the file listing them); (None, None) without the files."""
+    if not metadata_path or not skipped_path:
+        return None, None
+    from .data import read_metadata
+
+    skipped = pd.read_csv(skipped_path, dtype={"site_id": str}, keep_default_na=False)
+    metadata = read_metadata(metadata_path)
+    return metadata[metadata["site_id"].isin(set(skipped["site_id"]) - {""})], skipped_path
+
+
 def _metadata_view(sites: pd.DataFrame) -> pd.DataFrame:
     """Sites table with the official RxRx1 column names, as `load_conditions` expects."""
     return sites.rename(columns=lambda c: c.removeprefix("Metadata_"))
@@ -175,6 +186,8 @@ def cli(argv: list[str]) -> None:
     make.add_argument("--sites", required=True)
     make.add_argument("--conditions", required=True)
     make.add_argument("--config", required=True, help="the `subsets` config section as JSON")
+    make.add_argument("--metadata", help="metadata.csv of the ingested folder (with --skipped: names skipped sites)")
+    make.add_argument("--skipped", help="results/data/qc_skipped.csv: sites left out at ingest")
     make.add_argument("--out-dir", required=True)
     stack = commands.add_parser("stack", help="write the image stack of one split")
     stack.add_argument("--manifest", required=True)
@@ -186,7 +199,8 @@ def cli(argv: list[str]) -> None:
     if args.command == "manifest":
         cfg = json.loads(args.config)
         sites = pd.read_parquet(args.sites)
-        conditions = load_conditions(args.conditions, _metadata_view(sites), cfg["min_sites_per_condition"])
+        conditions = load_conditions(args.conditions, _metadata_view(sites), cfg["min_sites_per_condition"],
+                                     *skipped_sites(args.metadata, args.skipped))
         manifest = build_manifest(sites, conditions, cfg)
         out = Path(args.out_dir)
         write_csv(conditions.drop(columns="entry"), out / "conditions.csv")

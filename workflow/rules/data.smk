@@ -117,7 +117,7 @@ rule data_merge:
     shell:
         "python -m morphotrust data merge --metadata {input.metadata:q} --on-bad-site {params.on_bad_site}"
         " --tables {input.tables} --qc-tables {input.qc}"
-        " --sites {output.sites} --qc {output.qc} > {log} 2>&1"
+        " --sites {output.sites} --qc {output.qc} --problems results/data/qc_problems.csv > {log} 2>&1"
 
 
 rule data_demo_grid:

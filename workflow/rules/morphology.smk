@@ -6,7 +6,7 @@
 #   morphology_prepare    (checkpoint) manifest -> PNGs at morphology.resolution + chunk_NNN.csv (LoadData)
 #                         + sites.parquet + resize.json; real sites from their native ingested TIFFs
 #   morphology_scale      -> results/morphology/scale.json (px, µm/px, how each source was resized) for reports
-#   morphology_chunk      cellprofiler -c -r on one chunk -> its Image.csv (log: the full CellProfiler output)
+#   morphology_chunk      cellprofiler -c -r on one chunk -> its Image.csv (+ ModuleError_Message per site)
 #   morphology_merge      chunk tables -> results/morphology/{real,generated}_image.parquet (pycytominer's
 #                         column conventions: morphotrust.morphology.fields)
 #   morphology_clean      -> cleaner.npz/.json, real_clean.parquet, generated_clean.parquet, cleaning_report.json
@@ -121,8 +121,10 @@ rule morphology_scale:
         " --out {output} > {log} 2>&1"
 
 
-# The wrapper writes CellProfiler's whole output to {log}; on failure it exits 1 and prints the end of that
-# log to the terminal (so no `> {log}` here: CellProfiler failures are never hidden).
+# The wrapper writes {log} itself (what ran and how it ended; CellProfiler's own output beside it, in
+# chunk_NNN.cellprofiler.log); on failure it exits 1 and prints the end of CellProfiler's output to the terminal (so no
+# `> {log}` here: CellProfiler failures are never hidden). An image CellProfiler cannot measure fails that site, not
+# the chunk (morphotrust.morphology.cellprofiler).
 rule morphology_chunk:
     input:
         data="results/morphology/{source}/chunks/chunk_{chunk}.csv",

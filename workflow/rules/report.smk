@@ -11,6 +11,18 @@ from snakemake import __version__ as SNAKEMAKE_VERSION
 REPORT = config["report"]
 # report.paper_figures (a repository-relative path is resolved by morphotrust.config): the summary job's input
 REPORT_PAPER_FIGURES = [REPORT["paper_figures"]] if REPORT["paper_figures"] else []
+
+
+# A run that rebuilds reports first marks the current ones "out of date": a run that fails before its reports never
+# leaves an earlier run's report looking current.
+onstart:
+    import time
+
+    mtreport.mark_rebuilt_reports_stale(
+        [path for job in workflow.dag.needrun_jobs() for path in job.output], time.strftime("%Y-%m-%d %H:%M")
+    )
+
+
 REPORT_PLATES = mtreport.plates_with_conditions(METADATA, CONDITIONS)
 REPORT_INPUTS = {
     "manifest": "results/subsets/manifest.parquet",

@@ -5,6 +5,9 @@ rule subsets:
     input:
         sites="results/data/sites.parquet",
         conditions=config["conditions"],
+        # too few sites left for a condition: say how many were skipped at ingest, and where they are listed
+        metadata=os.path.join(DATA_ROOT, "metadata.csv"),
+        skipped="results/data/qc_skipped.csv",
     output:
         manifest="results/subsets/manifest.parquet",
         manifest_csv="results/subsets/manifest.csv",
@@ -20,7 +23,8 @@ rule subsets:
         cfg=cli_json(config["subsets"]),
     shell:
         "python -m morphotrust subsets manifest --sites {input.sites} --conditions {input.conditions}"
-        " --config {params.cfg} --out-dir results/subsets > {log} 2>&1"
+        " --metadata {input.metadata:q} --skipped {input.skipped} --config {params.cfg} --out-dir results/subsets"
+        " > {log} 2>&1"
 
 
 rule subset_stack:

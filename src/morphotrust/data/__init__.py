@@ -102,6 +102,8 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--on-bad-site", choices=("stop", "skip"), default="stop")
     p.add_argument("--sites", required=True, help="merged sites table (parquet)")
     p.add_argument("--qc", required=True, help="merged QC table of skipped sites and files (CSV)")
+    p.add_argument("--problems", help="on_bad_site stop: every problem of every plate goes here (CSV) when the run "
+                   "stops on them")
 
     p = commands.add_parser("demo-grid", help="PNG grid: one composite site per cell type and siRNA")
     p.add_argument("--sites", required=True, help="sites table (parquet)")
@@ -154,7 +156,7 @@ def cli(argv: list[str]) -> None:
 
         sites = merge(args.tables, args.qc_tables, sites_path=args.sites, qc_path=args.qc,
                       root=Path(args.metadata).parent if args.metadata else None,
-                      on_bad_site=args.on_bad_site)
+                      on_bad_site=args.on_bad_site, problems_path=args.problems)
         skipped = pd.read_csv(args.qc)
         print(f"{len(sites)} sites in {args.sites}" + (" (SYNTHETIC demo)" if sites["Metadata_synthetic"].any()
                                                        else ""))

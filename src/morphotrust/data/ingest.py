@@ -170,9 +170,11 @@ def ingest_plate(root, experiment: str, plate: int, *, sites_dir, table_path, qc
     return sites, qc
 
 
-def merge(tables, qc_tables, *, sites_path, qc_path, root=None, on_bad_site: str = "stop") -> pd.DataFrame:
+def merge(tables, qc_tables, *, sites_path, qc_path, root=None, on_bad_site: str = "stop",
+          problems_path=None) -> pd.DataFrame:
     """Concatenate the per-plate sites and QC tables. With `root`, also report image folders under
-    `{root}/images` that belong to no experiment/plate of the metadata."""
+    `{root}/images` that belong to no experiment/plate of the metadata. In stop mode, every problem is written to
+    `problems_path` (not an output: the run stops) before the message, which shows at most 50 lines, names it."""
     sites = pd.concat([pd.read_parquet(t) for t in tables] or [_sites_table([])], ignore_index=True)
     sites = _sites_table(sites.sort_values(["Metadata_experiment", "Metadata_plate", "Metadata_well",
                                             "Metadata_site"], kind="stable").values.tolist())
@@ -187,8 +189,12 @@ def merge(tables, qc_tables, *, sites_path, qc_path, root=None, on_bad_site: str
             qc = pd.concat([qc, extra], ignore_index=True).reindex(columns=QC_COLUMNS)
     for column in ("plate", "metadata_line"):
         qc[column] = pd.to_numeric(qc[column]).astype("Int64")
+    if problems_path is not None:
+        Path(problems_path).unlink(missing_ok=True)  # an earlier stopped run's list
     if on_bad_site == "stop" and not qc.empty:
-        raise InputError(stop_message(qc, root, n_plates=len(qc_tables)))
+        if problems_path is not None:
+            write_csv(qc, problems_path)
+        raise InputError(stop_message(qc, root, n_plates=len(qc_tables), problems_path=problems_path))
     if sites.empty:
         raise InputError("no site could be ingested: every site was skipped (see the plates' QC tables "
                          f"{', '.join(map(str, qc_tables[:3]))}{' ...' if len(qc_tables) > 3 else ''})")
@@ -197,8 +203,11 @@ def merge(tables, qc_tables, *, sites_path, qc_path, root=None, on_bad_site: str
     return sites
 
 
-def stop_message(qc: pd.DataFrame, root=None, *, n_plates: int, shown_per_plate: int = 20) -> str:
-    """Every plate's problems in one message: grouped by plate, with a count per problem type."""
+def stop_message(qc: pd.DataFrame, root=None, *, n_plates: int, problems_path=None, max_lines: int = 50,
+                 shown_per_plate: int = 20) -> str:
+    """Every plate's problems in one message of at most `max_lines` lines: grouped by plate, with a count per
+    problem type, up to `shown_per_plate` examples per plate (fewer when many plates share the lines) and the file
+    holding every problem."""
     groups = qc.groupby([qc["experiment"].astype(str), qc["plate"].astype("string").fillna("")], sort=True)
     bad_plates = sum(1 for (experiment, _), _ in groups if experiment)
     where = f" of {root}" if root is not None else ""
@@ -208,15 +217,24 @@ def stop_message(qc: pd.DataFrame, root=None, *, n_plates: int, shown_per_plate:
              "data.on_bad_site: skip to leave these sites out (each is then recorded in "
              "results/data/qc_skipped.csv). Per problem type: "
              + ", ".join(f"{p} {n}" for p, n in qc["problem"].value_counts().sort_index().items())]
-    for (experiment, plate), problems in groups:
+    room = max_lines - 2  # the first line and the last (the full list)
+    examples = min(shown_per_plate, max(0, (room - 2 * groups.ngroups) // groups.ngroups))
+    shown = 0
+    for index, ((experiment, plate), problems) in enumerate(groups):
         name = f"{experiment}/Plate{plate}" if experiment else "image folders no metadata row refers to"
         counts = ", ".join(f"{p} {n}" for p, n in problems["problem"].value_counts().sort_index().items())
-        lines.append(f"  {name}: {len(problems)} problem(s) ({counts})")
-        for problem in problems.head(shown_per_plate).to_dict("records"):
-            lines.append(f"    - {_describe(problem)}")
-        if len(problems) > shown_per_plate:
+        block = [f"  {name}: {len(problems)} problem(s) ({counts})"]
+        block += [f"    - {_describe(problem)}" for problem in problems.head(examples).to_dict("records")]
+        if examples and len(problems) > examples:
             listed = f", listed in results/data/ingest/{experiment}/Plate{plate}/qc.csv" if experiment else ""
-            lines.append(f"    ... and {len(problems) - shown_per_plate} more{listed}")
+            block.append(f"    ... and {len(problems) - examples} more{listed}")
+        if len(lines) - 1 + len(block) > room - (index < groups.ngroups - 1):  # keep a line for the rest
+            lines.append(f"  ... and {groups.ngroups - index} more plate(s) with {len(qc) - shown} problem(s)")
+            break
+        lines += block
+        shown += len(problems)
+    if problems_path is not None:
+        lines.append(f"every problem, one per line: {problems_path}")
     return "\n".join(lines)
 
 

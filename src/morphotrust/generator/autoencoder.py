@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
-    read_images, read_manifest, training_rows
+    read_images, read_manifest, resume_mismatch, training_rows
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .init_weights import data_signature, load_init_weights
 from .model import norm_groups, to_model_scale, to_uint8
@@ -329,7 +329,8 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     dataset = TrainingImages(stacks_dir, rows, build_vocabularies(rows), resolution)
     config = autoencoder_config(acfg)
     init = dict(init_weights=file_fingerprint(acfg["init_weights"])) if acfg["init_weights"] else {}
-    fingerprint = json.dumps(dict(network=config, data=data_fingerprint(rows), resolution=resolution,
+    data_id = data_fingerprint(rows, stacks_dir, resolution)
+    fingerprint = json.dumps(dict(network=config, data=data_id, resolution=resolution,
                                   seed=cfg["seed"], **init, **{k: dict(acfg, batch_size=global_batch)[k]
                                                                for k in ("lr", "warmup", "steps", "crop", "batch_size",
                                                                          "mse_weight", "gradient_weight",
@@ -352,7 +353,8 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
             losses, start = state["losses"].tolist(), int(state["step"])
             team.say(f"resuming from {latest} at step {start}")
         else:
-            team.say(f"{latest} was written with other settings or data: training from scratch")
+            team.say(f"not resuming {latest}: {resume_mismatch(state['fingerprint'], fingerprint)}; training from "
+                     "scratch")
     forward = wrap(network, team, device)
 
     def checkpoint(step):

@@ -7,6 +7,7 @@ from those rows; a requested value without a training embedding is an input erro
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 from pathlib import Path
 
@@ -87,10 +88,33 @@ def encode(rows: pd.DataFrame, vocabularies: dict[str, list], source="requested 
     return encoded
 
 
-def data_fingerprint(train_rows: pd.DataFrame) -> str:
-    """Identity of the training data (site ids and their conditions), stored in checkpoints."""
-    text = "\n".join(train_rows["Metadata_site_id"].astype(str) + "|" + train_rows["Metadata_condition"].astype(str))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def data_fingerprint(train_rows: pd.DataFrame, stacks_dir, resolution: int) -> str:
+    """Identity of what the model is trained on, stored in checkpoints: the training sites (ids, conditions), the
+    bytes of their images in the train stack, in row order, and the resolution. A checkpoint is resumed only when
+    this (and the training settings beside it, train.py / autoencoder.py) is unchanged: the same site ids with new
+    pixels (re-rendered, fixed or replaced images) are other data."""
+    digest = hashlib.sha256(f"resolution {int(resolution)}\n".encode())
+    digest.update("\n".join(train_rows["Metadata_site_id"].astype(str) + "|"
+                            + train_rows["Metadata_condition"].astype(str)).encode())
+    stack = open_stack(stacks_dir, "train", resolution)
+    index = train_rows["Metadata_stack_index"].to_numpy(dtype=np.int64)
+    for start in range(0, len(index), 256):  # a block at a time: the stack may be larger than memory
+        digest.update(np.ascontiguousarray(stack[index[start:start + 256]]).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def resume_mismatch(saved: str, current: str) -> str:
+    """Why a checkpoint's fingerprint (a JSON object, see `data_fingerprint`) differs from this run's, in words."""
+    try:
+        old, new = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):
+        return "it was written by another version of morphotrust"
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    reasons = ["the training data changed (its images, site ids or conditions)"] if "data" in changed else []
+    settings = [k for k in changed if k != "data"]
+    if settings:
+        reasons.append(f"the settings changed ({', '.join(settings)})")
+    return " and ".join(reasons) or "it was written with other settings"
 
 
 def open_stack(stacks_dir, split: str, resolution: int):

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from ..conditions import condition_key
 from ..errors import InputError, InputErrors
-from ..images import composite_of, read_site, resize_site, write_site
+from ..images import IMAGE_PROBLEM, composite_of, nonfinite_problem, read_site, resize_site, write_site
 from ..io import atomic_path, write_json, write_parquet
 from ..trust import fitting_vocabulary
 from . import formats
@@ -287,10 +287,11 @@ def condition_arms(subset_manifest: pd.DataFrame) -> tuple[dict, set]:
 
 
 
-def read_external(folder, path: str, settings: ExternalSettings, value_range: str) -> np.ndarray:
-    """One checked image in the workflow's form: `(C, R, R)` uint8 at the judging resolution."""
+def read_external(folder, path: str, settings: ExternalSettings, value_range: str) -> tuple[np.ndarray, str]:
+    """One checked image in the workflow's form: `(C, R, R)` uint8 at the judging resolution, and
+    `images.nonfinite_problem` of the file's pixels (NaN or infinite ones are stored as 0)."""
     raw = formats.read_raw(folder, path, settings.image_channels)
-    return resize_site(formats.to_uint8(raw, value_range), settings.resolution)
+    return resize_site(formats.to_uint8(raw, value_range), settings.resolution), nonfinite_problem(raw)
 
 
 def judging_notes(settings: ExternalSettings, external_sizes, native_px: int, subsets_resolution: int) -> dict:
@@ -341,14 +342,16 @@ def convert_external(settings: ExternalSettings, sites_path, subset_manifest_pat
     rows, value_range = check_external(settings, known, pixels=True)
     arms, trained = condition_arms(subset_manifest)
     conditions = [condition_key(c, s) for c, s in zip(rows["cell_type"], rows["sirna_id"])]
-    ids, paths = [], []
+    ids, paths, problems = [], [], []
     for number, row in enumerate(tqdm(rows.itertuples(index=False), total=len(rows), desc="convert external",
                                       unit="img", mininterval=5), start=1):
         sample_id = f"external-{number:06d}"
         path = out_dir / "images" / f"{sample_id}.tif"
-        write_site(path, read_external(folder, row.path, settings, value_range))
+        image, problem = read_external(folder, row.path, settings, value_range)
+        write_site(path, image)
         ids.append(sample_id)
         paths.append(str(path))
+        problems.append(problem)
     table = pd.DataFrame({
         "Metadata_sample_id": ids,
         "Metadata_image_path": paths,
@@ -362,6 +365,7 @@ def convert_external(settings: ExternalSettings, sites_path, subset_manifest_pat
         "Metadata_external_path": rows["path"].to_numpy(),
         "Metadata_external_line": [int(w.removeprefix("line ")) if w.startswith("line ") else 0
                                    for w in rows["where"]],
+        IMAGE_PROBLEM: problems,  # the features stage adds what it sees in the stored image
     })
     write_parquet(table, out_dir / "manifest.parquet")
     notes = judging_notes(settings, rows["size"], native_px or int(rows["size"].max()),

@@ -349,5 +349,5 @@ def to_model_scale(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], clipped and rounded."""
-    return ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    """float [-1, 1] -> uint8 [0, 255], clipped and rounded; NaN -> 0 (images.nonfinite_problem says so)."""
+    return ((torch.nan_to_num(x.float(), nan=-1.0).clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

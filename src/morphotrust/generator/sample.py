@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..images import composite_rgb, read_site, write_site
+from ..images import IMAGE_PROBLEM, composite_rgb, nonfinite_problem, read_site, write_site
 from ..io import atomic_path, read_json, write_json, write_parquet
 from ..shards import shard_conditions
 from .data import conditions_to_sample, encode, read_images, read_manifest
@@ -190,21 +190,26 @@ def run_sampling(manifest_path, stacks_dir, checkpoint_path, out_dir, cfg: dict,
     print(f"{len(mine)} conditions x {n} samples{f' (shard {index} of {shards})' if shards > 1 else ''}; "
           f"{len(chunks) - len(todo)} of {len(chunks)} batches done earlier", file=sys.stderr)
     written: dict[str, set] = {}
+    problems: dict[tuple, str] = {}  # (condition, k): pixels that were not numbers
     for chunk in tqdm(todo, desc="sample", unit="batch", file=sys.stderr, mininterval=5):
         noise = initial_noise(chunk["seed"].tolist(), latent_noise_shape(model))
         latents, _, _, _ = integrate(model, noise, torch.tensor(chunk["cell"].to_numpy()),
                                     torch.tensor(chunk["sirna"].to_numpy()), steps=cfg["sampling_steps"],
                                     method=cfg["sampler"], guidance=cfg["guidance_scale"],
                                     precision=cfg["precision"])
-        images = to_uint8(codec.decode(latents)).cpu().numpy()
-        for row, image in zip(chunk.itertuples(index=False), images):
+        decoded = codec.decode(latents)
+        images = to_uint8(decoded).cpu().numpy()
+        for row, image, raw in zip(chunk.itertuples(index=False), images, decoded.float().cpu().numpy()):
             if row.Metadata_condition in mine:  # a chunk at a shard boundary also holds the next shard's
                 write_site(image_path(out_dir, name, row.Metadata_condition, row.k), image)
                 written.setdefault(row.Metadata_condition, set()).add(row.k)
+                problems[row.Metadata_condition, row.k] = nonfinite_problem(raw)
         for condition in mine & set(chunk["Metadata_condition"]):
             if len(written[condition]) == n and not part_path(condition).exists():
                 info = conditions[conditions["Metadata_condition"] == condition].iloc[0]
-                write_parquet(condition_rows(info, out_dir, name, n, cfg["seed"]), part_path(condition))
+                rows = condition_rows(info, out_dir, name, n, cfg["seed"])
+                rows[IMAGE_PROBLEM] = [problems[condition, k] for k in range(n)]
+                write_parquet(rows, part_path(condition))
 
     ordered = [c for c in conditions["Metadata_condition"] if c in mine]
     generated = pd.concat([pd.read_parquet(part_path(c)) for c in ordered], ignore_index=True)

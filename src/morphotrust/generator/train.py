@@ -33,7 +33,7 @@ from ..io import atomic_path, write_csv
 from .autoencoder import KINDS as AUTOENCODERS
 from .autoencoder import PIXELS, Codec, file_fingerprint, load_codec
 from .data import (EpochBatches, TrainingImages, TrainingLatents, build_vocabularies, data_fingerprint,
-                   ignore_stop_signals, read_images, read_manifest, training_rows)
+                   ignore_stop_signals, read_images, read_manifest, resume_mismatch, training_rows)
 from .init_weights import data_signature, load_init_weights
 from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
 from .model import ATTRIBUTES, build_network, interpolate, model_config, to_model_scale
@@ -195,7 +195,7 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
     if codec.kind != "none":
         dataset = TrainingLatents(dataset, codec.encode_uint8(images, progress=team.is_main, device=device))
     fingerprint = training_fingerprint(dict(cfg, batch_size=global_batch), config, vocabularies,
-                                       data_fingerprint(rows), codec)
+                                       data_fingerprint(rows, stacks_dir, resolution), codec)
 
     torch.manual_seed(cfg["seed"])  # weight initialisation
     model = build_network(config).to(device)
@@ -221,7 +221,8 @@ def train(manifest_path, stacks_dir, out_dir, cfg: dict, resolution: int, device
                 team.say(f"the checkpoint is already past generator.steps = {cfg['steps']}: keeping its {start} "
                          f"steps (delete {latest.parent} to train a shorter model from scratch)")
         else:
-            team.say(f"{latest} was written with other settings or data: training from scratch")
+            team.say(f"not resuming {latest}: {resume_mismatch(state['fingerprint'], fingerprint)}; training from "
+                     "scratch")
     forward = wrap(model, team, device)
     if models is not None:
         models.update(model=model, ema=ema)

@@ -12,6 +12,9 @@ The QC pass (resources/cellprofiler/qc_light.cppipe) keeps nuclei outside the di
 shows a scale mismatch directly; the full pipeline discards them, so there a mismatch shows as a count that
 drops to (near) zero. Both are caught.
 
+A site CellProfiler could not measure (a module raised on it, e.g. thresholding a two-valued stain: its
+`Metadata_ModuleError_Message`) fails the gate with that error.
+
 The gate adds three columns (Metadata_ so that feature cleaning never takes them for measurements):
 `Metadata_segmentation_ok` (bool), `Metadata_segmentation_problem` (text, empty when ok) and
 `Metadata_nuclei_diameter_um` (the median diameter in µm). When more than `max_failed_fraction` of the real
@@ -29,6 +32,8 @@ import pandas as pd
 from ..errors import InputError
 
 COUNT_COLUMN = "Image_Count_Nuclei"
+# A site CellProfiler could not measure (morphology.cellprofiler.FAILURE_COLUMN, after merge): "Module: error".
+FAILURE_COLUMN = "Metadata_ModuleError_Message"
 DIAMETER_COLUMN = "Nuclei_AreaShape_EquivalentDiameter_Median"  # pixels
 OK = "Metadata_segmentation_ok"
 PROBLEM = "Metadata_segmentation_problem"
@@ -67,12 +72,15 @@ def gate_sites(table: pd.DataFrame, *, pixel_size_um: float, nuclei_diameter_um,
     low, high = (float(v) for v in nuclei_diameter_um)
     count = pd.to_numeric(table[COUNT_COLUMN], errors="coerce").fillna(0).to_numpy(float)
     diameter = pd.to_numeric(table[DIAMETER_COLUMN], errors="coerce").to_numpy(float) * float(pixel_size_um)
+    failures = table.get(FAILURE_COLUMN, pd.Series("", index=table.index)).astype(object).fillna("").astype(str)
     problems = []
     min_px = low / float(pixel_size_um)
     too_coarse = (f"nuclei of {low:g} µm are {min_px:.1f} px at {float(pixel_size_um):.3g} µm/px "
                   f"(< {MIN_RESOLVABLE_PX} px): too coarse to segment")
-    for n, d in zip(count, diameter):
-        if min_px < MIN_RESOLVABLE_PX:
+    for n, d, failure in zip(count, diameter, failures):
+        if failure:
+            problems.append(f"CellProfiler could not measure it ({failure})")
+        elif min_px < MIN_RESOLVABLE_PX:
             problems.append(too_coarse)
         elif n < gate["min_nuclei"]:
             problems.append(f"{n:g} nuclei < {gate['min_nuclei']:g}")

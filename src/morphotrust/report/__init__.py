@@ -24,10 +24,19 @@ from pathlib import Path
 
 from ..errors import InputError
 from .config import DEFAULTS, report_settings
+from .html import mark_stale
 from .inputs import Inputs
 from .plate import plate_file_name, plates_with_conditions
 
-__all__ = ["DEFAULTS", "Inputs", "cli", "plate_file_name", "plates_with_conditions", "report_settings"]
+__all__ = ["DEFAULTS", "Inputs", "cli", "mark_stale", "plate_file_name", "plates_with_conditions", "report_settings",
+           "mark_rebuilt_reports_stale"]
+
+
+def mark_rebuilt_reports_stale(outputs, when: str) -> list[str]:
+    """Mark every existing HTML report among `outputs` (the outputs of the jobs a starting run will execute) as out
+    of date (`html.mark_stale`); the paths marked."""
+    return [str(path) for path in outputs
+            if str(path).endswith(".html") and Path(path).is_file() and mark_stale(path, when)]
 
 INPUT_OPTIONS = {
     "manifest": "results/subsets/manifest.parquet",

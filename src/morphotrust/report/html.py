@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..images import COMPOSITE_COLOURS
+from ..io import write_text
 
 # What RxRx1's six channels show (w1..w6) and the short names CellProfiler measurements use.
 STAIN_LABELS = (
@@ -174,3 +177,23 @@ def page(title: str, subtitle: str, banners: list[tuple[str, str]], nav: list[tu
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
             f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>{banner_html}"
             f"<nav>{nav_html}</nav><main>{body}</main></body></html>\n")
+
+
+STALE_MARK = "<!-- morphotrust: out of date -->"
+
+
+def mark_stale(path, when: str) -> bool:
+    """Put an "out of date" banner at the top of the report `path`, from a run started at `when` that rebuilds it:
+    if that run fails, the report no longer looks current. False when it was already marked."""
+    path = Path(path)
+    text = path.read_text(errors="replace")
+    if STALE_MARK in text:
+        return False
+    banner = (f'{STALE_MARK}<div class="banner stale" role="alert" style="background:#b3261e;color:#fff">OUT OF DATE: '
+              f"a new run started at {esc(when)} and rebuilds this report. It shows an earlier run: if the new run has "
+              "finished and this banner is still here, the run failed before the report (see its log and "
+              "results/logs/).</div>")
+    body = re.search(r"<body[^>]*>", text)
+    at = body.end() if body else 0
+    write_text(text[:at] + banner + text[at:], path)
+    return True
