@@ -17,6 +17,7 @@ from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake
 SHARED_FIXTURE_GROUPS = {"tiny_demo_run": "tiny_demo", "slurm_cluster": "slurm"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         shared = [group for fixture, group in SHARED_FIXTURE_GROUPS.items() if fixture in item.fixturenames]
