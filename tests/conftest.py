@@ -15,13 +15,22 @@ import pytest
 from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake
 
 SHARED_FIXTURE_GROUPS = {"tiny_demo_run": "tiny_demo", "slurm_cluster": "slurm"}
+# The longest groups (minutes each, CI's --durations) start first, so that no worker is left with one of them at
+# the end; scripts/test.sh turns off xdist's own order (by number of tests) so that this order holds.
+LONGEST_FIRST = ["test_demo_trust", "slurm", "tiny_demo", "test_workflow", "test_segmentation"]
+
+
+def _group(item) -> str:
+    shared = [group for fixture, group in SHARED_FIXTURE_GROUPS.items() if fixture in item.fixturenames]
+    return shared[0] if shared else item.module.__name__
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        shared = [group for fixture, group in SHARED_FIXTURE_GROUPS.items() if fixture in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.module.__name__))
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: collection order otherwise
 
 
 @pytest.fixture(scope="session")

@@ -76,14 +76,39 @@ def test_coverage_flags_the_controls_seen_with_one_cell_type(metadata):
     assert sirna.loc["HUVEC:349", "contexts"] == "HEPG2|RPE|U2OS" and sirna.loc["HEPG2:1108", "contexts"] == "U2OS"
 
 
+def weights_folder_like_dinov3(folder, encoder):
+    """A timm model folder as `hf download` leaves it, whose model.safetensors has the encoder's real header (key
+    names and shapes) over a sparse, all-zero body: what the dry run's weights check reads, without 1.2 GB."""
+    import json
+    import struct
+
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        state = timm.create_model(encoder, pretrained=False).state_dict()
+    header, offset = {}, 0
+    for name, tensor in state.items():
+        size = tensor.numel() * 4
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": encoder.split(".")[0]}))
+    with open(folder / "model.safetensors", "wb") as file:
+        file.write(struct.pack("<Q", len(text)) + text)
+        file.truncate(8 + len(text) + offset)
+
+
 def test_paper_config_dry_runs_on_rxrx1_shaped_metadata(tmp_path, metadata):
     (tmp_path / "rxrx1").mkdir()
     metadata.to_csv(tmp_path / "rxrx1" / "metadata.csv", index=False)
     shutil.copytree(REPO / "config", tmp_path / "config")
     config = yaml.safe_load(PAPER.read_text())
     config["data"]["rxrx1_path"] = str(tmp_path / "rxrx1")
-    # as a user must: point features.weights at the local DINOv3 copy (the config checks the folder exists)
-    (tmp_path / "dinov3-large").mkdir()
+    # as a user must: point features.weights at the local DINOv3 copy (the config check reads its header)
+    weights_folder_like_dinov3(tmp_path / "dinov3-large", config["features"]["encoder"])
     config["features"]["weights"] = f"local-dir:{tmp_path / 'dinov3-large'}"
     (tmp_path / "sd-vae-ft-mse").mkdir()  # and generator.sd_vae.weights at the local SD-VAE
     config["generator"]["sd_vae"]["weights"] = str(tmp_path / "sd-vae-ft-mse")

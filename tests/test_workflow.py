@@ -166,7 +166,7 @@ def test_blank_constant_two_valued_and_nan_generations_are_scored_rejected_and_f
     not numbers are flagged by the generator that stored them as 0)."""
     results = tiny_demo_run / "results"
     generated = pd.read_parquet(results / "generated" / "generator" / "manifest.parquet").iloc[:5].copy()
-    size = read_site(generated["Metadata_image_path"].iloc[0]).shape[-1]
+    size = read_site(tiny_demo_run / generated["Metadata_image_path"].iloc[0]).shape[-1]  # paths: from the workdir
     rng = np.random.default_rng(0)
     bad = {"blank": np.zeros((6, size, size), np.uint8), "constant": np.full((6, size, size), 90, np.uint8),
            "two-valued": (rng.random((6, size, size)) > 0.5).astype(np.uint8) * 200,
