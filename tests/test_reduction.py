@@ -176,7 +176,11 @@ def test_bad_parameters_and_inputs_are_clear_errors():
     with pytest.raises(InputError, match="40 feature columns"):
         red.transform(X[:, :10])
     with pytest.raises(InputError, match="zero or not finite"):
-        red.transform(np.zeros((2, 40)))
+        FeatureReduction("pca", n_components=2).fit(np.vstack([X, np.zeros((1, 40))]))
+    with pytest.raises(InputError, match="not finite"):
+        red.transform(np.full((2, 40), np.nan))
+    # a zero row to transform (a blank generated image's statistics) stays at the origin: finite, not an error
+    assert np.isfinite(red.transform(np.zeros((2, 40)))).all()
     with pytest.raises(InputError, match="not fitted"):
         FeatureReduction("pca").transform(X)
 

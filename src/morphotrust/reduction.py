@@ -67,14 +67,19 @@ def _relative_sd(variance: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(variance, 1e-6 * average) / average)
 
 
-def _normalised(X: np.ndarray) -> np.ndarray:
+def _normalised(X: np.ndarray, zero_rows_allowed: bool = False) -> np.ndarray:
+    """Rows scaled to unit L2 norm. A zero row has no direction: fitting refuses it; a transformed one (a blank
+    generated image's per-stain statistics) stays at the origin, away from every unit-norm real row, so it is
+    scored, and rejected, like any other image. Non-finite rows are always an error."""
     y = np.asarray(X, dtype=np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", y, y))
-    if not np.all(norms > 0) or not np.isfinite(norms).all():
-        bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
-        raise InputError(f"{len(bad)} row(s) are zero or not finite (first rows: {', '.join(map(str, bad[:10]))})",
+    bad = ~np.isfinite(norms) if zero_rows_allowed else ~(norms > 0) | ~np.isfinite(norms)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        what = "not finite" if zero_rows_allowed else "zero or not finite"
+        raise InputError(f"{len(rows)} row(s) are {what} (first rows: {', '.join(map(str, rows[:10]))})",
                          where="features to reduce", expected="finite, non-zero feature vectors")
-    return y / norms[:, None]
+    return y / np.where(norms > 0, norms, 1.0)[:, None]
 
 
 class FeatureReduction:
@@ -180,7 +185,7 @@ class FeatureReduction:
             return X.astype(np.float32, copy=False)
         if self.per_block:
             return self._transform_blocks(X)
-        centred = _normalised(X) - self.mean_
+        centred = _normalised(X, zero_rows_allowed=True) - self.mean_
         z = centred @ self.components_.T
         columns = [z]
         if self.residual:  # what the kept components miss: ‖ỹ‖² − ‖z‖² (components are orthonormal)
