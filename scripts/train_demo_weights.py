@@ -4,8 +4,8 @@ autoencoder and the flow model's EMA weights as init-weights files with a proven
 
 The demo (config/config.yaml: generator.init_weights, generator.trained_autoencoder.init_weights) starts from
 these weights and trains a short while more. Rerun this when the demo data, its conditions or the networks change
-(tests/test_demo_trust.py::test_the_shipped_demo_weights_fit_this_demo fails then and names this command). It takes CPU-hours on one core; on a GPU set
-generator.device in OVERLAY (or pass --device cuda).
+(tests/test_demo_trust.py::test_the_shipped_demo_weights_fit_this_demo fails then and names this command). It
+takes CPU-hours on one core; on a GPU set generator.device in OVERLAY (or pass --device cuda).
 
 Usage: .venv/bin/python scripts/train_demo_weights.py [--workdir DIR] [--out resources/demo_weights]
        .venv/bin/python scripts/train_demo_weights.py --export-only --workdir DIR   (a finished DIR: export again)
