@@ -11,6 +11,8 @@
 # scheduled and see CUDA_VISIBLE_DEVICES (0, 1 or 0,1), but there is no GPU behind it, so torch runs on the CPU
 # (two, so that generator.gpus: 2 training runs as 2 DDP processes through the profile).
 # There is no accounting database (no sacct): the workflow polls with squeue, so MinJobAge is long.
+# $MORPHOTRUST_SLURM_CPUS (default: this machine's cores) sets the node's CPUs, i.e. how many one-thread jobs run
+# at once: the tests declare twice the cores, because their jobs are short and mostly wait on the executor's polling.
 # All state (configuration, munge key and socket, spool, logs) lives in $MORPHOTRUST_SLURM_DIR
 # (default /tmp/morphotrust-slurm). Client commands find the cluster through /etc/slurm/slurm.conf, a
 # symlink to $MORPHOTRUST_SLURM_DIR/slurm.conf while the cluster runs: SLURM_CONF alone is not enough,
@@ -56,7 +58,7 @@ running() {
 
 write_config() {
     local cpus mem_mb
-    cpus=$(nproc)
+    cpus=${MORPHOTRUST_SLURM_CPUS:-$(nproc)}
     # Leave 5% for the system: slurmd marks the node invalid if it has less memory than declared.
     mem_mb=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)
     ln -sfn /dev/null "$DIR/fake-gpu0"

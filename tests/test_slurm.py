@@ -1,7 +1,6 @@
 """The SLURM profile (workflow/profiles/slurm): GPU rules on the GPU partition, everything else on the CPU one;
 and the demo workflow end to end through a real single-node SLURM cluster (scripts/local_slurm.sh)."""
 
-import os
 import re
 import subprocess
 import sys
@@ -11,16 +10,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import TINY_DEMO, make_workdir
+from workflow_helpers import SLURM_PROFILE, TINY_DEMO, make_workdir, run_through_slurm, small_slurm_profile
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
-LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
 
 
 def load_profile():
-    return yaml.safe_load(PROFILE.read_text())
+    return yaml.safe_load(SLURM_PROFILE.read_text())
 
 
 def partitions(profile):
@@ -67,7 +64,7 @@ def test_profile_routes_every_job_of_the_dag(tmp_path):
     """A dry run through the profile: what snakemake itself resolves as each job's partition and GPUs."""
     cpu, gpu = partitions(load_profile())
     workdir = make_workdir(tmp_path)
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(PROFILE.parent),
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(SLURM_PROFILE.parent),
                              "--forceall", "-n"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     jobs = re.findall(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, flags=re.M)
@@ -79,32 +76,8 @@ def test_profile_routes_every_job_of_the_dag(tmp_path):
 
 
 # --- the demo through a real SLURM cluster ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running local cluster; stopped afterwards unless it was already running before the tests."""
-    was_running = subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True).returncode == 0
-    started = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=900)
-    if started.returncode == 2:
-        pytest.skip(f"SLURM cannot be installed or started on this machine: {started.stderr.strip()}")
-    assert started.returncode == 0, f"scripts/local_slurm.sh start failed:\n{started.stdout}\n{started.stderr}"
-    yield
-    if not was_running:
-        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, timeout=120)
-
-
-def small_profile(directory):
-    """The SLURM profile as it is, with memory and threads cut down to fit this machine's single node."""
-    profile = load_profile()
-    profile["default-resources"]["mem_mb"] = 1000
-    for resources in profile["set-resources"].values():
-        if "mem_mb" in resources:
-            resources["mem_mb"] = 1000
-    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
-    directory.mkdir()
-    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return directory
+# The session's tiny demo (conftest.tiny_demo_run) runs through the local cluster and the profile whenever the
+# cluster runs (slurm_cluster skips these tests where it cannot); these tests read what SLURM recorded of it.
 
 
 def slurm_jobs(workdir):
@@ -133,24 +106,16 @@ def slurm_jobs(workdir):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_demo_through_slurm(slurm_cluster, tmp_path):
+def test_demo_through_slurm(slurm_cluster, tiny_demo_run):
     cpu, gpu = partitions(load_profile())
-    workdir = make_workdir(tmp_path / "work", **TINY_DEMO)
-    profile = small_profile(tmp_path / "profile")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(profile),
-         # poll every few seconds, not every 40 s: a real cluster wants the profile's gentler default
-         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
-         "--verbose", "--slurm-keep-successful-logs"],
-        capture_output=True, text=True, timeout=1500, env=env)
-    log = run.stdout[-8000:] + run.stderr[-8000:]
-    assert run.returncode == 0, f"the workflow failed through SLURM:\n{log}"
+    workdir = tiny_demo_run
+    log = (workdir.parent / "run.log").read_text()
     assert "Nothing to be done" not in log
 
     jobs = slurm_jobs(workdir)
-    submitted_rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):$", run.stdout + run.stderr, flags=re.M))
-    assert submitted_rules and {job["rule"] for job in jobs} == submitted_rules, log
+    assert jobs, f"SLURM ran no job of the session's tiny demo (it ran locally?):\n{log[-4000:]}"
+    submitted_rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):$", log, flags=re.M))
+    assert submitted_rules and {job["rule"] for job in jobs} == submitted_rules, log[-8000:]
     for job in jobs:
         assert job["state"] == "COMPLETED", job
         assert job["partition"] == (gpu if job["gpus"] else cpu), job
@@ -172,13 +137,7 @@ def test_two_process_training_through_slurm(slurm_cluster, tmp_path):
     """generator.gpus: 2 through the profile: the train job asks SLURM for 2 GPUs (the local cluster's two fake
     ones), and the rule runs 2 DDP processes under torchrun (gloo: there is no GPU behind the fake ones)."""
     workdir = make_workdir(tmp_path / "work", **{**TINY_DEMO, "generator.gpus": 2, "generator.steps": 6})
-    profile = small_profile(tmp_path / "profile")
-    run = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--workflow-profile", str(profile),
-         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
-         "--verbose", "--slurm-keep-successful-logs", "results/generator/checkpoint.pt"],
-        capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert run.returncode == 0, f"training failed through SLURM:\n{run.stdout[-6000:]}{run.stderr[-6000:]}"
+    run_through_slurm(workdir, small_slurm_profile(tmp_path / "profile"), "results/generator/checkpoint.pt")
     train = [job for job in slurm_jobs(workdir) if job["rule"] == "train"]
     assert len(train) == 1 and train[0]["state"] == "COMPLETED" and train[0]["gpus"] == 2, train
     assert train[0]["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1", train

@@ -49,3 +49,42 @@ TINY_DEMO = {
     # the demo's shipped weights were trained on the default demo's data, not this smaller one
     "generator.init_weights": None, "generator.trained_autoencoder.init_weights": None,
 }
+
+
+# --- the local SLURM cluster (scripts/local_slurm.sh) ----------------------------------------------------------
+
+LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+
+
+def local_slurm(command):
+    # Twice the cores as job slots: the tests' jobs are short and mostly wait on the executor's polling.
+    env = {"MORPHOTRUST_SLURM_CPUS": str(2 * (os.cpu_count() or 1)), **os.environ}
+    return subprocess.run(["bash", str(LOCAL_SLURM), command], capture_output=True, text=True, timeout=900, env=env)
+
+
+def small_slurm_profile(directory):
+    """The SLURM profile as it is, with memory and threads cut down to fit this machine's single node."""
+    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+    profile["default-resources"]["mem_mb"] = 1000
+    for resources in profile["set-resources"].values():
+        if "mem_mb" in resources:
+            resources["mem_mb"] = 1000
+    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
+    directory.mkdir()
+    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return directory
+
+
+def run_through_slurm(workdir, profile, *targets, timeout=2700):
+    """Snakemake through `profile` on the local cluster, keeping each job's log (the environment it saw)."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+               "--directory", str(workdir), "--workflow-profile", str(profile),
+               # poll every few seconds, not every 40 s: a real cluster wants the profile's gentler default
+               "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+               "--verbose", "--slurm-keep-successful-logs", *targets]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode != 0:
+        raise AssertionError(f"the workflow failed through SLURM:\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}")
+    return result
