@@ -51,8 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from morphotrust.adequacy import adequacy_table  # noqa: E402
-from morphotrust.features import N_CHANNELS, extract, feature_blocks, load_encoder, stain_statistics  # noqa: E402
-from morphotrust.features import _to_inputs as F_inputs  # noqa: E402
+from morphotrust.features import extract, feature_blocks, load_encoder, stain_statistics  # noqa: E402
+from morphotrust.features.encoders import _to_inputs as F_inputs  # noqa: E402
+from morphotrust.images import N_CHANNELS  # noqa: E402
 from morphotrust.reduction import FeatureReduction, block_ranges  # noqa: E402
 from morphotrust.trust import TrustScorer  # noqa: E402
 

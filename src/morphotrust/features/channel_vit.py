@@ -46,7 +46,6 @@ and what the family expects. Tables and sources: docs/channel_adaptive_encoders.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,8 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError
-from .weights import listing, architecture_problem, key_problem, read_tensors
+from ..errors import InputError
+from ..weights import listing, architecture_problem, key_problem, read_tensors
 
 
 @dataclass(frozen=True)
