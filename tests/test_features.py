@@ -450,3 +450,21 @@ def test_real_and_generated_sources_through_the_cli(tmp_path, monkeypatch, lite0
     assert not Path("features/bad.parquet").exists()
     with pytest.raises(InputError, match="sidecar is missing"):
         F.read_features("features/bad.parquet")
+
+
+def test_rule_inputs_derived_from_the_config(tmp_path):
+    """features.smk's config-derived values (morphotrust.features.workflow): a weights file is an input only when it
+    exists; the default commands get no --image-channels; reconstructions are scored only with the ceiling."""
+    from morphotrust.features import workflow as W
+
+    weights = tmp_path / "weights.safetensors"
+    assert W.weights_input(str(weights)) == [] and W.weights_input(F.WHEEL_WEIGHTS) == []
+    weights.write_bytes(b"")
+    assert W.weights_input(str(weights)) == [str(weights)]
+    assert W.scored_manifests("generator", False) == {"generated": "results/generated/generator/manifest.parquet"}
+    assert W.scored_manifests("standins", True) == {"generated": "results/generated/standins/manifest.parquet",
+                                                    "reconstructions": W.RECONSTRUCTIONS_MANIFEST}
+    assert W.real_stack(False) == "results/subsets/stacks/{split}.npy"
+    assert W.real_stack(True) == "results/generated/external/reference/{split}.npy"
+    assert W.image_channels_option(False, 3) == "" and W.image_channels_option(True, 3) == " --image-channels 3"
+    assert (W.gpus("cuda"), W.gpus("auto"), W.gpus("cpu")) == (1, 0, 0)

