@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from morphotrust.baselines import (SCORERS, DensityScorer, KNNScorer, LinearProbeScorer, PrecisionScorer,
+from morphotrust.trust.baselines import (SCORERS, DensityScorer, KNNScorer, LinearProbeScorer, PrecisionScorer,
                                    RealismScorer)
 from morphotrust.errors import InputError
 from morphotrust.validation import centroid, corruptions, kid, scorers, stats

@@ -13,7 +13,7 @@ import sys
 
 from .errors import InputError, OutputError
 
-STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "baselines", "morphology", "validation",
+STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "morphology", "validation",
           "report", "coverage_experiment", "ceiling")
 
 

@@ -13,6 +13,7 @@ mean" from the schema's keys at that level.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 
@@ -399,3 +400,22 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
                  for where, problem, expected in problems]
         raise InputErrors("configuration problems, every key is described in config/README.md", lines)
     return config
+
+
+def check_section(name: str, text: str) -> dict:
+    """One top-level config section, given to a stage's command line as JSON (`--config`), checked against its
+    part of the schema with the schema's defaults filled in for the keys left out. The workflow passes the
+    section `check_config` already filled; a stage run by hand may give only the keys it changes."""
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not JSON: {error}", where="--config", expected=f"the `{name}` config section") from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = {name: section}
+    problems = _schema_problems(config, {"type": "object", "properties": {name: schema["properties"][name]}},
+                                Sources(command_line=config))
+    if problems:
+        raise InputErrors(f"the `{name}` section given with --config, every key is described in config/README.md",
+                          [f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
+                           for where, problem, expected in problems])
+    return config[name]

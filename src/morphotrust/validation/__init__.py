@@ -12,7 +12,7 @@ headline numbers under `results/validation/`:
 - `distances`     energy distance and MMD per condition, discrimination test (rank of the true condition),
                   copairs retrieval mean average precision (generated retrieving real of their condition)
 - `shift`         graded shift: mean T per condition vs Hamming distance to the training support
-- `scorers`       every per-sample score (T, R, F and the baselines of morphotrust.baselines) judged as T is
+- `scorers`       every per-sample score (T, R, F and the baselines of morphotrust.trust.baselines) judged as T is
 - `corruptions`   held-out real sites, clean vs corrupted copies: AUROC of every score per corruption
 `summary` collects the headline numbers into `results/validation/summary.json`.
 
@@ -63,7 +63,7 @@ def run_all(cp_real, cp_generated, encoder_real, encoder_generated, trust, out_d
 
 
 def cli(argv: list[str]) -> None:
-    from ..baselines import add_fitting_arguments
+    from ..trust.cli import add_fitting_arguments
 
     parser = argparse.ArgumentParser(prog="morphotrust validation",
                                      description="Validation analyses of trust-scored generated samples.")

@@ -24,23 +24,18 @@ Distances for the ball scorers are Euclidean between the unit-norm features. Whe
 pool (`X_cal=None`, trust.calibration_source fit_pool) a real site is never its own neighbour or ball: the
 kNN and ball scores of calibration sites leave the site itself out.
 
-The estimators do no I/O. `fit_scorers`, `score_stage` and `cli` are the workflow stage (`morphotrust
-baselines score`), which writes results/baselines/.
+The estimators do no I/O. The workflow stage (`morphotrust trust baselines`, which writes results/baselines/) is
+`fit_scorers` and `baselines_stage` in morphotrust.trust.stage.
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
-from .errors import InputError
-from .io import write_json, write_table
-from .trust import _attribute_values, _encode, _vocabulary, check_features
+from ..errors import InputError
+from .scorer import _attribute_values, _encode, _vocabulary, check_features
 
 # name: (label shown in tables, one line on what it is). T, R, F come from the trust stage.
 SCORERS = {
@@ -282,7 +277,7 @@ class DensityScorer(_RealBalls):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Workflow stage: `morphotrust baselines score`
+# The baselines of config section `baselines`, fitted and thresholded like T
 
 CONFIG_KEYS = ("knn_k", "realism_k", "density_k", "probe_C")
 
@@ -309,29 +304,6 @@ def trust_thresholds(scorer) -> dict:
     return {term: float(np.quantile(values[term].to_numpy(), scorer.quantile)) for term in TRUST_TERMS}
 
 
-def fit_scorers(scorer, train, calibration, cfg: dict) -> dict:
-    """The baselines fitted on the trust scorer's real data: the seen-arm rows of the reduced `train` table,
-    calibrated on those of `calibration` (None: on the fitting pool, as trust.calibration_source fit_pool)."""
-    from .trust import _attrs, _read_real, _with_file
-
-    attributes = scorer.attributes_
-    fit_meta, X_fit, _, columns = _read_real(train, attributes)
-    X_cal = attrs_cal = None
-    if calibration is not None:
-        cal_meta, X_cal, _, cal_columns = _read_real(calibration, attributes)
-        if cal_columns != columns:
-            raise InputError("feature columns differ from the training table's", file=calibration,
-                             expected=f"the columns of {train}")
-        attrs_cal = _attrs(cal_meta, attributes)
-    baselines = make_baselines(cfg, attributes, scorer.quantile)
-    for estimator in baselines.values():
-        try:
-            estimator.fit(X_fit, _attrs(fit_meta, attributes), X_cal, attrs_cal)
-        except InputError as error:
-            raise _with_file(error, train if calibration is None else f"{train} / {calibration}") from None
-    return baselines
-
-
 def score_all(baselines: dict, X, attrs) -> pd.DataFrame:
     """One column per baseline: its score of every row."""
     return pd.DataFrame({name: estimator.score(X, attrs) for name, estimator in baselines.items()})
@@ -339,72 +311,3 @@ def score_all(baselines: dict, X, attrs) -> pd.DataFrame:
 
 def thresholds_of(scorer, baselines: dict) -> dict:
     return {**trust_thresholds(scorer), **{name: b.threshold_ for name, b in baselines.items()}}
-
-
-def score_stage(scorer_path, train, calibration, generated, trust_scores, cfg: dict, out_dir) -> pd.DataFrame:
-    """Score the generated features with every baseline; join T, R, F of the trust stage; accept each at its κ."""
-    from .features import read_features
-    from .trust import METADATA_ATTRIBUTE, TrustScorer, _attrs, _feature_columns, _with_file
-
-    out_dir = Path(out_dir)
-    scorer = TrustScorer.load(scorer_path)
-    baselines = fit_scorers(scorer, train, calibration, cfg)
-    meta, X, _ = read_features(generated)
-    if _feature_columns(generated) != scorer.extra_.get("feature_columns", _feature_columns(generated)):
-        raise InputError("feature columns differ from those the trust scorer was fitted on", file=generated,
-                         expected=f"the reduced features of the same run as {train}")
-    try:
-        scores = score_all(baselines, X, _attrs(meta, scorer.attributes_))
-    except InputError as error:
-        raise _with_file(error, generated) from None
-    trust = pd.read_parquet(trust_scores, columns=["Metadata_sample_id", *TRUST_TERMS])
-    trust = trust.set_index(trust["Metadata_sample_id"].astype(str))
-    ids = meta["Metadata_sample_id"].astype(str)
-    if not ids.isin(trust.index).all():
-        raise InputError("generated samples without a trust score", file=trust_scores,
-                         where=f"e.g. {ids[~ids.isin(trust.index)].iloc[0]!r}", expected=f"every sample of {generated}")
-    keep = ["Metadata_sample_id", "Metadata_condition", "Metadata_arm",
-            *(METADATA_ATTRIBUTE.format(a) for a in scorer.attributes_)]
-    table = meta[[c for c in keep if c in meta.columns]].reset_index(drop=True)
-    for term in TRUST_TERMS:
-        table[term] = trust.loc[ids.to_numpy(), term].to_numpy()
-    table = pd.concat([table, scores], axis=1)
-    thresholds = thresholds_of(scorer, baselines)
-    for name, kappa in thresholds.items():
-        table[f"accepted_{name}"] = table[name].to_numpy() <= kappa
-    write_table(table, out_dir / "generated_scores.parquet")
-    write_table(table, out_dir / "generated_scores.csv")
-    write_json({"quantile": scorer.quantile, "calibration_source": scorer.calibration_source_,
-                "n_fit": scorer.n_fit_samples_, "n_calibration": scorer.n_calibration_samples_,
-                "scorers": {name: {"label": SCORERS[name][0], "what": SCORERS[name][1], "threshold": thresholds[name],
-                                   "params": {k: v for k, v in vars(baselines[name]).items()
-                                              if not k.endswith("_") and k != "attributes"}
-                                   if name in baselines else {}}
-                            for name in SCORERS},
-                "knn_short_values": baselines["knn"].short_values_},
-               out_dir / "thresholds.json")
-    accepted = ", ".join(f"{name} {table[f'accepted_{name}'].mean():.0%}" for name in SCORERS)
-    print(f"scored {len(table)} generated samples with {len(SCORERS)} scorers; accepted: {accepted}", flush=True)
-    return table
-
-
-def add_fitting_arguments(parser: argparse.ArgumentParser) -> None:
-    """--scorer, --train, --calibration: what `fit_scorers` fits the baselines on."""
-    parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json prefix)")
-    parser.add_argument("--train", required=True, help="results/reduction/real_train.parquet")
-    parser.add_argument("--calibration", default=None, help="results/reduction/real_calibration.parquet "
-                        "(omit when trust.calibration_source is fit_pool)")
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust baselines")
-    commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="fit the baseline scorers like T, score the generated features")
-    add_fitting_arguments(score)
-    score.add_argument("--generated", required=True, help="results/reduction/generated.parquet")
-    score.add_argument("--trust-scores", required=True, help="results/trust/generated_scores.parquet")
-    score.add_argument("--config", required=True, help="the `baselines` config section as JSON")
-    score.add_argument("--out-dir", required=True, help="writes generated_scores.parquet/.csv and thresholds.json")
-    args = parser.parse_args(argv)
-    score_stage(args.scorer, args.train, args.calibration, args.generated, args.trust_scores,
-                json.loads(args.config), args.out_dir)

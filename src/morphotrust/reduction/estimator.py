@@ -7,7 +7,7 @@ generated features, so both sides of the trust score live in one space.
 
 Method (`method: pca`, scikit-learn conventions: `fit` then `transform`, fitted attributes end in `_`):
 
-1. every row is L2-normalised (as the trust score does with any feature, spec "Φ");
+1. every row is L2-normalised (as the trust score does with any feature: Φ in arXiv 2606.09601 §3);
 2. mean_ = mean of the normalised training rows; components_ = the top `n_components` right singular
    vectors of the centred training rows (k × d), explained_variance_ their variances (ddof=1);
 3. transform: z = (y − mean_) · components_ᵀ, divided by sqrt(explained_variance_ / mean(explained_variance_))
@@ -34,27 +34,24 @@ stain (or the statistics) with little variance of its own is not drowned by the 
 score's Ledoit–Wolf shrinkage towards a multiple of the identity. The blocks' z (and residuals) are concatenated,
 then one constant column sqrt(Σ_b ‖mean_b‖²). One block is the plain map.
 
-Fitted state is saved without pickle: `<path>.npz` (arrays) + `<path>.json` (parameters, shapes, sha256 of the
-arrays) and `load` restores it bit-exact. The stage: `morphotrust reduction fit` (real training features ->
-results/reduction/reduction.npz/.json) and `morphotrust reduction transform` (any feature table -> the same
-table in the reduced space, sidecar extended with the reduction's identity).
+Fitted state is saved without pickle (morphotrust.fitted): `<path>.npz` (arrays) + `<path>.json` (parameters,
+shapes, sha256 of the arrays) and `load` restores it bit-exact. The stage (morphotrust.reduction.stage):
+`morphotrust reduction fit` (real training features -> results/reduction/reduction.npz/.json) and `morphotrust
+reduction transform` (any feature table -> the same table in the reduced space, sidecar extended with the
+reduction's identity).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import read_json, write_json, write_npz
+from .. import fitted
+from ..errors import InputError
 
 METHODS = ("none", "pca")
 FORMAT = "morphotrust.FeatureReduction/1"
-DEFAULT_CONFIG = {"method": "pca", "n_components": 8, "whiten": True, "residual": False, "per_block": True}
 
 
 def _relative_sd(variance: np.ndarray) -> np.ndarray:
@@ -83,7 +80,39 @@ def _normalised(X: np.ndarray, zero_rows_allowed: bool = False) -> np.ndarray:
 
 
 class FeatureReduction:
-    """PCA of L2-normalised features (optionally whitened) plus a constant column; see the module doc."""
+    """PCA of L2-normalised features (optionally whitened) plus a constant column; see the module doc.
+
+    Parameters
+    ----------
+    method : {"pca", "none"}
+        "none" passes the features through.
+    n_components : int
+        Components kept (per block with `per_block`: min(n_components, block width)).
+    whiten : bool
+        Scale every component to the average variance.
+    residual : bool
+        Append the length of what the kept components miss.
+    per_block : bool
+        Fit the map separately on each block of columns given to `fit`, blocks weighted equally.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Input feature columns.
+    n_samples_fit_ : int
+        Training rows.
+    n_components_ : int
+        Output columns (components [+ residual] + the constant column; the input width for "none").
+    mean_, components_, explained_variance_, explained_variance_ratio_ : ndarray
+        pca without per_block: mean of the normalised rows (d,), kept right singular vectors (k, d), their
+        variances (ddof=1) and shares of the total variance (k,).
+    blocks_ : ndarray of shape (n_blocks, 2)
+        per_block: the (start, stop) column range of each block.
+    parts_ : list of FeatureReduction
+        per_block: the fitted map of each block.
+    block_scale_ : ndarray of shape (n_blocks,)
+        per_block: the factor sqrt(v̄ / v̄_b) applied to each block's output.
+    """
 
     def __init__(self, method: str = "pca", n_components: int = 64, whiten: bool = False, residual: bool = True,
                  per_block: bool = False):
@@ -223,17 +252,8 @@ class FeatureReduction:
         return {**self.get_params(), "n_features_in": self.n_features_in_, "n_components_out": self.n_components_,
                 "sha256": digest.hexdigest()}
 
-    @staticmethod
-    def _paths(path) -> tuple[Path, Path]:
-        path = Path(path)
-        if path.suffix in (".npz", ".json"):
-            path = path.with_suffix("")
-        return Path(f"{path}.npz"), Path(f"{path}.json")
-
-    def save(self, path, extra: dict | None = None) -> tuple[Path, Path]:
+    def save(self, path, extra: dict | None = None) -> tuple:
         self._check_fitted()
-        npz_path, json_path = self._paths(path)
-        write_npz(self._arrays(), npz_path)
         meta = {"format": FORMAT, "params": self.get_params(), "n_features_in": self.n_features_in_,
                 "n_samples_fit": self.n_samples_fit_, "n_components_out": self.n_components_,
                 "identity": self.identity(), "extra": extra or {}}
@@ -243,25 +263,17 @@ class FeatureReduction:
             meta["block_n_components"] = [int(len(part.components_)) for part in self.parts_]
             meta["block_explained_variance_ratio_total"] = [float(part.explained_variance_ratio_.sum())
                                                             for part in self.parts_]
-        write_json(meta, json_path)
-        return npz_path, json_path
+        return fitted.save(self._arrays(), meta, *fitted.paths(path))
 
     @classmethod
     def load(cls, path) -> "FeatureReduction":
-        npz_path, json_path = cls._paths(path)
-        for p in (npz_path, json_path):
-            if not p.is_file():
-                raise InputError("fitted feature reduction file is missing", file=p,
-                                 expected="the .npz and .json written by `morphotrust reduction fit`")
-        meta = read_json(json_path)
-        if meta.get("format") != FORMAT:
-            raise InputError(f"format {meta.get('format')!r}", file=json_path, expected=FORMAT)
+        npz_path, json_path = fitted.paths(path)
+        meta, arrays = fitted.load(npz_path, json_path, FORMAT, "fitted feature reduction",
+                                   "`morphotrust reduction fit`")
         reduction = cls(**meta["params"])
         reduction.n_features_in_ = meta["n_features_in"]
         reduction.n_samples_fit_ = meta["n_samples_fit"]
         reduction.n_components_ = meta["n_components_out"]
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
         if reduction.method == "pca" and reduction.per_block:
             reduction.parts_ = []
             for i, (a, b) in enumerate(arrays["blocks"]):
@@ -277,94 +289,3 @@ class FeatureReduction:
             raise InputError("arrays do not match the checksum in the JSON", file=npz_path,
                              expected=f"the arrays saved together with {json_path}")
         return reduction
-
-
-# --------------------------------------------------------------------------------------------------------
-# Workflow stage: `morphotrust reduction fit|transform`
-
-
-def block_ranges(feature_blocks: list[dict]) -> list[tuple]:
-    """The `blocks` argument of `FeatureReduction.fit` for a sidecar's `feature_blocks`."""
-    return [(b["start"], b["stop"]) for b in feature_blocks]
-
-
-
-def reduction_config(text: str) -> dict:
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"not JSON: {error}", where="--config", expected="the reduction config section") from None
-    unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)}", where="config reduction",
-                         expected=f"keys among {', '.join(DEFAULT_CONFIG)}")
-    return {**DEFAULT_CONFIG, **cfg}
-
-
-def fit_stage(train, cfg: dict, out) -> FeatureReduction:
-    """Fit on the seen-arm rows of the real training features (the trust score's fitting pool)."""
-    from .features import read_features, sidecar_path
-
-    reduction = FeatureReduction(cfg["method"], cfg["n_components"], cfg["whiten"], cfg["residual"], cfg["per_block"])
-    reduction._check_params()
-    meta, X, info = read_features(train)
-    blocks = None
-    if reduction.method == "pca" and reduction.per_block:
-        if not info.get("feature_blocks"):
-            raise InputError("the sidecar lists no feature_blocks", file=sidecar_path(train),
-                             where="reduction.per_block", expected="a feature table written by this version of "
-                             "`morphotrust features` (rerun the features stage)")
-        blocks = block_ranges(info["feature_blocks"])
-    if "Metadata_arm" not in meta.columns:
-        raise InputError("column Metadata_arm missing", file=train, expected="a real feature table")
-    seen = (meta["Metadata_arm"] == "seen").to_numpy()
-    if not seen.any():
-        raise InputError("no rows with Metadata_arm == 'seen'", file=train, expected="real seen-arm features")
-    try:
-        reduction.fit(X[seen], blocks)
-    except InputError as error:
-        raise InputError(error.problem, file=train, where=error.where, expected=error.expected) from None
-    reduction.save(out, extra={"train": str(train), "encoder": info.get("encoder"),
-                               "weights_sha256": info.get("weights_sha256"), "channels": info.get("channels")})
-    kept = ""
-    if reduction.method == "pca" and reduction.per_block:
-        kept = f", {len(reduction.parts_)} blocks fitted separately"
-    elif reduction.method == "pca":
-        kept = f", {reduction.explained_variance_ratio_.sum():.1%} of the variance kept"
-    print(f"reduction {reduction.method}: {reduction.n_features_in_} -> {reduction.n_components_} features, "
-          f"fitted on {int(seen.sum())} real seen-arm training rows{kept}", flush=True)
-    return reduction
-
-
-def transform_stage(reduction_path, features, out) -> None:
-    from .features import read_features, write_features
-
-    reduction = FeatureReduction.load(reduction_path)
-    meta, X, info = read_features(features)
-    try:
-        reduced = reduction.transform(X)
-    except InputError as error:
-        raise InputError(error.problem, file=features, where=error.where, expected=error.expected) from None
-    identity = reduction.identity()
-    info = {**info, "encoder_feature_dim": info.get("feature_dim"), "feature_dim": int(reduced.shape[1]),
-            "reduction": identity}
-    write_features(meta, reduced, info, out)
-    print(f"{len(reduced)} rows: {X.shape[1]} -> {reduced.shape[1]} features ({identity['method']}): {out}")
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust reduction")
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit the reduction on the real seen-arm training features")
-    fit.add_argument("--train", required=True, help="results/features/real_train.parquet")
-    fit.add_argument("--config", default="{}", help="the `reduction` config section as JSON")
-    fit.add_argument("--out", required=True, help="results/reduction/reduction (.npz/.json prefix)")
-    transform = commands.add_parser("transform", help="apply the fitted reduction to a feature table")
-    transform.add_argument("--reduction", required=True, help="results/reduction/reduction (.npz/.json prefix)")
-    transform.add_argument("--features", required=True, help="a feature table (.parquet with .json sidecar)")
-    transform.add_argument("--out", required=True, help="the reduced table (.parquet); a .json sidecar beside it")
-    args = parser.parse_args(argv)
-    if args.command == "fit":
-        fit_stage(args.train, reduction_config(args.config), args.out)
-    else:
-        transform_stage(args.reduction, args.features, args.out)

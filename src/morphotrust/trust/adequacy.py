@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .errors import InputError
+from ..errors import InputError
 
 NOT_INFORMATIVE = "not informative"
 NOT_MEASURED = "not measured"
 INFORMATIVE = "informative"
 
 
-def adequacy_table(scorer, X, attrs, min_auroc: float = 0.75) -> pd.DataFrame:
+def adequacy_table(scorer, X, attrs, min_auroc: float) -> pd.DataFrame:
     """One row per (attribute, value) of the fitted scorer: n_heldout, accuracy, AUROC, status."""
     rows = []
     for attribute in scorer.attributes_:

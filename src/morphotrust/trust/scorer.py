@@ -1,4 +1,4 @@
-"""The trust score T = R + F of generated samples (spec: arXiv 2606.09601 §3; docs in /work/shared/spec).
+"""The trust score T = R + F of generated samples (arXiv 2606.09601 §3): the `TrustScorer` estimator alone.
 
 For an L2-normalised feature y and a requested condition a* = (a_1*, ..., a_K*):
 
@@ -34,28 +34,20 @@ T by at most ~2e-5 (T has unit scale).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import linalg, sparse
 from tqdm import tqdm
 
-from .errors import InputError
-from .io import atomic_path, read_json, write_json, write_npz, write_table
+from .. import fitted
+from ..errors import InputError
 
 CALIBRATIONS = ("per_value", "per_attribute")
 REALISMS = ("one_sided", "two_sided")
-CALIBRATION_SOURCES = ("calibration_split", "fit_pool")
 SCORE_DTYPES = ("float64", "float32")
 FORMAT = "morphotrust.TrustScorer/1"
-DEFAULT_CONFIG = {"regularization": 1e-5, "calibration": "per_value", "min_samples_per_value": 5,
-                  "quantile": 0.95, "calibration_source": "calibration_split", "realism": "one_sided",
-                  "adequacy_min_auroc": 0.75}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -208,7 +200,82 @@ class TrustScorer:
 
     Parameters are stored as given; fitted attributes end in `_`. `fit` on real features and their true
     attribute values (optionally a disjoint calibration split), then `score`, `threshold`, `accept`.
-    Attribute values may be str or int; they are matched by equality.
+    Attribute values may be str or int; they are matched by equality. The estimator does no file I/O besides
+    `save` / `load` (`morphotrust.fitted`); the workflow stage is `morphotrust.trust.stage`.
+
+    Parameters
+    ----------
+    attributes : tuple of str
+        The attributes a condition is made of (K of them); their values are read from `attrs` by name.
+    regularization : float
+        λ ≥ 0 added to the diagonal of every covariance after Ledoit–Wolf shrinkage.
+    calibration : {"per_value", "per_attribute"}
+        Standardise the margin M_k per requested value (the paper) or once per attribute (the reference code).
+    min_samples_per_value : int
+        With per_value calibration, a value with fewer real calibration samples uses its attribute's pooled
+        constants (listed in `fallback_values_`).
+    realism : {"one_sided", "two_sided"}
+        R = (E − m_R) / s_R, or its square (the reference code's variant).
+    quantile : float
+        q in [0, 1]: κ is the q-th quantile of T over the real calibration samples.
+    score_dtype : {"float64", "float32"}
+        Precision of the scoring GEMM (fitting and calibration are always float64; bounds in the module doc).
+    chunk_size : int
+        Rows per chunk when fitting and scoring.
+
+    Attributes
+    ----------
+    attributes_ : tuple of str
+        The checked `attributes`.
+    values_ : dict of str to list
+        Per attribute, its sorted values in the fitting data (the vocabulary; a value outside it cannot be scored).
+    n_features_in_ : int
+        Feature dimension d.
+    n_fit_samples_ : int
+        Real fitting samples n.
+    calibration_source_ : {"calibration_split", "fit_pool"}
+        Where R, F and κ were calibrated: the given calibration split, or the fitting pool itself.
+    mean_ : ndarray of shape (d,)
+        μ, the mean of the L2-normalised fitting features.
+    global_shrinkage_ : float
+        Ledoit–Wolf α of the global covariance.
+    covariance_ : ndarray of shape (d, d)
+        Σ, the shrunk and regularised global covariance.
+    global_whitener_ : ndarray of shape (d, r)
+        A with Σ⁻¹ = AAᵀ (r = d unless the pseudo-inverse was needed).
+    inversion_ : dict of str to str
+        "cholesky" or "pseudo_inverse" for the global covariance ("global") and for each attribute.
+    value_counts_ : dict of str to ndarray of shape (V_k,)
+        Fitting samples per value.
+    prototypes_ : dict of str to ndarray of shape (V_k, d)
+        η_{k,v}, the mean fitting feature of each value.
+    shrinkage_ : dict of str to float
+        Ledoit–Wolf α of each attribute's pooled within-value covariance.
+    within_covariance_ : dict of str to ndarray of shape (d, d)
+        The shrunk and regularised pooled within-value covariance of each attribute.
+    precision_ : dict of str to ndarray of shape (d, d)
+        P_k, the inverse of `within_covariance_`.
+    scoring_matrix_ : ndarray of shape (d + 1, r + Σ_k V_k)
+        [[A, −2PH̃ᵀ, ...], [0, c, ...]]: one GEMM with [ỹ, 1] gives E and every value's linear margin term.
+    n_calibration_samples_ : int
+        Real calibration samples.
+    realism_mean_, realism_std_ : float
+        m_R and s_R (ddof=1) of the energy E over the calibration samples.
+    calibration_mean_, calibration_std_ : dict of str to ndarray of shape (V_k,)
+        Per attribute and requested value, the mean and std of the margin M_k used to standardise F_k (the
+        pooled constants where a value fell back).
+    calibration_count_ : dict of str to ndarray of shape (V_k,)
+        Calibration samples per value.
+    pooled_calibration_ : dict of str to tuple of float
+        Per attribute, the (mean, std) of M_k over all calibration samples.
+    fallback_values_ : list of dict
+        {attribute, value, n_calibration} of every value standardised with its attribute's pooled constants.
+    calibration_scores_ : DataFrame
+        R, F_<attribute>, F and T of every calibration sample.
+    threshold_ : float
+        κ, the `quantile` of the calibration T.
+    extra_ : dict
+        Set by `load` only: the `extra` given to `save` (the workflow records the encoder and input files).
     """
 
     def __init__(self, attributes=("cell_type", "sirna_id"), regularization=1e-5, calibration="per_value",
@@ -493,18 +560,10 @@ class TrustScorer:
 
     # ---------------------------------------------------------------- persistence
 
-    @staticmethod
-    def _paths(path) -> tuple[Path, Path]:
-        path = Path(path)
-        if path.suffix in (".npz", ".json"):
-            path = path.with_suffix("")
-        return Path(f"{path}.npz"), Path(f"{path}.json")
-
-    def save(self, path, extra: dict | None = None) -> tuple[Path, Path]:
+    def save(self, path, extra: dict | None = None) -> tuple:
         """Write `<path>.npz` (arrays) and `<path>.json` (parameters, vocabularies, calibration source,
         fallback values, threshold, and `extra`, e.g. the encoder). No pickle; `load` restores it bit-exact."""
         self._check_fitted()
-        npz_path, json_path = self._paths(path)
         arrays = {"mean": self.mean_, "covariance": self.covariance_, "global_whitener": self.global_whitener_,
                   "scoring_matrix": self.scoring_matrix_}
         for column in self.calibration_scores_.columns:
@@ -524,25 +583,16 @@ class TrustScorer:
             "pooled_calibration": {a: list(v) for a, v in self.pooled_calibration_.items()},
             "calibration_score_columns": list(self.calibration_scores_.columns), "extra": extra or {},
         }
-        write_npz(arrays, npz_path)
-        write_json(meta, json_path)
-        return npz_path, json_path
+        return fitted.save(arrays, meta, *fitted.paths(path))
 
     @classmethod
     def load(cls, path) -> "TrustScorer":
-        npz_path, json_path = cls._paths(path)
-        for p in (npz_path, json_path):
-            if not p.is_file():
-                raise InputError("fitted trust scorer file is missing", file=p,
-                                 expected="the .npz and .json written by TrustScorer.save / `morphotrust trust fit`")
-        meta = read_json(json_path)
-        if meta.get("format") != FORMAT:
-            raise InputError(f"format {meta.get('format')!r}", file=json_path, expected=FORMAT)
+        npz_path, json_path = fitted.paths(path)
+        meta, arrays = fitted.load(npz_path, json_path, FORMAT, "fitted trust scorer",
+                                   "TrustScorer.save / `morphotrust trust fit`")
         params = dict(meta["params"])
         params["attributes"] = tuple(params["attributes"])
         scorer = cls(**params)
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
         scorer.attributes_ = tuple(meta["attributes"])
         scorer.values_ = meta["values"]
         scorer.n_features_in_ = meta["n_features_in"]
@@ -568,313 +618,3 @@ class TrustScorer:
             raise InputError(f"scoring matrix has shape {scorer.scoring_matrix_.shape}", file=npz_path,
                              expected=f"({scorer.n_features_in_ + 1}, {expected_width}) as described in {json_path}")
         return scorer
-
-
-# --------------------------------------------------------------------------------------------------------
-# Workflow stage: `morphotrust trust fit|score`
-
-METADATA_ATTRIBUTE = "Metadata_{}"
-ENCODER_KEYS = ("encoder", "weights_sha256", "channels", "feature_dim", "image_size", "reduction")
-
-
-def _encoder_identity(info: dict) -> dict:
-    return {k: info[k] for k in ENCODER_KEYS if k in info}
-
-
-def _encoder_name(info: dict) -> str:
-    return str(info.get("encoder", "unknown encoder"))
-
-
-def fitting_vocabulary(subset_manifest: pd.DataFrame, attributes=("cell_type", "sirna_id")) -> dict[str, dict]:
-    """{attribute: {value: n}} of the real samples the trust scorer is fitted on, from the subset manifest.
-
-    `fit_stage` fits on the seen-arm rows of results/features/real_train.parquet, i.e. the subset manifest's rows
-    with Metadata_split == train and Metadata_arm == seen (controls and the unseen arm are never fitted on).
-    A requested value absent from here cannot be scored: check generations against it before extracting features.
-    """
-    rows = subset_manifest[(subset_manifest["Metadata_split"] == "train") & (subset_manifest["Metadata_arm"] == "seen")]
-    return {a: {_python(v): int(n) for v, n in rows[METADATA_ATTRIBUTE.format(a)].value_counts().items()}
-            for a in attributes}
-
-
-def _read_real(path, attributes: tuple) -> tuple[pd.DataFrame, np.ndarray, dict, list]:
-    """Seen-arm rows (training support) of a real feature table: metadata, features, sidecar, feature columns."""
-    from .features import read_features
-
-    meta, X, info = read_features(path)
-    needed = ["Metadata_arm", *(METADATA_ATTRIBUTE.format(a) for a in attributes)]
-    missing = [c for c in needed if c not in meta.columns]
-    if missing:
-        raise InputError(f"column(s) {', '.join(missing)} missing", file=path, expected="a real feature table")
-    seen = (meta["Metadata_arm"] == "seen").to_numpy()
-    if not seen.any():
-        raise InputError("no rows with Metadata_arm == 'seen'", file=path,
-                         expected="real features of the seen conditions (the trust score's training support)")
-    X = check_features(X[seen], str(path))
-    return meta[seen].reset_index(drop=True), X, info, _feature_columns(path)
-
-
-def _feature_columns(path) -> list:
-    import pyarrow.parquet as pq
-
-    return [c for c in pq.read_schema(path).names if c.startswith("Feature_")]
-
-
-def _attrs(meta: pd.DataFrame, attributes: tuple) -> dict:
-    return {a: meta[METADATA_ATTRIBUTE.format(a)] for a in attributes}
-
-
-@contextlib.contextmanager
-def _blas_threads(threads: int | None):
-    if not threads:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
-
-
-def _with_file(error: InputError, file) -> InputError:
-    return InputError(error.problem, file=file, where=error.where, expected=error.expected)
-
-
-def trust_config(text: str) -> dict:
-    """The `trust` config section (JSON) with defaults filled in; unknown keys are an error."""
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"not JSON: {error}", where="--config", expected="the trust config section") from None
-    unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)}", where="config trust",
-                         expected=f"keys among {', '.join(DEFAULT_CONFIG)}")
-    cfg = {**DEFAULT_CONFIG, **cfg}
-    if cfg["calibration_source"] not in CALIBRATION_SOURCES:
-        raise InputError(f"calibration_source {cfg['calibration_source']!r}", where="config trust",
-                         expected=" or ".join(CALIBRATION_SOURCES))
-    return cfg
-
-
-def _scores_table(meta: pd.DataFrame, scores: pd.DataFrame, scorer: TrustScorer) -> pd.DataFrame:
-    table = pd.concat([meta.reset_index(drop=True), scores], axis=1)
-    table["accepted"] = scorer.accept(scores)
-    table["calibration_source"] = scorer.calibration_source_
-    return table
-
-
-def fit_stage(train, calibration, cfg: dict, out_dir, attributes=("cell_type", "sirna_id"),
-              progress: bool = True) -> TrustScorer:
-    """Fit on the seen-arm rows of `train`, calibrate on those of `calibration` (or on the fitting pool)."""
-    out_dir = Path(out_dir)
-    scorer = TrustScorer(attributes=attributes, regularization=cfg["regularization"],
-                         calibration=cfg["calibration"], min_samples_per_value=cfg["min_samples_per_value"],
-                         realism=cfg["realism"], quantile=cfg["quantile"])
-    scorer._check_params()  # a bad option is reported as such, before any file is read
-    fit_meta, X_fit, info, columns = _read_real(train, attributes)
-    X_cal = cal_meta = None
-    files = f"{train}"
-    if cfg["calibration_source"] == "calibration_split":
-        if calibration is None:
-            raise InputError("calibration_source is calibration_split but no calibration features were given",
-                             where="config trust.calibration_source", expected="--calibration FILE or fit_pool")
-        cal_meta, X_cal, cal_info, cal_columns = _read_real(calibration, attributes)
-        if _encoder_identity(cal_info) != _encoder_identity(info) or cal_columns != columns:
-            raise InputError(f"encoder {_encoder_identity(cal_info)} with {len(cal_columns)} features differs from "
-                             f"the training features' {_encoder_identity(info)} with {len(columns)}",
-                             file=calibration, expected=f"features from the same encoder as {train}")
-        files = f"{train} (fitting) / {calibration} (calibration)"
-    try:
-        scorer.fit(X_fit, _attrs(fit_meta, attributes), X_cal,
-                   None if cal_meta is None else _attrs(cal_meta, attributes), progress=progress)
-    except InputError as error:
-        raise _with_file(error, files) from None
-    extra = {"encoder": info, "feature_columns": columns, "train": str(train),
-             "calibration": None if cal_meta is None else str(calibration)}
-    scorer.save(out_dir / "scorer", extra=extra)
-    write_json({"threshold": scorer.threshold_, "quantile": scorer.quantile,
-                "calibration_source": scorer.calibration_source_, "n_calibration": scorer.n_calibration_samples_,
-                "n_fit": scorer.n_fit_samples_, "calibration": scorer.calibration, "realism": scorer.realism,
-                "fallback_values": scorer.fallback_values_, "encoder": _encoder_name(info)},
-               out_dir / "threshold.json")
-    real_meta = fit_meta if cal_meta is None else cal_meta
-    write_table(_scores_table(real_meta, scorer.calibration_scores_, scorer), out_dir / "real_scores.parquet")
-    print(f"fitted on {scorer.n_fit_samples_} real samples ({', '.join(f'{a}: {len(v)} values' for a, v in scorer.values_.items())}); "
-          f"calibration source {scorer.calibration_source_} ({scorer.n_calibration_samples_} samples); "
-          f"threshold κ = {scorer.threshold_:.4g} (q = {scorer.quantile}); "
-          f"{len(scorer.fallback_values_)} value(s) fell back to per-attribute constants", flush=True)
-    return scorer
-
-
-def condition_summary(table: pd.DataFrame, attributes: tuple) -> pd.DataFrame:
-    """Per Metadata_condition: arm, attribute values, n, acceptance rate, mean T / R / F / F_k."""
-    if "Metadata_condition" not in table.columns:
-        table = table.assign(Metadata_condition=table[[METADATA_ATTRIBUTE.format(a) for a in attributes]]
-                             .astype(str).agg(":".join, axis=1))
-    groups = table.groupby("Metadata_condition", sort=True)
-    summary = pd.DataFrame({"n": groups.size()})
-    for column in ["Metadata_arm", *(METADATA_ATTRIBUTE.format(a) for a in attributes)]:
-        if column in table.columns:
-            summary[column] = groups[column].agg(lambda s: "|".join(map(str, pd.unique(s))))
-    summary["acceptance_rate"] = groups["accepted"].mean()
-    for column in ["T", "R", "F", *(f"F_{a}" for a in attributes)]:
-        summary[f"mean_{column}"] = groups[column].mean()
-    summary["calibration_source"] = groups["calibration_source"].first()
-    return summary.reset_index()
-
-
-def plot_histogram(real_t: np.ndarray, table: pd.DataFrame, threshold: float, title: str, path) -> None:
-    """Real calibration T vs generated T (per arm), with the threshold; x-axis clipped to the 1–99% range."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [("real (calibration)", np.asarray(real_t))]
-    arms = table["Metadata_arm"] if "Metadata_arm" in table.columns else pd.Series("all", index=table.index)
-    for arm in sorted(arms.unique(), key=str):
-        groups.append((f"generated, {arm}", table.loc[arms == arm, "T"].to_numpy()))
-    everything = np.concatenate([g for _, g in groups])
-    everything = everything[np.isfinite(everything)]
-    low, high = np.quantile(everything, [0.01, 0.99])
-    low, high = min(low, threshold), max(high, threshold)
-    outside = int(np.sum((everything < low) | (everything > high)))
-    bins = np.linspace(low, high, 61)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, values in groups:
-        ax.hist(np.clip(values, low, high), bins=bins, density=True, histtype="step", linewidth=1.6,
-                label=f"{label} (n = {len(values)})")
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold κ = {threshold:.3g}")
-    clipped = f"; {outside} value(s) beyond the 1–99 % range drawn at its edges" if outside else ""
-    ax.set_xlabel(f"trust score T = R + F (lower is better{clipped})")
-    ax.set_ylabel("density")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def adequacy_stage(scorer_path, heldout, min_auroc: float, out_dir) -> pd.DataFrame:
-    """Encoder adequacy (morphotrust.adequacy) on the seen-arm rows of held-out real features."""
-    from . import adequacy
-
-    out_dir = Path(out_dir)
-    scorer = TrustScorer.load(scorer_path)
-    meta, X, info, columns = _read_real(heldout, scorer.attributes_)
-    trained_on = scorer.extra_.get("encoder", {})
-    if _encoder_identity(info) != _encoder_identity(trained_on) or columns != scorer.extra_.get("feature_columns",
-                                                                                                 columns):
-        raise InputError(f"features from encoder {_encoder_identity(info)}, but the scorer was fitted on "
-                         f"{_encoder_identity(trained_on)}", file=heldout,
-                         expected="held-out features from the encoder the scorer was fitted on")
-    try:
-        table = adequacy.adequacy_table(scorer, X, _attrs(meta, scorer.attributes_), min_auroc)
-    except InputError as error:
-        raise _with_file(error, heldout) from None
-    warnings = adequacy.warnings(table)
-    write_table(table, out_dir / "adequacy.csv")
-    write_json({"heldout": str(heldout), "n_heldout": int(len(X)), "min_auroc": float(min_auroc),
-                "encoder": _encoder_name(trained_on), "warnings": warnings,
-                "not_informative": table.loc[table["status"] != adequacy.INFORMATIVE,
-                                             ["attribute", "value", "margin_auroc", "status"]].to_dict("records")},
-               out_dir / "adequacy.json")
-    for line in warnings:
-        print(f"WARNING: {line}", flush=True)
-    print(f"encoder adequacy on {len(X)} held-out real sites: {(table['status'] == adequacy.INFORMATIVE).sum()} "
-          f"of {len(table)} attribute values informative (margin AUROC >= {min_auroc:g})", flush=True)
-    return table
-
-
-def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = True,
-                coverage_path=None, adequacy_csv=None) -> pd.DataFrame:
-    """Score generated features with their requested condition; write the table, summary and histogram.
-    With `adequacy_csv`, each F_<attribute> gets an `F_<attribute>_adequacy` column: the adequacy status of the
-    requested value (informative / not informative / not measured)."""
-    from .features import read_features
-
-    out_dir = Path(out_dir)
-    scorer = TrustScorer.load(scorer_path)
-    trained_on = scorer.extra_.get("encoder", {})
-    meta, X, info = read_features(features)
-    columns = _feature_columns(features)
-    if "feature_columns" in scorer.extra_ and columns != scorer.extra_["feature_columns"] \
-            or _encoder_identity(info) != _encoder_identity(trained_on):
-        raise InputError(f"features from encoder {_encoder_identity(info)} ({len(columns)} columns), but the scorer "
-                         f"was fitted on {_encoder_identity(trained_on)}", file=features,
-                         expected="features from the encoder the scorer was fitted on")
-    missing = [METADATA_ATTRIBUTE.format(a) for a in scorer.attributes_ if METADATA_ATTRIBUTE.format(a) not in meta]
-    if missing:
-        raise InputError(f"column(s) {', '.join(missing)} missing", file=features,
-                         expected="the requested condition of every generated sample")
-    try:
-        scores = scorer.score(X, _attrs(meta, scorer.attributes_), progress=progress)
-    except InputError as error:
-        raise _with_file(error, features) from None
-    table = _scores_table(meta, scores, scorer)
-    if coverage_path is not None:  # flag samples of unseen conditions whose values the seen arm covers thinly
-        from . import coverage
-
-        table = coverage.annotate(table, coverage.read(coverage_path))
-    if adequacy_csv is not None:
-        from . import adequacy
-
-        flags = adequacy.flag_columns(pd.read_csv(adequacy_csv), table, scorer.attributes_)
-        table = pd.concat([table, flags], axis=1)
-        flagged = (flags != adequacy.INFORMATIVE).any(axis=1)
-        if flagged.any():
-            print(f"WARNING: {int(flagged.sum())} generated sample(s) request a value whose faithfulness this "
-                  f"encoder cannot judge (see {adequacy_csv})", flush=True)
-    write_table(table, out_dir / "generated_scores.parquet")
-    write_table(table, out_dir / "generated_scores.csv")
-    write_table(condition_summary(table, scorer.attributes_), out_dir / "condition_summary.csv")
-    real = pd.read_parquet(real_scores, columns=["T"])["T"].to_numpy()
-    title = (f"Trust scores — encoder {_encoder_name(trained_on)}; calibration: {scorer.calibration_source_}, "
-             f"{scorer.calibration}; κ = P{100 * scorer.quantile:g} of real T")
-    plot_histogram(real, table, scorer.threshold_, title, out_dir / "trust_histogram.png")
-    print(f"scored {len(table)} generated samples; accepted {int(table['accepted'].sum())} "
-          f"({table['accepted'].mean():.1%}) at κ = {scorer.threshold_:.4g}", flush=True)
-    return table
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust trust")
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit the trust scorer on real seen-arm features; calibrate; threshold")
-    fit.add_argument("--train", required=True, help="results/features/real_train.parquet")
-    fit.add_argument("--calibration", default=None, help="results/features/real_calibration.parquet "
-                     "(needed when calibration_source is calibration_split)")
-    fit.add_argument("--out-dir", required=True, help="writes scorer.npz/.json, threshold.json, real_scores.parquet")
-    score = commands.add_parser("score", help="score generated features; accept / abstain; summary; histogram")
-    score.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json prefix)")
-    score.add_argument("--features", required=True, help="results/features/generated.parquet")
-    score.add_argument("--real-scores", required=True, help="results/trust/real_scores.parquet")
-    score.add_argument("--out-dir", required=True,
-                       help="writes generated_scores.parquet/.csv, condition_summary.csv, trust_histogram.png")
-    score.add_argument("--coverage", default=None, help="results/subsets/coverage.csv: adds columns coverage_low, "
-                       "coverage_note")
-    score.add_argument("--adequacy", default=None, help="results/trust/adequacy.csv: flag F of such values")
-    adequacy = commands.add_parser("adequacy", help="how well the fitted scorer separates every attribute value "
-                                   "on held-out real sites")
-    adequacy.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json prefix)")
-    adequacy.add_argument("--heldout", required=True, help="results/reduction/real_evaluation.parquet")
-    adequacy.add_argument("--min-auroc", type=float, default=DEFAULT_CONFIG["adequacy_min_auroc"],
-                          help="margin AUROC below which a value is not informative")
-    adequacy.add_argument("--out-dir", required=True, help="writes adequacy.csv and adequacy.json")
-    fit.add_argument("--config", default="{}", help="the `trust` config section as JSON")
-    fit.add_argument("--attributes", nargs="+", default=["cell_type", "sirna_id"],
-                     help="attributes, read from the Metadata_<attribute> columns")
-    for sub in (fit, score, adequacy):
-        sub.add_argument("--threads", type=int, default=None, help="BLAS threads")
-    args = parser.parse_args(argv)
-    with _blas_threads(args.threads):
-        if args.command == "fit":
-            cfg = trust_config(args.config)
-            calibration = args.calibration if cfg["calibration_source"] == "calibration_split" else None
-            fit_stage(args.train, calibration, cfg, args.out_dir, tuple(args.attributes))
-        elif args.command == "adequacy":
-            adequacy_stage(args.scorer, args.heldout, args.min_auroc, args.out_dir)
-        else:
-            score_stage(args.scorer, args.features, args.real_scores, args.out_dir, coverage_path=args.coverage,
-                        adequacy_csv=args.adequacy)
