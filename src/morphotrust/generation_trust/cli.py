@@ -7,44 +7,30 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..generator.cli import add_autoencoder_argument, add_common_arguments, dispatch
+from ..generator.cli import add_model_arguments, dispatch, parse_model_arguments
 
 
 def translator(argv: list[str]) -> None:
     """`morphotrust generation_trust translator ...`"""
-    import torch
-
-    from ..generator.runtime import parse_config
     from .stage import translator_stage
 
     parser = argparse.ArgumentParser(prog="morphotrust generation_trust translator",
                                      description="Fit the hidden-state -> encoder-feature translator.")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
+    add_model_arguments(parser)
     parser.add_argument("--features", required=True, help="results/features/real_train.parquet")
     parser.add_argument("--out", required=True, help="results/generation_trust/translator (.safetensors/.json)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
+    args, cfg = parse_model_arguments(parser, argv)
     translator_stage(args.manifest, args.stacks_dir, args.checkpoint, args.features, args.out, cfg, cfg["device"],
                      autoencoder=args.autoencoder)
 
 
 def generation_trust(argv: list[str]) -> None:
     """`morphotrust generation_trust generation-trust ...`"""
-    import torch
-
-    from ..generator.runtime import parse_config
     from .stage import generation_trust_stage, merge_shards, shard_stage
 
     parser = argparse.ArgumentParser(prog="morphotrust generation_trust generation-trust",
                                      description="Score samples during generation; abandon early; compare.")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
+    add_model_arguments(parser)
     parser.add_argument("--translator", required=True, help="results/generation_trust/translator")
     parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json)")
     parser.add_argument("--generated-scores", help="results/trust/generated_scores.parquet (not for a shard)")
@@ -56,11 +42,7 @@ def generation_trust(argv: list[str]) -> None:
     parser.add_argument("--shard-out", help="the shard's tables: PREFIX.{thresholds,step_scores,decisions}.parquet")
     parser.add_argument("--merge", nargs="+", metavar="SHARD_DECISIONS",
                         help="write the outputs from these shards (their PREFIX.decisions.parquet, in shard order)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
+    args, cfg = parse_model_arguments(parser, argv)
     if args.merge and not (args.generated_scores and args.out_dir):
         parser.error("--merge needs --generated-scores and --out-dir")
     if args.merge:

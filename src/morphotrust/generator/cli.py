@@ -19,6 +19,27 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
+def add_model_arguments(parser, stacks_dir: str = "results/subsets/stacks") -> None:
+    """The inputs of every job that runs the trained flow model (sampling, translator, generation trust)."""
+    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
+    parser.add_argument("--stacks-dir", required=True, help=stacks_dir)
+    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
+    add_common_arguments(parser)
+    add_autoencoder_argument(parser)
+
+
+def parse_model_arguments(parser, argv: list[str]):
+    """The parsed arguments and the checked `generator` config section; torch then uses --threads CPU threads."""
+    import torch
+
+    from .runtime import parse_config
+
+    args = parser.parse_args(argv)
+    cfg = parse_config(args.config)
+    torch.set_num_threads(args.threads)
+    return args, cfg
+
+
 def add_training_arguments(parser, out_dir: str) -> None:
     parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
     parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
@@ -81,28 +102,19 @@ def train(argv: list[str]) -> None:
 
 def sample(argv: list[str]) -> None:
     """`morphotrust generator sample ...`"""
-    import torch
-
     from ..io import write_parquet
-    from .runtime import parse_config
     from .sample import merge_shards, run_sampling
 
     parser = argparse.ArgumentParser(prog="morphotrust generator sample",
                                      description="Sample every seen and unseen condition (resumable).")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks (real sites for the grid)")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
+    add_model_arguments(parser, "results/subsets/stacks (real sites for the grid)")
     parser.add_argument("--out-dir", required=True, help="results/generated/generator")
     parser.add_argument("--shard", type=int, default=0, help="condition group to sample (with --shards > 1)")
     parser.add_argument("--shards", type=int, default=1, help="generator.sample_shards")
     parser.add_argument("--shard-out", help="the shard's table (with --shards > 1)")
     parser.add_argument("--merge", nargs="+", metavar="SHARD_TABLE",
                         help="write the manifest, grid and summary from these shard tables (in shard order)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
+    args, cfg = parse_model_arguments(parser, argv)
     if args.merge:
         merge_shards(args.manifest, args.stacks_dir, args.checkpoint, args.merge, args.out_dir, cfg)
         return
