@@ -4,8 +4,8 @@
 # (deliberately not declared as outputs, so Snakemake keeps them), and the rerun continues from there.
 # generator.autoencoder trained | sd-vae: the flow model works on the latents of results/autoencoder/ and every
 # generator job reads its autoencoder.json (none: pixel space, no autoencoder rule). generator.gpus x nodes > 1:
-# train and autoencoder run data-parallel under torchrun (morphotrust.generator.distributed). The derived values
-# GENERATOR (the config section) and GENERATION[...] (morphotrust.config.generation_plan): common.smk.
+# train and autoencoder run data-parallel under torchrun (morphotrust.generator.distributed). GENERATOR (the config
+# section) and GENERATION[...] (values derived from the config by morphotrust.config.generation_plan): common.smk.
 
 
 # The autoencoder (generator.autoencoder trained | sd-vae), before the flow model: trained - train it on the seen
