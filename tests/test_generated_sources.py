@@ -281,7 +281,8 @@ def test_generation_plan_gives_the_rule_files_their_derived_values(tmp_path):
     """morphotrust.config.generation_plan: what common.smk names for every rule file (no config logic there)."""
     from morphotrust.config import generation_plan
 
-    pixel = generation_plan(check_config({"generator": {"autoencoder": "none", "gpus": 2, "nodes": 3, "threads": 4}}))
+    pixel = generation_plan(check_config({"generator": {"autoencoder": "none", "gpus": 2, "nodes": 3, "threads": 4},
+                                          "generated": {"source": "generator"}}))
     assert pixel["autoencoder_json"] == [] and pixel["ceiling"] == [] and not pixel["trained_autoencoder"]
     assert (pixel["training_threads"], pixel["training_gpus"], pixel["training_gres"]) == (8, 0, "gpu:2")
     assert pixel["generation_trust_summary"] == ["results/generation_trust/summary.json"]
