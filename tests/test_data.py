@@ -756,7 +756,7 @@ def test_plate_inventory_changes_only_when_files_do(tmp_path):
 
 def test_external_inventory_lists_every_named_file(tmp_path):
     from morphotrust.data import inventory
-    from morphotrust.generator.layouts import ExternalSettings
+    from morphotrust.generated.layouts import ExternalSettings
 
     (tmp_path / "a.tif").write_bytes(b"1234")
     manifest = tmp_path / "m.csv"

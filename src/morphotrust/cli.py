@@ -13,8 +13,8 @@ import sys
 
 from .errors import InputError, OutputError
 
-STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "morphology", "validation",
-          "report", "coverage_experiment", "ceiling")
+STAGES = ("data", "subsets", "generator", "generated", "generation_trust", "features", "reduction", "trust",
+          "morphology", "validation", "report", "coverage_experiment", "ceiling")
 
 
 def main(argv: list[str] | None = None) -> None:

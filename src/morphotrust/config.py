@@ -31,7 +31,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SHIPPED_FILES = (("generator", "init_weights"), ("generator", "trained_autoencoder", "init_weights"),
                  ("report", "paper_figures"))
 COMMAND_LINE = "--config"
-# The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.model.PRESETS,
+# The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.presets.PRESETS,
 # a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
 GENERATOR_PATCH = {"tiny": 8, "tiny/2": 2, "unet": 8, "S/2": 2, "B/2": 2, "XL/2": 2}
 GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "unet": 9, "S/2": 12, "B/2": 12, "XL/2": 28}
@@ -347,7 +347,7 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
 
 def _external_problems(config: dict, add) -> None:
     """Cross-key checks of generated.external (the files themselves are checked by the generate stage's plan)."""
-    from .generator.layouts import settings_of, settings_problems
+    from .generated.layouts import settings_of, settings_problems
     from .morphology.scale import native_size_px
 
     external = config["generated"]["external"]
@@ -419,3 +419,50 @@ def check_section(name: str, text: str) -> dict:
                           [f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
                            for where, problem, expected in problems])
     return config[name]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Derived values of the generator, generated, generation_trust and ceiling rule files (workflow/rules/common.smk
+# names them for every rule file): computed here from the checked config, so the rule files hold no config logic.
+
+def generation_plan(config: dict) -> dict:
+    """What the generation rules derive from a checked `config` (defaults filled, cross-key checks passed).
+
+    - latent, autoencoder_json: generator.autoencoder trained | sd-vae - the flow model works on latents and every
+      generator job reads results/autoencoder/autoencoder.json (none: pixel space, [] - no input);
+      trained_autoencoder: the autoencoder rule trains one (and writes its weights and loss curve); sd_vae_weights:
+      the frozen VAE it loads instead (generator.sd_vae.weights for sd-vae, else []);
+    - training_threads / training_gpus / training_gres: generator.gpus x nodes > 1 trains data-parallel under
+      torchrun with threads x gpus CPUs per node; one node asks SLURM for --gpus=N, several nodes for
+      --gres=gpu:N, which is per node (--gpus would be spread over the nodes unevenly);
+    - external_settings: generated.external with its preset's values filled in (morphotrust.generated.layouts);
+      external_reference: the external images need the real reference rebuilt like them (a composite mapping,
+      another resolution, crops), so the real features are computed on results/generated/external/reference/;
+    - cellprofiler_applicable: CellProfiler validation needs six-stain whole sites (not composites, not crops);
+    - ceiling: the autoencoder's ceiling (results/ceiling/ceiling.json) when there is an autoencoder and its
+      reconstructions, made at subsets.resolution in six stains, are comparable with the generations;
+    - generation_trust_summary: during-generation trust runs only for the workflow's own generator.
+    """
+    from .generated.layouts import settings_of
+
+    generator, generated, resolution = config["generator"], config["generated"], config["subsets"]["resolution"]
+    latent = generator["autoencoder"] != "none"
+    one_node = generator["nodes"] == 1
+    external = settings_of(generated["external"], resolution)
+    external_reference = generated["source"] == "external" and external.derived_reference(resolution)
+    return {
+        "latent": latent,
+        "autoencoder_json": "results/autoencoder/autoencoder.json" if latent else [],
+        "trained_autoencoder": generator["autoencoder"] == "trained",
+        "sd_vae_weights": generator["sd_vae"]["weights"] if generator["autoencoder"] == "sd-vae" else [],
+        "training_threads": generator["threads"] * generator["gpus"],
+        "training_gpus": generator["gpus"] if one_node else 0,
+        "training_gres": "" if one_node else f"gpu:{generator['gpus']}",
+        "external_settings": external,
+        "external_reference": external_reference,
+        "cellprofiler_applicable": generated["source"] != "external" or external.cellprofiler_applicable,
+        "ceiling": ["results/ceiling/ceiling.json"] if latent and not external_reference else [],
+        "generation_trust_summary": (
+            ["results/generation_trust/summary.json"] if generated["source"] == "generator" else []
+        ),
+    }

@@ -118,7 +118,7 @@ def real_via_px(config: dict, resolution: int, native_px: int) -> int | None:
                          expected="generator or native")
     generator_px = _section(config, "subsets").get("resolution")
     if _section(config, "generated").get("source") == "external" and generator_px is not None:
-        from ..generator.layouts import settings_of  # external images are judged at their own resolution
+        from ..generated.layouts import settings_of  # external images are judged at their own resolution
 
         generator_px = settings_of(_section(config, "generated").get("external") or {}, generator_px).resolution
     if detail == NATIVE or generator_px is None or generator_px >= min(resolution, native_px):

@@ -45,7 +45,7 @@ IDENTITY_KEYS = ("encoder", "weights_sha256", "channels", "statistics", "image_s
 
 def corrupt(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """Corrupted copies of `(n, 6, H, W)` uint8 sites (module docstring)."""
-    from ..generator.standins import blur, drift
+    from ..generated.standins import blur, drift
 
     out = images.copy()
     channels = images.shape[1]

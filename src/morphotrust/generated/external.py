@@ -1,9 +1,9 @@
 """Bring your own generations: score images from any other model with the same stages.
 
 `generated.external.folder` holds the images; `generated.external.layout` says which images they are and what
-each was asked for (morphotrust.generator.layouts: a CSV `manifest`, a file-name `pattern`, or a peer's preset:
+each was asked for (morphotrust.generated.layouts: a CSV `manifest`, a file-name `pattern`, or a peer's preset:
 `sit`, `morphodiff`, `cellflux`, `impa`); the file formats and value ranges are those of
-morphotrust.generator.formats (`.pt` tensors, `.npy`/`.npz`, TIFF and PNG of any pixel type, the six channel PNGs
+morphotrust.generated.formats (`.pt` tensors, `.npy`/`.npz`, TIFF and PNG of any pixel type, the six channel PNGs
 of RxRx1; (C, H, W) or (H, W, C)).
 
 Everything is checked before anything is written, and all problems are reported at once by manifest line or
@@ -13,7 +13,7 @@ from the real data, one without real fitting data of the trust score (the seen a
 `morphotrust.trust.fitting_vocabulary`), one outside the generator's declared vocabulary, an index without a
 vocabulary entry, no image at all. `snakemake -n` runs the same checks on the file headers
 (`check_external(..., pixels=False)`, against the metadata and conditions file); the job adds the pixel checks:
-the value range (declared or `auto`) and the scale guard (morphotrust.generator.formats).
+the value range (declared or `auto`) and the scale guard (morphotrust.generated.formats).
 
 Channels (`generated.external.channels`): `six` (the six stains, the default) or, for a generator that writes only
 RGB composites, the mapping from six stains to its three channels (`rxrx1_rgb`, `cellflux_rgb` or a 3x6
@@ -36,9 +36,7 @@ the same name reruns the conversion and everything that scores it.
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import json
 import os
 from pathlib import Path, PurePosixPath
 
@@ -50,9 +48,8 @@ from ..conditions import condition_key
 from ..errors import InputError, InputErrors
 from ..images import IMAGE_PROBLEM, composite_of, nonfinite_problem, read_site, resize_site, write_site
 from ..io import atomic_path, write_json, write_parquet
-from ..trust import fitting_vocabulary
 from . import formats
-from .layouts import Entry, ExternalSettings, entries_of, settings_of
+from .layouts import Entry, ExternalSettings, entries_of
 
 files_of = formats.files_of
 
@@ -91,6 +88,8 @@ class Known:
     @classmethod
     def from_tables(cls, sites: pd.DataFrame, subset_manifest: pd.DataFrame) -> "Known":
         """From the sites table and the subset manifest (what the job has)."""
+        from ..trust import fitting_vocabulary  # here: the workflow's plan (check_planned) need not import it
+
         return cls(sites["Metadata_cell_type"].unique(),
                    dict(zip(sites["Metadata_sirna_id"].astype(int), sites["Metadata_sirna"].astype(str))),
                    fitting_vocabulary(subset_manifest))
@@ -277,6 +276,14 @@ def check_external(settings: ExternalSettings, known: Known, pixels: bool = True
     return pd.DataFrame(rows), value_range
 
 
+def check_planned(config: dict, settings: ExternalSettings, metadata: pd.DataFrame, conditions: pd.DataFrame) -> None:
+    """At the workflow's plan (also `snakemake -n`), when generated.source is external: every manifest / pattern
+    problem (missing or unreadable files, wrong shapes, unknown values, an empty set) by line or path, from the
+    file headers (the job checks the pixels). Raises InputErrors; nothing for another source."""
+    if config["generated"]["source"] == "external":
+        check_external(settings, Known.from_plan(metadata, conditions), pixels=False)
+
+
 def condition_arms(subset_manifest: pd.DataFrame) -> tuple[dict, set]:
     """({condition: listed arm}, {conditions with real training sites}) from the subset manifest."""
     listed = subset_manifest[subset_manifest["Metadata_arm"].isin(["seen", "unseen"])]
@@ -416,29 +423,3 @@ def build_reference(settings: ExternalSettings, subset_manifest_path, split: str
                              "sites visible (for a matrix: larger weights)")
     print(f"real reference {split}: {len(rows)} sites -> {out} ({channels} channels, {size} px"
           + (f", {settings.crop_px}-px crops" if settings.crop_px else "") + ")")
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator external ...` (convert) and `... external --reference SPLIT` (the real reference)."""
-    parser = argparse.ArgumentParser(prog="morphotrust generator external",
-                                     description="Check and convert images from another generator.")
-    parser.add_argument("--config", required=True, help="the generated.external config section as JSON")
-    parser.add_argument("--subsets-resolution", type=int, required=True, help="subsets.resolution")
-    parser.add_argument("--subsets-manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--sites", help="results/data/sites.parquet (conversion)")
-    parser.add_argument("--native-px", type=int, help="side of a native real site in pixels (conversion)")
-    parser.add_argument("--out-dir", help="results/generated/external (conversion)")
-    parser.add_argument("--reference", choices=("train", "calibration", "evaluation"),
-                        help="write the real reference of this split instead (to --out)")
-    parser.add_argument("--out", help="results/generated/external/reference/{split}.npy")
-    parser.add_argument("--seed", type=int, default=0, help="crop positions of the real reference")
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_of(json.loads(args.config), args.subsets_resolution)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if args.reference:
-        build_reference(settings, args.subsets_manifest, args.reference, args.out, args.seed)
-    else:
-        convert_external(settings, args.sites, args.subsets_manifest, args.out_dir, args.native_px,
-                         args.subsets_resolution)

@@ -16,8 +16,6 @@ Everything is deterministic given the seed. `Metadata_generator` of every row st
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,6 @@ from ..images import N_CHANNELS, write_site
 from ..io import write_parquet
 
 KINDS = ("copy", "wrong_label", "blur", "drift")
-DEFAULTS = {"seed": 0, "max_sites_per_condition": 8, "blur_sigma": 2.0,
-            "drift_gain": [1.6, 0.6, 1.6, 0.6, 1.6, 0.6]}
 STUDIED_ARMS = ("seen", "unseen")
 
 
@@ -48,8 +44,8 @@ def drift(image: np.ndarray, gain) -> np.ndarray:
 
 
 def plan_standins(manifest: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """One row per stand-in to make: which real evaluation site, which kind, which requested condition."""
-    cfg = {**DEFAULTS, **cfg}
+    """One row per stand-in to make: which real evaluation site, which kind, which requested condition.
+    `cfg` needs seed and max_sites_per_condition (config generated.standins)."""
     rng = np.random.default_rng(cfg["seed"])
     studied = manifest[manifest["Metadata_arm"].isin(STUDIED_ARMS)]
     conditions = (studied.drop_duplicates("Metadata_condition")
@@ -80,8 +76,8 @@ def plan_standins(manifest: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 
 def make_standins(manifest_path, stack_path, cfg: dict, out_dir) -> pd.DataFrame:
-    """Write the stand-in images and `out_dir/manifest.parquet` (generated-manifest columns + provenance)."""
-    cfg = {**DEFAULTS, **cfg}
+    """Write the stand-in images and `out_dir/manifest.parquet` (generated-manifest columns + provenance).
+    `cfg` is the config section generated.standins, every key given (defaults: the workflow's schema)."""
     if len(cfg["drift_gain"]) != N_CHANNELS:
         raise InputError(f"drift_gain has {len(cfg['drift_gain'])} values", where="generated.standins.drift_gain",
                          expected="one gain per channel (6)")
@@ -126,15 +122,3 @@ def make_standins(manifest_path, stack_path, cfg: dict, out_dir) -> pd.DataFrame
     print(f"{len(table)} STAND-IN images (held-out real sites, not a generator) from "
           f"{plan['site_id'].nunique()} evaluation sites: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
     return table
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator standins ...`"""
-    parser = argparse.ArgumentParser(prog="morphotrust generator standins",
-                                     description="Stand-ins for generated images from held-out real sites.")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stack", required=True, help="results/subsets/stacks/evaluation.npy")
-    parser.add_argument("--config", default="{}", help="the `generated.standins` config section as JSON")
-    parser.add_argument("--out-dir", required=True, help="results/generated/standins")
-    args = parser.parse_args(argv)
-    make_standins(args.manifest, args.stack, json.loads(args.config), args.out_dir)

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..weights import architecture_problem, read_tensors
 from ..io import atomic_path, read_json, write_json
-from .model import interpolate, to_model_scale
-from .train import autocast, seeded_generator
+from ..generator.model import interpolate, to_model_scale
+from ..generator.runtime import autocast, seeded_generator
 
 
 class Translator(nn.Module):
@@ -139,12 +139,12 @@ def load_translator(path) -> tuple[Translator, dict]:
     weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     for p in (weights, meta_path):
         if not p.exists():
-            raise InputError("translator file missing", file=p, expected="the output of `generator translator`")
+            raise InputError("translator file missing", file=p, expected="the output of `generation_trust translator`")
     meta = read_json(meta_path)
     translator = Translator(meta["in_dim"], meta["hidden"], meta["out_dim"])
     state = read_tensors(weights, where="translator weights")
     problem = architecture_problem(state, translator.state_dict())
     if problem:
-        raise InputError(problem, file=weights, expected="the output of `generator translator` with this JSON")
+        raise InputError(problem, file=weights, expected="the output of `generation_trust translator` with this JSON")
     translator.load_state_dict(state)
     return translator.eval(), meta

@@ -1,7 +1,7 @@
 """Where another generator's images are and what each one was asked for: `generated.external.layout`.
 
 - `manifest`: a CSV (`generated.external.manifest`), one row per image: `path` (an image file, or the prefix of six
-  channel PNGs; morphotrust.generator.formats), `cell_type`, and `sirna_id` or `sirna` (RxRx1 name).
+  channel PNGs; morphotrust.generated.formats), `cell_type`, and `sirna_id` or `sirna` (RxRx1 name).
 - `pattern`: no manifest; every file under the folder whose path matches `generated.external.pattern` is an
   image, its condition read from the path. Fields: `{cell_type}` (name), `{sirna}` (RxRx1 siRNA name),
   `{sirna_id}` (RxRx1 id), `{cell_type_index}` / `{sirna_index}` (0-based indices into the generator's own

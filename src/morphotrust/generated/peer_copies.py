@@ -1,8 +1,8 @@
 """Real held-out sites written as other generators write their images: the known-answer check of the external path.
 
-Each studied evaluation site is written twice in a peer's format (morphotrust.generator.layouts.PRESETS): once
+Each studied evaluation site is written twice in a peer's format (morphotrust.generated.layouts.PRESETS): once
 requested under its own condition (`copy`) and once under another studied siRNA of the same cell type
-(`wrong_label`), chosen as the demo stand-ins choose it (morphotrust.generator.standins.plan_standins). Scored
+(`wrong_label`), chosen as the demo stand-ins choose it (morphotrust.generated.standins.plan_standins). Scored
 through generated.source external, the copies should be accepted like the same sites written as native TIFFs
 and the wrong labels rejected like theirs (BENCHMARKS.md, tests/test_external_formats.py). Not a generator.
 
@@ -15,7 +15,6 @@ model had written into its own folder.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +104,3 @@ def write_peer_copies(manifest: pd.DataFrame, fmt: str, folder, seed: int = 0,
     else:
         external["pattern"] = "{cell_type}/" + PRESETS[fmt]["pattern"]
     return table, external
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator peer-copies ...`"""
-    import yaml
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator peer-copies", description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--folder", required=True, help="where to write the images")
-    parser.add_argument("--configfile", required=True, help="write a --configfile that scores them here")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    table, external = write_peer_copies(pd.read_parquet(args.manifest), args.format, args.folder, args.seed)
-    write_csv(table, Path(args.folder) / "copies.csv")
-    Path(args.configfile).write_text(yaml.safe_dump({"generated": {"source": "external", "external": external}},
-                                                    sort_keys=False))
-    print(f"{len(table)} {args.format} copies in {args.folder}: " + ", ".join(
-        f"{k} {n}" for k, n in table["kind"].value_counts().items()))

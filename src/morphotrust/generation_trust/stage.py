@@ -13,7 +13,6 @@ sample. Compute saved = the fraction of sampler steps (and of model evaluations)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,11 +25,12 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..io import write_json, write_parquet, write_table
 from ..shards import shard_conditions
-from .data import ATTRIBUTE_COLUMNS, conditions_to_sample, encode, read_images, read_manifest, training_rows
-from .sample import (image_resolution, initial_noise, integrate, latent_noise_shape, load_sampler_model, sample_id,
-                     sampling_plan)
+from ..generator.data import ATTRIBUTE_COLUMNS, conditions_to_sample, encode, read_images, read_manifest, \
+    training_rows
+from ..generator.runtime import resolve_device
+from ..generator.sample import (image_resolution, initial_noise, integrate, latent_noise_shape, load_sampler_model,
+                                sample_id, sampling_plan)
 from .translator import fit_translator, load_translator, noised_hidden, save_translator, translate
-from .train import resolve_device
 
 TRANSLATOR_NOISE_KEY = 1000   # noise seeds (seed, key + j, image): translator training at the j-th time
 CALIBRATION_NOISE_KEY = 2000  # ... and per-step calibration at step τ
@@ -380,72 +380,3 @@ def compare_and_write(thresholds, step_scores, decisions, translator_path, score
           f"sampler steps skipped; agreement with post-generation decisions {summary.get('agreement')}",
           file=sys.stderr)
     return summary
-
-
-def translator_cli(argv: list[str]) -> None:
-    """`morphotrust generator translator ...`"""
-    import argparse
-
-    from .train import add_autoencoder_argument, add_common_arguments, parse_config
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator translator",
-                                     description="Fit the hidden-state -> encoder-feature translator.")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
-    parser.add_argument("--features", required=True, help="results/features/real_train.parquet")
-    parser.add_argument("--out", required=True, help="results/generation_trust/translator (.safetensors/.json)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
-    translator_stage(args.manifest, args.stacks_dir, args.checkpoint, args.features, args.out, cfg, cfg["device"],
-                     autoencoder=args.autoencoder)
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator generation-trust ...`"""
-    import argparse
-
-    from .train import add_autoencoder_argument, add_common_arguments, parse_config
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator generation-trust",
-                                     description="Score samples during generation; abandon early; compare.")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
-    parser.add_argument("--translator", required=True, help="results/generation_trust/translator")
-    parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz/.json)")
-    parser.add_argument("--generated-scores", help="results/trust/generated_scores.parquet (not for a shard)")
-    parser.add_argument("--centroid", help="results/validation/centroid_per_sample.csv (for the selection gain)")
-    parser.add_argument("--validation-config", default="{}", help="the `validation` config section as JSON")
-    parser.add_argument("--out-dir", help="results/generation_trust (not for a shard)")
-    parser.add_argument("--shard", type=int, default=0, help="condition group (with --shards > 1)")
-    parser.add_argument("--shards", type=int, default=1, help="generator.sample_shards")
-    parser.add_argument("--shard-out", help="the shard's tables: PREFIX.{thresholds,step_scores,decisions}.parquet")
-    parser.add_argument("--merge", nargs="+", metavar="SHARD_DECISIONS",
-                        help="write the outputs from these shards (their PREFIX.decisions.parquet, in shard order)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
-    if args.merge and not (args.generated_scores and args.out_dir):
-        parser.error("--merge needs --generated-scores and --out-dir")
-    if args.merge:
-        merge_shards(args.merge, args.translator, args.scorer, args.generated_scores, args.out_dir, cfg,
-                     centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config))
-        return
-    if args.shards > 1:
-        if not args.shard_out:
-            parser.error("--shards > 1 needs --shard-out")
-        shard_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer, args.shard_out,
-                    cfg, (args.shard, args.shards), cfg["device"], autoencoder=args.autoencoder)
-        return
-    if not (args.generated_scores and args.out_dir):
-        parser.error("--generated-scores and --out-dir are required (except for a shard)")
-    generation_trust_stage(args.manifest, args.stacks_dir, args.checkpoint, args.translator, args.scorer,
-                           args.generated_scores, args.out_dir, cfg, cfg["device"],
-                           centroid_path=args.centroid, validation_cfg=json.loads(args.validation_config),
-                           autoencoder=args.autoencoder)
