@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from morphotrust import coverage
+from morphotrust.subsets import coverage
 from morphotrust.report import Inputs
 from morphotrust.report.summary import condition_table, coverage_section
 from morphotrust.subsets import build_manifest

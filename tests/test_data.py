@@ -14,9 +14,10 @@ import yaml
 from PIL import Image
 from scipy import ndimage as ndi
 
-from morphotrust.data import (DEMO_DEFAULTS, METADATA_COLUMNS, cli, data_root, plan_metadata, plate_wildcards,
+from morphotrust.data import (DEMO_DEFAULTS, METADATA_COLUMNS, data_root, plan_metadata, plate_wildcards,
                               read_metadata)
 from morphotrust.data import demo
+from morphotrust.data.cli import cli
 from morphotrust.data.ingest import QC_COLUMNS, SITES_COLUMNS, ingest_plate, merge
 from morphotrust.errors import InputError
 from morphotrust.images import read_site, resize_site

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from morphotrust import coverage
-from morphotrust.conditions import load_conditions
+from morphotrust.subsets import coverage
+from morphotrust.subsets.conditions import load_conditions
 from morphotrust.data.demo import rxrx1_shaped_metadata
 from morphotrust.subsets import build_manifest
 

@@ -24,7 +24,8 @@ from morphotrust.images import write_site
 from morphotrust.morphology.fields import to_field_conventions
 from morphotrust.morphology.scale import scale_of, write_scale
 from morphotrust.morphology.sites import STAIN_NAMES
-from morphotrust.report import DEFAULTS, Inputs, cli, plates_with_conditions, report_settings
+from morphotrust.report import DEFAULTS, Inputs, plates_with_conditions, report_settings
+from morphotrust.report.cli import cli
 from morphotrust.report.figures import well_position
 from morphotrust.report.generated import build_generated_report
 from morphotrust.report.inputs import RECONSTRUCTION_LABEL, STANDIN_LABEL, generated_banners

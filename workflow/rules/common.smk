@@ -4,7 +4,7 @@ import json
 import shlex
 
 sys.path.insert(0, SRC)
-from morphotrust.conditions import load_conditions
+from morphotrust.subsets.conditions import load_conditions
 from morphotrust.data import plan_metadata
 from morphotrust.errors import InputError
 from morphotrust.generator.layouts import settings_of as external_settings_of

@@ -14,9 +14,9 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from .errors import InputError, InputErrors
+from ..errors import InputError, InputErrors
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "conditions.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "conditions.schema.yaml"
 POSITIVE_CONTROL_IDS = range(1108, 1138)
 NEGATIVE_CONTROL_ID = 1138
 ARMS = ("seen", "unseen")

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .errors import InputError
-from .io import write_csv
+from ..errors import InputError
+from ..io import write_csv
 
 ATTRIBUTES = ("cell_type", "sirna_id")
 COLUMNS = ["condition", "cell_type", "sirna_id", "attribute", "value", "n_seen_conditions", "n_train_sites",

@@ -25,15 +25,14 @@ Writes `coverage_experiment.csv` (one row per level), `coverage_experiment.json`
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_path, write_csv, write_json
+from ..errors import InputError
+from ..io import atomic_path, write_csv, write_json
 
 ATTRIBUTES = ("cell_type", "sirna_id")
 DEFAULTS = {"levels": [3, 2, 1]}
@@ -43,7 +42,7 @@ COLUMNS = ["level", "max_contexts_kept", "mean_contexts_kept", "seen_conditions_
 
 
 def _read(path):
-    from .features import read_features
+    from ..features import read_features
 
     meta, X, info = read_features(path)
     return meta.reset_index(drop=True), X.astype(np.float64), info
@@ -89,8 +88,8 @@ def faithfulness_auroc(scorer, X: np.ndarray, meta: pd.DataFrame) -> tuple[float
 
 def selection_gain(scorer, X_gen, gen_meta, X_ref, ref_meta, kid_cfg: dict, seed: int) -> tuple[float, float, str]:
     """(acceptance rate, relative ΔKID improvement of accepted vs random, note) over the unseen generated images."""
-    from .validation.common import Table
-    from .validation.kid import kid_analysis
+    from ..validation.common import Table
+    from ..validation.kid import kid_analysis
 
     if len(gen_meta) == 0:
         return np.nan, np.nan, "no generated image of an unseen condition"
@@ -119,7 +118,7 @@ def selection_gain(scorer, X_gen, gen_meta, X_ref, ref_meta, kid_cfg: dict, seed
 def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.DataFrame:
     """The experiment on the workflow's feature tables. `cfg`: levels, trust (the trust section), kid (the
     validation.kid section, plus n_random_seeds), seed."""
-    from .trust import TrustScorer, trust_config
+    from ..trust import TrustScorer, trust_config
 
     levels = [int(k) for k in cfg.get("levels", DEFAULTS["levels"])]
     if not levels or min(levels) < 1:
@@ -219,17 +218,3 @@ def plot(table: pd.DataFrame, source: str, path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust coverage_experiment",
-                                     description="Thin the seen contexts of the unseen conditions' siRNAs, refit "
-                                                 "the trust score and measure faithfulness AUROC and selection gain.")
-    parser.add_argument("--train", required=True, help="results/features/real_train.parquet")
-    parser.add_argument("--calibration", required=True, help="results/features/real_calibration.parquet")
-    parser.add_argument("--evaluation", required=True, help="results/features/real_evaluation.parquet")
-    parser.add_argument("--generated", required=True, help="results/features/generated.parquet")
-    parser.add_argument("--config", default="{}", help="JSON: levels, trust, kid, seed")
-    parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    run(args.train, args.calibration, args.evaluation, args.generated, json.loads(args.config), args.out_dir)
