@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 from jsonschema import validators
 
-from .errors import InputError, InputErrors
+from .errors import InputErrors
+from .yaml_lines import read_yaml_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -44,34 +45,8 @@ _TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a t
 
 
 def key_lines(path) -> dict[tuple, int]:
-    """{key path: 1-based line} of every mapping key and list item in a YAML file (from its compose nodes)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise InputError(f"cannot read the config file ({error.strerror})", file=path) from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise InputError(f"malformed YAML: {getattr(error, 'problem', None) or error}", file=path,
-                         where=f"line {mark.line + 1}, column {mark.column + 1}" if mark else None) from None
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, key_node.value)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[(*prefix, index)] = item.start_mark.line + 1
-                walk(item, (*prefix, index))
-
-    if root is not None:
-        walk(root, ())
-    return lines
+    """{key path: 1-based line} of every mapping key and list item in a YAML config file."""
+    return read_yaml_with_lines(path, "config file")[1]
 
 
 def _command_line_keys(values, prefix: tuple = ()):
