@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 from scipy import ndimage as ndi
 
-from morphotrust.data import (DEMO_DEFAULTS, METADATA_COLUMNS, data_root, plan_metadata, plate_wildcards,
+from morphotrust.config import schema_defaults
+from morphotrust.data import (METADATA_COLUMNS, data_root, plan_metadata, plate_wildcards,
                               read_metadata)
 from morphotrust.data import demo
 from morphotrust.data.cli import cli
@@ -24,6 +25,8 @@ from morphotrust.images import read_site, resize_site
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16  # tiny images keep the reader tests fast
+
+DEMO_DEFAULTS = schema_defaults("data", "demo")  # the schema is the one place defaults are written
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -694,7 +697,7 @@ def test_schema_defaults_match_code_and_config():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     data = schema["properties"]["data"]
     defaults = {k: v["default"] for k, v in data["properties"]["demo"]["properties"].items()}
-    assert defaults == DEMO_DEFAULTS
+    assert demo.demo_config({}) == defaults  # the code fills in exactly the schema's defaults
     assert data["properties"]["demo"]["properties"]["n_sirnas"]["maximum"] == demo.MAX_SIRNAS
     for section in (data, data["properties"]["demo"]):
         assert all("description" in v for v in section["properties"].values())

@@ -12,8 +12,10 @@ mean" from the schema's keys at that level.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
@@ -116,6 +118,24 @@ def _default_filling(validator_class):
         yield from check_properties(validator, properties, instance, schema)
 
     return validators.extend(validator_class, {"properties": set_defaults})
+
+
+@lru_cache(maxsize=1)
+def _filled_defaults(schema_path) -> dict:
+    config: dict = {}
+    for _ in _default_filling(jsonschema.Draft202012Validator)(yaml.safe_load(Path(schema_path).read_text())) \
+            .iter_errors(config):
+        pass  # only the filling matters here; an empty config misses required keys
+    return config
+
+
+def schema_defaults(*section: str, schema_path=SCHEMA):
+    """The defaults of a config section, filled in exactly as `check_config` fills them (a copy), for code run
+    outside the workflow: `schema_defaults("data", "demo")`. The schema is the only place defaults are written."""
+    value = _filled_defaults(str(schema_path))
+    for key in section:
+        value = value[key]
+    return copy.deepcopy(value)
 
 
 def _short(value, limit: int = 60) -> str:

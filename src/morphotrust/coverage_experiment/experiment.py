@@ -35,7 +35,6 @@ from ..errors import InputError
 from ..io import atomic_path, write_csv, write_json
 
 ATTRIBUTES = ("cell_type", "sirna_id")
-DEFAULTS = {"levels": [3, 2, 1]}
 COLUMNS = ["level", "max_contexts_kept", "mean_contexts_kept", "seen_conditions_dropped", "n_fit", "n_calibration",
            "threshold", "faithfulness_auroc", "faithfulness_auroc_seen", "n_true", "n_wrong", "n_generated_unseen", "acceptance_unseen",
            "selection_gain", "selection_gain_note"]
@@ -120,7 +119,7 @@ def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.Dat
     validation.kid section, plus n_random_seeds), seed."""
     from ..trust import TrustScorer, trust_config
 
-    levels = [int(k) for k in cfg.get("levels", DEFAULTS["levels"])]
+    levels = [int(k) for k in cfg["levels"]]
     if not levels or min(levels) < 1:
         raise InputError(f"levels {levels}", where="config coverage_experiment.levels",
                          expected="one or more numbers of seen cell types to keep, each at least 1")

@@ -17,10 +17,10 @@ Command line: `python -m morphotrust report {plate,generated,summary} ...` (`cli
 workflow/rules/report.smk.
 """
 
-from .config import DEFAULTS, report_settings
+from .config import report_settings
 from .html import mark_rebuilt_reports_stale, mark_stale
 from .inputs import Inputs
 from .plate import plate_file_name, plates_with_conditions
 
-__all__ = ["DEFAULTS", "Inputs", "mark_stale", "plate_file_name", "plates_with_conditions", "report_settings",
+__all__ = ["Inputs", "mark_stale", "plate_file_name", "plates_with_conditions", "report_settings",
            "mark_rebuilt_reports_stale"]

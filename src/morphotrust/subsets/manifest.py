@@ -192,5 +192,5 @@ def write_subsets(sites_path, conditions_path, cfg: dict, out_dir, metadata_path
     write_csv(summarise(manifest), out / "summary.csv")
     write_csv(manifest, out / "manifest.csv")
     write_parquet(manifest, out / "manifest.parquet")
-    coverage.write(conditions, manifest, cfg.get("coverage"), out / "coverage.csv")
+    coverage.write(conditions, manifest, cfg["coverage"], out / "coverage.csv")
     return manifest

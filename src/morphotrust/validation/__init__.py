@@ -20,8 +20,8 @@ Command line: `python -m morphotrust validation <analysis> ...` (`cli.py`); rule
 """
 
 from . import centroid, correlations, corruptions, deciles, distances, kid, scorers, shift
-from .common import DEFAULTS, SPACES, settings
+from .common import SPACES, settings
 from .summary import run_all, summarise
 
-__all__ = ["DEFAULTS", "SPACES", "settings", "run_all", "summarise",
+__all__ = ["SPACES", "settings", "run_all", "summarise",
            "centroid", "correlations", "corruptions", "deciles", "distances", "kid", "scorers", "shift"]
