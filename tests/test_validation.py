@@ -11,8 +11,9 @@ import yaml
 from threadpoolctl import threadpool_limits
 
 from morphotrust.errors import InputError
-from morphotrust.validation import centroid, correlations, deciles, distances, kid, run_all, shift
+from morphotrust.validation import centroid, correlations, deciles, distances, kid, shift
 from morphotrust.validation.cli import cli
+from morphotrust.validation.summary import run_all
 from morphotrust.validation.common import Table, load_space, read_table, settings
 from morphotrust.validation import stats
 

@@ -31,7 +31,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # Keys naming files shipped in the repository (resources/): a relative path not found in the working directory is
 # the repository's, so runs with --directory elsewhere find them.
 SHIPPED_FILES = (("generator", "init_weights"), ("generator", "trained_autoencoder", "init_weights"),
-                 ("report", "paper_figures"))
+                 ("report", "paper_figures"), ("morphology", "pipeline"), ("morphology", "qc_pipeline"))
 COMMAND_LINE = "--config"
 # The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.model.PRESETS,
 # a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
