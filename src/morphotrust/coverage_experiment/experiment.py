@@ -2,7 +2,7 @@
 score of the unseen conditions.
 
 The trust score's guarantee assumes each value of an unseen condition was seen in training in enough contexts
-(morphotrust.coverage). Here, for every unseen condition (cell type c, siRNA s), the seen conditions carrying s
+(morphotrust.subsets.coverage). Here, for every unseen condition (cell type c, siRNA s), the seen conditions carrying s
 are thinned to k of them (k = each of `levels`, e.g. 3, 2, 1: the siRNA seen with three, two, then one other
 cell type; the ones kept are the first k in cell-type order). At each level the trust scorer is refitted and
 recalibrated on the remaining real seen-arm features (the same encoder features the workflow computed, so no
@@ -112,6 +112,14 @@ def selection_gain(scorer, X_gen, gen_meta, X_ref, ref_meta, kid_cfg: dict, seed
     if np.isfinite(gain) and small:
         note = f"{small} condition(s) with small KID subsets: noisy"
     return float(accepted.mean()), gain, note
+
+
+def experiment_config(config: dict) -> dict:
+    """The experiment's settings from the checked workflow config: levels, the trust section, the validation KID
+    settings (plus n_random_seeds) and the validation seed."""
+    validation = config["validation"]
+    return {"levels": config["coverage_experiment"]["levels"], "trust": config["trust"],
+            "kid": {**validation["kid"], "n_random_seeds": validation["n_random_seeds"]}, "seed": validation["seed"]}
 
 
 def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.DataFrame:
