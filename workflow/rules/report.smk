@@ -51,8 +51,7 @@ rule report_plate:
     log:
         "results/logs/report/plate/{experiment}_Plate{plate}.log",
     wildcard_constraints:
-        experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-        plate=r"[0-9]+",
+        **PLATE_PATTERN,
     conda:
         "../../envs/core.yaml"
     threads: 1

@@ -11,9 +11,9 @@ Command line: `python -m morphotrust data <command>` (`cli.py`); rules: workflow
 
 from .demo import (CELL_TYPES, DEMO_DIR, NEGATIVE_CONTROL_ID, POSITIVE_CONTROL_ID,
                    SYNTHETIC_LABEL, demo_config, demo_metadata)
-from .plan import data_root, plan_metadata, plate_wildcards
+from .plan import PLATE_PATTERN, data_root, is_demo, plan_metadata, plate_wildcards
 from .rxrx1 import LAYOUTS, METADATA_COLUMNS, read_metadata
 
 __all__ = ["CELL_TYPES", "DEMO_DIR", "LAYOUTS", "METADATA_COLUMNS", "NEGATIVE_CONTROL_ID",
-           "POSITIVE_CONTROL_ID", "SYNTHETIC_LABEL", "data_root", "demo_config", "demo_metadata", "plan_metadata",
-           "plate_wildcards", "read_metadata"]
+           "PLATE_PATTERN", "POSITIVE_CONTROL_ID", "SYNTHETIC_LABEL", "data_root", "demo_config", "demo_metadata",
+           "is_demo", "plan_metadata", "plate_wildcards", "read_metadata"]

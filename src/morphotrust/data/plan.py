@@ -11,10 +11,18 @@ from .demo import DEMO_DIR, demo_metadata
 from .rxrx1 import read_metadata
 
 
+# Wildcard constraints of a plate's experiment and number (the rules' {experiment} and {plate}).
+PLATE_PATTERN = {"experiment": r"[A-Za-z0-9][A-Za-z0-9._-]*", "plate": r"[0-9]+"}
+
+
+def is_demo(data_cfg: dict) -> bool:
+    """True when the workflow renders and ingests the SYNTHETIC demo (`data.rxrx1_path` null)."""
+    return data_cfg.get("rxrx1_path") is None
+
+
 def data_root(data_cfg: dict) -> str:
     """The RxRx1 folder the workflow ingests: `data.rxrx1_path`, or the demo folder when it is null."""
-    path = data_cfg.get("rxrx1_path")
-    return DEMO_DIR if path is None else str(path)
+    return DEMO_DIR if is_demo(data_cfg) else str(data_cfg["rxrx1_path"])
 
 
 def plan_metadata(data_cfg: dict) -> pd.DataFrame:
