@@ -716,11 +716,12 @@ def test_cli_renders_ingests_merges_and_draws_grid(tmp_path, monkeypatch):
         cli(["render-plate", *where, "--experiment", experiment, "--plate", "1", "--demo", cfg])
         out = f"ingest/{experiment}"
         cli(["ingest-plate", "--metadata", "demo/metadata.csv", "--experiment", experiment, "--plate", "1",
+             "--layout", "auto", "--on-bad-site", "stop", "--sixteen-bit", "convert", "--sixteen-bit-max", "65535",
              "--sites-dir", f"sites/{experiment}", "--table", f"{out}/sites.parquet", "--qc", f"{out}/qc.csv"])
         tables.append(f"{out}/sites.parquet")
         qcs.append(f"{out}/qc.csv")
     # the demo folder has plates nobody rendered: merge only looks at image folders that exist
-    cli(["merge", "--tables", *tables, "--qc-tables", *qcs, "--metadata", "demo/metadata.csv",
+    cli(["merge", "--tables", *tables, "--qc-tables", *qcs, "--metadata", "demo/metadata.csv", "--on-bad-site", "stop",
          "--sites", "sites.parquet", "--qc", "qc_skipped.csv"])
     sites = pd.read_parquet("sites.parquet")
     assert len(sites) == 8 and sites["Metadata_synthetic"].all()

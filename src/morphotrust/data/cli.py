@@ -42,11 +42,11 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--metadata", required=True, help="the RxRx1 folder's metadata.csv (images/ lies beside it)")
     p.add_argument("--experiment", required=True)
     p.add_argument("--plate", required=True, type=int)
-    p.add_argument("--layout", choices=LAYOUTS, default="auto")
-    p.add_argument("--on-bad-site", choices=("stop", "skip"), default="stop")
-    p.add_argument("--sixteen-bit", choices=("convert", "refuse"), default="convert",
+    p.add_argument("--layout", choices=LAYOUTS, required=True)
+    p.add_argument("--on-bad-site", choices=("stop", "skip"), required=True)
+    p.add_argument("--sixteen-bit", choices=("convert", "refuse"), required=True,
                    help="16-bit sites: convert to 8 bits (see --sixteen-bit-max), or refuse them as bad sites")
-    p.add_argument("--sixteen-bit-max", type=int, default=65535,
+    p.add_argument("--sixteen-bit-max", type=int, required=True,
                    help="the 16-bit value that becomes 255 (higher values are clipped)")
     p.add_argument("--sites-dir", required=True, help="folder for the plate's canonical TIFFs")
     p.add_argument("--table", required=True, help="the plate's sites table (parquet)")
@@ -57,7 +57,7 @@ def cli(argv: list[str]) -> None:
     p.add_argument("--qc-tables", nargs="+", required=True)
     p.add_argument("--metadata", help="the RxRx1 folder's metadata.csv: also report image folders beside it "
                    "that no metadata row refers to")
-    p.add_argument("--on-bad-site", choices=("stop", "skip"), default="stop")
+    p.add_argument("--on-bad-site", choices=("stop", "skip"), required=True)
     p.add_argument("--sites", required=True, help="merged sites table (parquet)")
     p.add_argument("--qc", required=True, help="merged QC table of skipped sites and files (CSV)")
     p.add_argument("--problems", help="on_bad_site stop: every problem of every plate goes here (CSV) when the run "

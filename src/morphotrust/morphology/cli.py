@@ -89,12 +89,12 @@ def cli(argv) -> None:
     clean.add_argument("--also", nargs="+", default=(), metavar="SOURCE_image.parquet",
                        help="more per-image tables to clean with the same cleaner (-> SOURCE_clean.parquet)")
     clean.add_argument("--out-dir", required=True)
-    clean.add_argument("--variance-filter", choices=("relative", "raw"), default="relative",
+    clean.add_argument("--variance-filter", choices=("relative", "raw"), required=True,
                        help="relative: SD / mean |value| <= --relative-variance-threshold (unit-free); raw: the "
                             "paper's variance <= --variance-threshold")
-    clean.add_argument("--relative-variance-threshold", type=float, default=0.01)
-    clean.add_argument("--variance-threshold", type=float, default=1e-5)
-    clean.add_argument("--max-abs-z", type=float, default=5.0)
+    clean.add_argument("--relative-variance-threshold", type=float, required=True)
+    clean.add_argument("--variance-threshold", type=float, required=True)
+    clean.add_argument("--max-abs-z", type=float, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "run-chunk":
