@@ -63,10 +63,3 @@ def autoencoder_option(wildcards, input):
     trained | sd-vae); nothing in pixel space."""
     return f"--autoencoder {input.autoencoder}" if config["generator"]["autoencoder"] != "none" else ""
 
-
-def morphology_cap(wildcards):
-    """`--max-sites-per-condition N` for a morphology source with a cap: generated images have their own
-    (morphology.max_generated_per_condition), real sites and reconstructions morphology.max_sites_per_condition."""
-    key = "max_generated_per_condition" if wildcards.source == "generated" else "max_sites_per_condition"
-    cap = config["morphology"][key]
-    return f"--max-sites-per-condition {cap}" if cap else ""

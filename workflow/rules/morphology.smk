@@ -75,7 +75,7 @@ checkpoint morphology_prepare:
         native=lambda wildcards: MORPHOLOGY_PLAN.native_option(wildcards.source),
         via=lambda wildcards: MORPHOLOGY_PLAN.via_option(wildcards.source),
         chunk_size=MORPHOLOGY["chunk_size"],
-        cap=morphology_cap,
+        cap=lambda wildcards: MORPHOLOGY_PLAN.cap_option(wildcards.source),
         seed=MORPHOLOGY["seed"],
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"

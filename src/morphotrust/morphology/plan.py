@@ -25,12 +25,21 @@ def cellprofiler_executable(cellprofiler: str) -> str:
 class MorphologyPlan:
     """`scale`: morphotrust.morphology.scale.scale_of(config); `cellprofiler`: the executable the jobs run;
     `diameter`: the nuclei diameter range in µm as `--nuclei-diameter-um` takes it (MIN,MAX); `gate_options`: the
-    segmentation gate (morphotrust.morphology.gate) as options of `merge` and `qc-merge`."""
+    segmentation gate (morphotrust.morphology.gate) as options of `merge` and `qc-merge`; `max_sites`,
+    `max_generated`: morphology.max_sites_per_condition and max_generated_per_condition (null: no cap)."""
 
     scale: dict
     cellprofiler: str
     diameter: str
     gate_options: str
+    max_sites: int | None
+    max_generated: int | None
+
+    def cap_option(self, source: str) -> str:
+        """`--max-sites-per-condition N` for a source with a cap: generated images have their own
+        (morphology.max_generated_per_condition), real sites and reconstructions morphology.max_sites_per_condition."""
+        cap = self.max_generated if source == "generated" else self.max_sites
+        return f"--max-sites-per-condition {cap}" if cap else ""
 
     def native_option(self, source: str) -> str:
         """`--native-px N` for real sites (the native size the pixel size is worked out for); nothing otherwise."""
@@ -51,4 +60,6 @@ def morphology_plan(config: dict) -> MorphologyPlan:
         cellprofiler=cellprofiler_executable(config["morphology"]["cellprofiler"]),
         diameter=diameter,
         gate_options=f"--pixel-size-um {scale['pixel_size_um']} --nuclei-diameter-um {diameter} --gate {gate}",
+        max_sites=config["morphology"]["max_sites_per_condition"],
+        max_generated=config["morphology"]["max_generated_per_condition"],
     )
