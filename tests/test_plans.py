@@ -22,6 +22,8 @@ def test_morphology_plan_options_follow_the_config(tmp_path, monkeypatch):
     assert plan.diameter == f"{low},{high}"
     assert plan.gate_options == (f"--pixel-size-um {plan.scale['pixel_size_um']} --nuclei-diameter-um {low},{high}"
                                  """ --gate '{"max_failed_fraction": 0.5, "max_nuclei": null, "min_nuclei": 2}'""")
+    assert plan.merge_gate_options("real") == plan.gate_options + " --stop-on-failure"
+    assert plan.merge_gate_options("generated") == plan.gate_options
     monkeypatch.chdir(tmp_path)  # a relative path not found here is the repository's; a bare name is looked up on PATH
     assert cellprofiler_executable("cellprofiler") == "cellprofiler"
     assert cellprofiler_executable(".venv-cellprofiler/bin/cellprofiler") == os.path.join(

@@ -62,4 +62,3 @@ def autoencoder_option(wildcards, input):
     """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (generator.autoencoder
     trained | sd-vae); nothing in pixel space."""
     return f"--autoencoder {input.autoencoder}" if config["generator"]["autoencoder"] != "none" else ""
-

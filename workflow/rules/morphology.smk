@@ -154,7 +154,7 @@ rule morphology_merge:
         mem_mb=2000,
     params:
         # the segmentation gate; only real sites can stop the run (failed generated images are trust's business)
-        gate=lambda wildcards: MORPHOLOGY_PLAN.gate_options + (" --stop-on-failure" if wildcards.source == "real" else ""),
+        gate=lambda wildcards: MORPHOLOGY_PLAN.merge_gate_options(wildcards.source),
     shell:
         "python -m morphotrust morphology merge --sites {input.chunks_dir}/sites.parquet --out {output}"
         " --source {wildcards.source} {params.gate} {input.tables} > {log} 2>&1"

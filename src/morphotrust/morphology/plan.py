@@ -35,6 +35,11 @@ class MorphologyPlan:
     max_sites: int | None
     max_generated: int | None
 
+    def merge_gate_options(self, source: str) -> str:
+        """The gate options of `merge`; only real sites can stop the run (failed generated images are trust's
+        business)."""
+        return self.gate_options + (" --stop-on-failure" if source == "real" else "")
+
     def cap_option(self, source: str) -> str:
         """`--max-sites-per-condition N` for a source with a cap: generated images have their own
         (morphology.max_generated_per_condition), real sites and reconstructions morphology.max_sites_per_condition."""
