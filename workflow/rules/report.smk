@@ -6,6 +6,7 @@
 # CONDITIONS. Shell commands spell out `python -m morphotrust` (`snakemake --lint` flags globals in shell commands).
 # `snakemake --report` files the figures under "Plate QC" (one subcategory per plate) and "Run summary".
 import morphotrust.report as mtreport
+from morphotrust.data.plan import PLATE_PATTERN
 from morphotrust.report.plan import report_inputs, report_options
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
