@@ -1,4 +1,5 @@
-"""Command line of the coverage_experiment stage: `python -m morphotrust coverage_experiment --train ... --out-dir results/coverage_experiment`."""
+"""Command line of the coverage_experiment stage:
+`python -m morphotrust coverage_experiment --train ... --out-dir results/coverage_experiment`."""
 
 from __future__ import annotations
 

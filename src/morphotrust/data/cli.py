@@ -14,7 +14,8 @@ from .rxrx1 import LAYOUTS
 
 
 def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust data", description="Data stage: an RxRx1 folder (or the synthetic demo) -> canonical six-channel TIFF per site + sites table.")
+    parser = argparse.ArgumentParser(prog="morphotrust data", description="Data stage: an RxRx1 folder (or the "
+                                     "synthetic demo) -> canonical six-channel TIFF per site + sites table.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_help = "the data.demo config as JSON (keys left out take their defaults)"

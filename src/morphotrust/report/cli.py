@@ -49,7 +49,8 @@ def _plate_of(path: str) -> tuple[str, int]:
 
 
 def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust report", description="Reports for people: self-contained HTML (inline CSS, images embedded as base64 PNG; no network needed).")
+    parser = argparse.ArgumentParser(prog="morphotrust report", description="Reports for people: self-contained "
+                                     "HTML (inline CSS, images embedded as base64 PNG; no network needed).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     plate = commands.add_parser("plate", help="QC report of one real plate")
