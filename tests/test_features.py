@@ -453,9 +453,9 @@ def test_real_and_generated_sources_through_the_cli(tmp_path, monkeypatch, lite0
 
 
 def test_rule_inputs_derived_from_the_config(tmp_path):
-    """features.smk's config-derived values (morphotrust.features.workflow): a weights file is an input only when it
+    """features.smk's config-derived values (morphotrust.features.plan): a weights file is an input only when it
     exists; the default commands get no --image-channels; reconstructions are scored only with the ceiling."""
-    from morphotrust.features import workflow as W
+    from morphotrust.features import plan as W
 
     weights = tmp_path / "weights.safetensors"
     assert W.weights_input(str(weights)) == [] and W.weights_input(F.WHEEL_WEIGHTS) == []

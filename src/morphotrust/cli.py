@@ -1,6 +1,6 @@
 """Command line: `morphotrust <stage> <command> [options]` (also `python -m morphotrust ...`).
 
-Each stage module defines `cli(argv)`; modules are imported lazily so a data job never imports torch.
+Each stage package's `cli.py` defines `cli(argv)`; it is imported lazily so a data job never imports torch.
 Input problems (`InputError`) are printed as one plain message and exit with status 2; an output that cannot be
 written, or any other file-system error (read-only or full disk, no permission), as one line naming the path,
 exit status 1.

@@ -12,9 +12,11 @@ mean" from the schema's keys at that level.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
@@ -22,14 +24,15 @@ import numpy as np
 import yaml
 from jsonschema import validators
 
-from .errors import InputError, InputErrors
+from .errors import InputErrors
+from .yaml_lines import read_yaml_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # Keys naming files shipped in the repository (resources/): a relative path not found in the working directory is
 # the repository's, so runs with --directory elsewhere find them.
 SHIPPED_FILES = (("generator", "init_weights"), ("generator", "trained_autoencoder", "init_weights"),
-                 ("report", "paper_figures"))
+                 ("report", "paper_figures"), ("morphology", "pipeline"), ("morphology", "qc_pipeline"))
 COMMAND_LINE = "--config"
 # The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.presets.PRESETS,
 # a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
@@ -45,34 +48,8 @@ _TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a t
 
 
 def key_lines(path) -> dict[tuple, int]:
-    """{key path: 1-based line} of every mapping key and list item in a YAML file (from its compose nodes)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise InputError(f"cannot read the config file ({error.strerror})", file=path) from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise InputError(f"malformed YAML: {getattr(error, 'problem', None) or error}", file=path,
-                         where=f"line {mark.line + 1}, column {mark.column + 1}" if mark else None) from None
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, key_node.value)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[(*prefix, index)] = item.start_mark.line + 1
-                walk(item, (*prefix, index))
-
-    if root is not None:
-        walk(root, ())
-    return lines
+    """{key path: 1-based line} of every mapping key and list item in a YAML config file."""
+    return read_yaml_with_lines(path, "config file")[1]
 
 
 def _command_line_keys(values, prefix: tuple = ()):
@@ -142,6 +119,24 @@ def _default_filling(validator_class):
         yield from check_properties(validator, properties, instance, schema)
 
     return validators.extend(validator_class, {"properties": set_defaults})
+
+
+@lru_cache(maxsize=1)
+def _filled_defaults(schema_path) -> dict:
+    config: dict = {}
+    for _ in _default_filling(jsonschema.Draft202012Validator)(yaml.safe_load(Path(schema_path).read_text())) \
+            .iter_errors(config):
+        pass  # only the filling matters here; an empty config misses required keys
+    return config
+
+
+def schema_defaults(*section: str, schema_path=SCHEMA):
+    """The defaults of a config section, filled in exactly as `check_config` fills them (a copy), for code run
+    outside the workflow: `schema_defaults("data", "demo")`. The schema is the only place defaults are written."""
+    value = _filled_defaults(str(schema_path))
+    for key in section:
+        value = value[key]
+    return copy.deepcopy(value)
 
 
 def _short(value, limit: int = 60) -> str:

@@ -4,12 +4,11 @@ import json
 import shlex
 
 sys.path.insert(0, SRC)
-from morphotrust.conditions import load_conditions
+from morphotrust.subsets.conditions import load_conditions
 from morphotrust.config import generation_plan
 from morphotrust.data import plan_metadata
 from morphotrust.errors import InputError
 from morphotrust.generated.external import check_planned as check_planned_external
-from morphotrust.morphology.scale import scale_of as morphology_scale_of
 
 try:
     METADATA = plan_metadata(config["data"])
@@ -63,10 +62,3 @@ def autoencoder_option(wildcards, input):
     GENERATION["autoencoder_json"]); nothing in pixel space."""
     return f"--autoencoder {input.autoencoder}" if input.autoencoder else ""
 
-
-def morphology_cap(wildcards):
-    """`--max-sites-per-condition N` for a morphology source with a cap: generated images have their own
-    (morphology.max_generated_per_condition), real sites and reconstructions morphology.max_sites_per_condition."""
-    key = "max_generated_per_condition" if wildcards.source == "generated" else "max_sites_per_condition"
-    cap = config["morphology"][key]
-    return f"--max-sites-per-condition {cap}" if cap else ""

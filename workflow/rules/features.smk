@@ -1,7 +1,7 @@
 # Package: morphotrust.features. Encoder features for the real subset sites and the generated images; encoder,
 # weights and channel handling come from config `features`, and every table has a .json sidecar naming them.
 # Shell commands spell out `python -m morphotrust` (the linter rejects globals in shell commands).
-from morphotrust.features.workflow import gpus, image_channels_option, real_stack, scored_manifests, weights_input
+from morphotrust.features.plan import gpus, image_channels_option, real_stack, scored_manifests, weights_input
 
 FEATURES = config["features"]
 # Names the other rule files read too: the weights file as an input (validate.smk) and the scored image sets

@@ -18,7 +18,7 @@ Where features are made (rule file workflow/rules/features.smk; `python -m morph
   and its JSON sidecar naming encoder, weights (sha256), channel handling and device are written and read here
   (`write_features`, `read_features`), as are the shards of a split features job (`shard_rows`,
   `merge_shard_tables`).
-- `workflow.py`: what the rules derive from the config (the weights file as an input, the real image stack,
+- `plan.py`: what the rules derive from the config (the weights file as an input, the real image stack,
   the image sets that are scored).
 - `cli.py`: the command line only.
 

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..conditions import condition_key
+from ..subsets.conditions import condition_key
 from ..errors import InputError, InputErrors
 from ..images import IMAGE_PROBLEM, composite_of, nonfinite_problem, read_site, resize_site, write_site
 from ..io import atomic_path, write_json, write_parquet

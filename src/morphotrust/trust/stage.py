@@ -247,7 +247,7 @@ def score_stage(scorer_path, features, real_scores, out_dir, progress: bool = Tr
         raise _with_file(error, features) from None
     table = _scores_table(meta, scores, scorer)
     if coverage_path is not None:  # flag samples of unseen conditions whose values the seen arm covers thinly
-        from .. import coverage
+        from ..subsets import coverage
 
         table = coverage.annotate(table, coverage.read(coverage_path))
     if adequacy_csv is not None:

@@ -9,8 +9,6 @@ Same-plate controls are kept beside the listed conditions with arm `control`.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,9 @@ from tqdm import tqdm
 
 from . import coverage
 from .conditions import NEGATIVE_CONTROL_ID, POSITIVE_CONTROL_IDS, load_conditions
-from .errors import InputError
-from .images import N_CHANNELS, read_site, resize_site
-from .io import atomic_path, write_csv, write_parquet
+from ..errors import InputError
+from ..images import N_CHANNELS, read_site, resize_site
+from ..io import atomic_path, write_csv, write_parquet
 
 SPLITS = ("train", "calibration", "evaluation")
 
@@ -167,7 +165,7 @@ def skipped_sites(metadata_path, skipped_path) -> tuple[pd.DataFrame | None, str
     """(metadata rows of the sites skipped at ingest, the file listing them); (None, None) without the files."""
     if not metadata_path or not skipped_path:
         return None, None
-    from .data import read_metadata
+    from ..data import read_metadata
 
     skipped = pd.read_csv(skipped_path, dtype={"site_id": str}, keep_default_na=False)
     metadata = read_metadata(metadata_path)
@@ -179,36 +177,20 @@ def _metadata_view(sites: pd.DataFrame) -> pd.DataFrame:
     return sites.rename(columns=lambda c: c.removeprefix("Metadata_"))
 
 
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust subsets")
-    commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("manifest", help="select sites and assign splits")
-    make.add_argument("--sites", required=True)
-    make.add_argument("--conditions", required=True)
-    make.add_argument("--config", required=True, help="the `subsets` config section as JSON")
-    make.add_argument("--metadata", help="metadata.csv of the ingested folder (with --skipped: names skipped sites)")
-    make.add_argument("--skipped", help="results/data/qc_skipped.csv: sites left out at ingest")
-    make.add_argument("--out-dir", required=True)
-    stack = commands.add_parser("stack", help="write the image stack of one split")
-    stack.add_argument("--manifest", required=True)
-    stack.add_argument("--split", required=True, choices=SPLITS)
-    stack.add_argument("--resolution", type=int, required=True)
-    stack.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+def write_subsets(sites_path, conditions_path, cfg: dict, out_dir, metadata_path=None,
+                  skipped_path=None) -> pd.DataFrame:
+    """The subsets stage: conditions.csv, summary.csv, manifest.csv/.parquet and coverage.csv in `out_dir`.
 
-    if args.command == "manifest":
-        cfg = json.loads(args.config)
-        sites = pd.read_parquet(args.sites)
-        conditions = load_conditions(args.conditions, _metadata_view(sites), cfg["min_sites_per_condition"],
-                                     *skipped_sites(args.metadata, args.skipped))
-        manifest = build_manifest(sites, conditions, cfg)
-        out = Path(args.out_dir)
-        write_csv(conditions.drop(columns="entry"), out / "conditions.csv")
-        write_csv(summarise(manifest), out / "summary.csv")
-        write_csv(manifest, out / "manifest.csv")
-        write_parquet(manifest, out / "manifest.parquet")
-        coverage.write(conditions, manifest, cfg.get("coverage"), out / "coverage.csv")
-        print(f"{len(manifest)} sites: " + ", ".join(
-            f"{s} {n}" for s, n in manifest["Metadata_split"].value_counts().reindex(SPLITS).items()))
-    else:
-        write_stack(pd.read_parquet(args.manifest), args.split, args.resolution, args.out)
+    `cfg`: the checked `subsets` config section; `metadata_path` and `skipped_path` (results/data/qc_skipped.csv)
+    let a condition left with too few sites name the sites skipped at ingest."""
+    sites = pd.read_parquet(sites_path)
+    conditions = load_conditions(conditions_path, _metadata_view(sites), cfg["min_sites_per_condition"],
+                                 *skipped_sites(metadata_path, skipped_path))
+    manifest = build_manifest(sites, conditions, cfg)
+    out = Path(out_dir)
+    write_csv(conditions.drop(columns="entry"), out / "conditions.csv")
+    write_csv(summarise(manifest), out / "summary.csv")
+    write_csv(manifest, out / "manifest.csv")
+    write_parquet(manifest, out / "manifest.parquet")
+    coverage.write(conditions, manifest, cfg["coverage"], out / "coverage.csv")
+    return manifest

@@ -14,9 +14,10 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from .errors import InputError, InputErrors
+from ..errors import InputErrors
+from ..yaml_lines import read_yaml_with_lines
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "conditions.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "conditions.schema.yaml"
 POSITIVE_CONTROL_IDS = range(1108, 1138)
 NEGATIVE_CONTROL_ID = 1138
 ARMS = ("seen", "unseen")
@@ -36,30 +37,6 @@ def control_kind(sirna_id: int) -> str | None:
     return None
 
 
-def read_yaml_with_lines(path) -> tuple[dict, dict]:
-    """Parse YAML; return (data, {(arm, index): line}) so messages can point at the entry's line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise InputError(f"cannot read the conditions file ({error.strerror})", file=path) from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = getattr(error, "problem", None) or str(error)
-        raise InputError(f"malformed YAML: {problem}", file=path, where=where) from None
-    lines = {}
-    if isinstance(root, yaml.MappingNode):
-        for key_node, value_node in root.value:
-            if isinstance(value_node, yaml.SequenceNode):
-                for index, item in enumerate(value_node.value):
-                    lines[(key_node.value, index)] = item.start_mark.line + 1
-    return ({} if data is None else data), lines
-
-
 def _entry_name(arm: str, index: int, lines: dict) -> str:
     line = lines.get((arm, index))
     return f"{arm}[{index}]" + (f" (line {line})" if line else "")
@@ -75,7 +52,8 @@ def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1, skipped: p
     a condition with too few sites then says how many of its sites were skipped and where they are listed.
     """
     path = Path(path)
-    data, lines = read_yaml_with_lines(path)
+    data, key_lines = read_yaml_with_lines(path, "conditions file")
+    lines = {key: line for key, line in key_lines.items() if len(key) == 2 and isinstance(key[1], int)}
     schema = yaml.safe_load(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:

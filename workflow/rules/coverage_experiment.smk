@@ -1,6 +1,7 @@
 # The controlled coverage violation (morphotrust.coverage_experiment): thin the seen cell types of every unseen
 # siRNA step by step, refit the trust score on the real features that remain, report faithfulness AUROC and
 # selection gain per step. On with coverage_experiment.enabled (config/coverage_experiment.yaml).
+from morphotrust.coverage_experiment import experiment_config
 
 COVERAGE_EXPERIMENT = (
     ["results/coverage_experiment/coverage_experiment.csv"] if config["coverage_experiment"]["enabled"] else []
@@ -29,14 +30,7 @@ rule coverage_experiment:
     resources:
         mem_mb=4000,
     params:
-        cfg=cli_json(
-            {
-                "levels": config["coverage_experiment"]["levels"],
-                "trust": config["trust"],
-                "kid": {**config["validation"]["kid"], "n_random_seeds": config["validation"]["n_random_seeds"]},
-                "seed": config["validation"]["seed"],
-            }
-        ),
+        cfg=cli_json(experiment_config(config)),
     shell:
         "python -m morphotrust coverage_experiment --train {input.train} --calibration {input.calibration}"
         " --evaluation {input.evaluation} --generated {input.generated} --config {params.cfg}"

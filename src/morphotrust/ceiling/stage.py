@@ -19,14 +19,12 @@ trust_histogram.png of the reconstructions, centroid*.csv/.png/.json, and ceilin
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import read_json, write_json
+from ..io import read_json, write_json
 
 ARMS = ("all", "seen", "unseen")
 
@@ -51,8 +49,8 @@ def arm_figures(scores: pd.DataFrame, per_sample: pd.DataFrame | None, arm: str)
 def ceiling_stage(scorer, features, real_scores, cp_real, cp_reconstructions, autoencoder_json, out_dir,
                   validation_cfg: dict | None = None) -> dict:
     """Score the reconstructions, place them in CellProfiler space, write and return ceiling.json."""
-    from .trust import score_stage
-    from .validation import centroid
+    from ..trust import score_stage
+    from ..validation import centroid
 
     out_dir = Path(out_dir)
     scores = score_stage(scorer, features, real_scores, out_dir, progress=False)
@@ -70,24 +68,3 @@ def ceiling_stage(scorer, features, real_scores, cp_real, cp_reconstructions, au
     }
     write_json(result, out_dir / "ceiling.json")
     return result
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust ceiling ...`"""
-    parser = argparse.ArgumentParser(prog="morphotrust ceiling",
-                                     description="Score the autoencoder's held-out reconstructions like generations: "
-                                                 "the best any generator on its latents can reach.")
-    parser.add_argument("--scorer", required=True, help="results/trust/scorer (.npz + .json)")
-    parser.add_argument("--features", required=True, help="results/reduction/reconstructions.parquet")
-    parser.add_argument("--real-scores", required=True, help="results/trust/real_scores.parquet")
-    parser.add_argument("--cp-real", required=True, nargs="+", help="results/morphology/real_clean.parquet")
-    parser.add_argument("--cp-reconstructions", required=True,
-                        help="results/morphology/reconstructions_clean.parquet")
-    parser.add_argument("--autoencoder", required=True, help="results/autoencoder/autoencoder.json")
-    parser.add_argument("--config", default="{}", help="the `validation` config section as JSON")
-    parser.add_argument("--out-dir", required=True, help="results/ceiling")
-    args = parser.parse_args(argv)
-    result = ceiling_stage(args.scorer, args.features, args.real_scores, args.cp_real, args.cp_reconstructions,
-                           args.autoencoder, args.out_dir, json.loads(args.config))
-    for arm, figures in result["arms"].items():
-        print(f"ceiling, {arm}: {figures}")

@@ -4,23 +4,13 @@
 # Shell commands spell out `python -m morphotrust` (what the Snakefile's MT holds): `snakemake --lint` flags
 # variables from outside a rule used in shell commands.
 
-VALIDATION_INPUTS = {
-    "cp": {
-        "real": ["results/morphology/real_clean.parquet"],
-        "generated": "results/morphology/generated_clean.parquet",
-    },
-    "encoder": {
-        "real": expand("results/features/real_{split}.parquet", split=SPLITS),
-        "generated": "results/features/generated.parquet",
-    },
-}
-VALIDATION_TRUST = "results/trust/generated_scores.parquet"
+from morphotrust.validation.plan import TRUST_SCORES, cp_only_headlines, validation_inputs, validation_spaces
+
+VALIDATION_INPUTS = validation_inputs(SPLITS)
+VALIDATION_TRUST = TRUST_SCORES
 # External composites or crops: CellProfiler validation is not applicable (common.smk), the encoder space only.
-VALIDATION_SPACES = [space for space in VALIDATION_INPUTS if CELLPROFILER_APPLICABLE or space != "cp"]
-# The analyses in CellProfiler space alone (centroid z, per-feature correlations) run only where it applies.
-VALIDATION_CP_ONLY = (
-    ["results/validation/centroid.json", "results/validation/correlations.json"] if CELLPROFILER_APPLICABLE else []
-)
+VALIDATION_SPACES = validation_spaces(CELLPROFILER_APPLICABLE)
+VALIDATION_CP_ONLY = cp_only_headlines(CELLPROFILER_APPLICABLE)
 
 
 rule validation_centroid:

@@ -25,21 +25,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .errors import InputError
-from .io import write_csv
+from ..errors import InputError
+from ..io import write_csv
 
 ATTRIBUTES = ("cell_type", "sirna_id")
 COLUMNS = ["condition", "cell_type", "sirna_id", "attribute", "value", "n_seen_conditions", "n_train_sites",
            "n_contexts", "contexts", "low", "reason"]
-DEFAULTS = {"min_contexts": 2, "min_train_sites": 8}
 NAMES = {"cell_type": "cell type", "sirna_id": "siRNA"}
 
 
-def coverage_table(conditions: pd.DataFrame, manifest: pd.DataFrame, cfg: dict | None = None) -> pd.DataFrame:
+def coverage_table(conditions: pd.DataFrame, manifest: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """One row per (unseen condition, attribute). `conditions` from `load_conditions` (columns condition, arm,
     cell_type, sirna_id); `manifest` from `subsets.build_manifest` (training rows: Metadata_split == train,
-    Metadata_arm == seen)."""
-    cfg = {**DEFAULTS, **(cfg or {})}
+    Metadata_arm == seen); `cfg`: the `subsets.coverage` config section (min_contexts, min_train_sites)."""
     seen = conditions[conditions["arm"] == "seen"]
     train = manifest[(manifest["Metadata_split"] == "train") & (manifest["Metadata_arm"] == "seen")]
     rows = []
@@ -83,7 +81,7 @@ def warnings(table: pd.DataFrame) -> list[str]:
             for row in per_condition(table).itertuples() if row.coverage_low]
 
 
-def write(conditions: pd.DataFrame, manifest: pd.DataFrame, cfg: dict | None, path) -> pd.DataFrame:
+def write(conditions: pd.DataFrame, manifest: pd.DataFrame, cfg: dict, path) -> pd.DataFrame:
     """Write the coverage table and print a warning per low-coverage condition (the subsets log)."""
     table = coverage_table(conditions, manifest, cfg)
     write_csv(table, path)

@@ -2,7 +2,7 @@
 score of the unseen conditions.
 
 The trust score's guarantee assumes each value of an unseen condition was seen in training in enough contexts
-(morphotrust.coverage). Here, for every unseen condition (cell type c, siRNA s), the seen conditions carrying s
+(morphotrust.subsets.coverage). Here, for every unseen condition (cell type c, siRNA s), the seen conditions carrying s
 are thinned to k of them (k = each of `levels`, e.g. 3, 2, 1: the siRNA seen with three, two, then one other
 cell type; the ones kept are the first k in cell-type order). At each level the trust scorer is refitted and
 recalibrated on the remaining real seen-arm features (the same encoder features the workflow computed, so no
@@ -25,25 +25,23 @@ Writes `coverage_experiment.csv` (one row per level), `coverage_experiment.json`
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import atomic_path, write_csv, write_json
+from ..errors import InputError
+from ..io import atomic_path, write_csv, write_json
 
 ATTRIBUTES = ("cell_type", "sirna_id")
-DEFAULTS = {"levels": [3, 2, 1]}
 COLUMNS = ["level", "max_contexts_kept", "mean_contexts_kept", "seen_conditions_dropped", "n_fit", "n_calibration",
            "threshold", "faithfulness_auroc", "faithfulness_auroc_seen", "n_true", "n_wrong", "n_generated_unseen", "acceptance_unseen",
            "selection_gain", "selection_gain_note"]
 
 
 def _read(path):
-    from .features import read_features
+    from ..features import read_features
 
     meta, X, info = read_features(path)
     return meta.reset_index(drop=True), X.astype(np.float64), info
@@ -89,8 +87,8 @@ def faithfulness_auroc(scorer, X: np.ndarray, meta: pd.DataFrame) -> tuple[float
 
 def selection_gain(scorer, X_gen, gen_meta, X_ref, ref_meta, kid_cfg: dict, seed: int) -> tuple[float, float, str]:
     """(acceptance rate, relative ΔKID improvement of accepted vs random, note) over the unseen generated images."""
-    from .validation.common import Table
-    from .validation.kid import kid_analysis
+    from ..validation.common import Table
+    from ..validation.kid import kid_analysis
 
     if len(gen_meta) == 0:
         return np.nan, np.nan, "no generated image of an unseen condition"
@@ -116,12 +114,20 @@ def selection_gain(scorer, X_gen, gen_meta, X_ref, ref_meta, kid_cfg: dict, seed
     return float(accepted.mean()), gain, note
 
 
+def experiment_config(config: dict) -> dict:
+    """The experiment's settings from the checked workflow config: levels, the trust section, the validation KID
+    settings (plus n_random_seeds) and the validation seed."""
+    validation = config["validation"]
+    return {"levels": config["coverage_experiment"]["levels"], "trust": config["trust"],
+            "kid": {**validation["kid"], "n_random_seeds": validation["n_random_seeds"]}, "seed": validation["seed"]}
+
+
 def run(train, calibration, evaluation, generated, cfg: dict, out_dir) -> pd.DataFrame:
     """The experiment on the workflow's feature tables. `cfg`: levels, trust (the trust section), kid (the
     validation.kid section, plus n_random_seeds), seed."""
-    from .trust import TrustScorer, trust_config
+    from ..trust import TrustScorer, trust_config
 
-    levels = [int(k) for k in cfg.get("levels", DEFAULTS["levels"])]
+    levels = [int(k) for k in cfg["levels"]]
     if not levels or min(levels) < 1:
         raise InputError(f"levels {levels}", where="config coverage_experiment.levels",
                          expected="one or more numbers of seen cell types to keep, each at least 1")
@@ -219,17 +225,3 @@ def plot(table: pd.DataFrame, source: str, path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="morphotrust coverage_experiment",
-                                     description="Thin the seen contexts of the unseen conditions' siRNAs, refit "
-                                                 "the trust score and measure faithfulness AUROC and selection gain.")
-    parser.add_argument("--train", required=True, help="results/features/real_train.parquet")
-    parser.add_argument("--calibration", required=True, help="results/features/real_calibration.parquet")
-    parser.add_argument("--evaluation", required=True, help="results/features/real_evaluation.parquet")
-    parser.add_argument("--generated", required=True, help="results/features/generated.parquet")
-    parser.add_argument("--config", default="{}", help="JSON: levels, trust, kid, seed")
-    parser.add_argument("--out-dir", required=True)
-    args = parser.parse_args(argv)
-    run(args.train, args.calibration, args.evaluation, args.generated, json.loads(args.config), args.out_dir)
