@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from morphotrust.data import DEMO_DEFAULTS, plan_metadata
+from morphotrust.config import schema_defaults
+from morphotrust.data import plan_metadata
 from morphotrust.data import demo
 from morphotrust.data.ingest import ingest_plate
 
@@ -74,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one experiment and plate per cell type")
     args = parser.parse_args()
+    DEMO_DEFAULTS = schema_defaults("data", "demo")
     default = dict(DEMO_DEFAULTS)
     large = {**DEMO_DEFAULTS, "experiments_per_cell_type": 1, "plates_per_experiment": 1, "wells_per_sirna": 1,
              "sites_per_well": 2, "image_size": 512}

@@ -4,7 +4,7 @@
 
 `--demo` is a working directory where the demo has been rendered up to the subsets (config/ and results/data,
 results/subsets, e.g. `snakemake results/subsets/manifest.parquet`). For each format of
-morphotrust.generator.peer_copies (tiff, the native form, and the presets sit, morphodiff, cellflux, impa) this
+morphotrust.generated.peer_copies (tiff, the native form, and the presets sit, morphodiff, cellflux, impa) this
 copies that directory, writes every studied evaluation site twice in the format (requested under its own
 condition, and under another studied siRNA of its cell type), and runs the real Snakemake workflow with
 generated.source external up to results/trust/generated_scores.parquet (generator.autoencoder none: the
@@ -38,7 +38,7 @@ def run(fmt: str, demo: Path, out: Path, cores: int) -> dict:
     for part in ("data", "subsets"):
         shutil.copytree(demo / "results" / part, workdir / "results" / part, symlinks=True)
     configfile = workdir / "external.yaml"
-    python = [sys.executable, "-m", "morphotrust", "generator", "peer-copies"]
+    python = [sys.executable, "-m", "morphotrust", "generated", "peer-copies"]
     subprocess.run([*python, "--manifest", "results/subsets/manifest.parquet", "--format", fmt,
                     "--folder", str(workdir / "images"), "--configfile", str(configfile)], cwd=workdir, check=True)
     config = yaml.safe_load(configfile.read_text())

@@ -14,7 +14,7 @@ Weights: tf_efficientnet_lite0 runs with its real ImageNet weights from the whee
 DINOv3 / SigLIP weights are not available offline, so those rows run the same architecture with random
 weights saved to a temporary file and loaded through the weights-file route: their SPEED is that of the real
 encoder, their features are meaningless. The channel-adaptive ViTs (openphenom, chada_vit) likewise run random
-weights written in their family's own key layout (morphotrust.channel_vit.to_file_layout): one pass per site with
+weights written in their family's own key layout (morphotrust.features.channel_vit.to_file_layout): one pass per site with
 all six stains as channels. NAME:CHANNELS:PX sets that row's input size.
 """
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from morphotrust import features as F
+from morphotrust.config import CHANNEL_ADAPTIVE_ENCODERS
 
 DEFAULT_ENCODERS = [
     "tf_efficientnet_lite0:composite",
@@ -51,8 +52,8 @@ def weights_for(name: str, folder: Path) -> tuple[str, str]:
     import timm
     from safetensors.torch import save_file
 
-    if name in F.CHANNEL_ADAPTIVE_ENCODERS:
-        from morphotrust.channel_vit import random_state_dict, to_file_layout
+    if name in CHANNEL_ADAPTIVE_ENCODERS:
+        from morphotrust.features.channel_vit import random_state_dict, to_file_layout
 
         path = folder / f"{name}.safetensors"
         save_file(to_file_layout(name, random_state_dict(name)), str(path))

@@ -27,7 +27,7 @@ import yaml
 
 from morphotrust.generator.model import build_network, interpolate, model_config
 from morphotrust.generator.sample import integrate
-from morphotrust.generator.train import autocast, resolve_device
+from morphotrust.generator.runtime import autocast, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = {"cell_type": 4, "sirna_id": 1139}  # RxRx1's sizes

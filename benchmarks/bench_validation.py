@@ -31,7 +31,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from morphotrust.validation import centroid, correlations, deciles, distances, kid, shift, summarise  # noqa: E402
+from morphotrust.validation import centroid, correlations, deciles, distances, kid, shift  # noqa: E402
+from morphotrust.validation.summary import summarise  # noqa: E402
 
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
 

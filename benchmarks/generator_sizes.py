@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from morphotrust.generator.model import PRESETS, build_network, model_config
+from morphotrust.generator.model import build_network, model_config
+from morphotrust.generator.presets import PRESETS
 
 VOCAB = {"cell_type": 4, "sirna_id": 1139}  # RxRx1's sizes
 SPACES = {"pixels": (6, 1), "trained": (8, 2), "sd-vae": (24, 8)}  # name -> (channels, downsampling)

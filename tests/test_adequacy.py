@@ -1,4 +1,4 @@
-"""Encoder adequacy (morphotrust.adequacy): a stain-blind encoder is detected as such, an encoder that sees every
+"""Encoder adequacy (morphotrust.trust.adequacy): a stain-blind encoder is detected as such, an encoder that sees every
 stain is not, and the flags reach generated_scores and the summary's verdict table."""
 
 import json
@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphotrust import adequacy
+from morphotrust.trust import adequacy
 from morphotrust.report.summary import adequacy_flags
-from morphotrust.trust import TrustScorer, cli
+from morphotrust.trust import TrustScorer
+from morphotrust.trust.cli import cli
 
 # siRNA phenotypes of the synthetic sites: 0 control, 1 brighter nuclei (w1), 2 brighter RNA stain (w4),
 # 3 textured mitochondria (w5). Cell types differ in the ER stain (w2).
@@ -51,7 +52,7 @@ def table_for(split_sites, stains):
     (fit, a_fit), (cal, a_cal), (held, a_held) = split_sites
     encode = lambda images: stain_statistics(images, stains)
     scorer = TrustScorer().fit(encode(fit), a_fit, encode(cal), a_cal)
-    return adequacy.adequacy_table(scorer, encode(held), a_held), scorer
+    return adequacy.adequacy_table(scorer, encode(held), a_held, 0.75), scorer
 
 
 def test_stain_blind_encoder_is_detected(split_sites):
@@ -100,7 +101,7 @@ def test_values_without_held_out_sites_are_not_measured(split_sites):
     keep = a_held["sirna_id"] != 3
     encode = lambda images: stain_statistics(images, range(6))
     scorer = TrustScorer().fit(encode(fit), a_fit, encode(cal), a_cal)
-    table = adequacy.adequacy_table(scorer, encode(held[keep]), {a: v[keep] for a, v in a_held.items()})
+    table = adequacy.adequacy_table(scorer, encode(held[keep]), {a: v[keep] for a, v in a_held.items()}, 0.75)
     row = table[(table["attribute"] == "sirna_id") & (table["value"] == 3)].iloc[0]
     assert row["status"] == adequacy.NOT_MEASURED and np.isnan(row["margin_auroc"])
     assert any("siRNA 3 could not be checked" in line for line in adequacy.warnings(table))

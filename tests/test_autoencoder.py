@@ -14,14 +14,15 @@ import torch
 from test_generator import RES, config, make_toy_subsets
 
 from morphotrust.errors import InputError
-from morphotrust.generator import cli
+from morphotrust.generator.cli import cli
 from morphotrust.generator.autoencoder import (FoldedSDVAE, autoencoder_stage, cosine_learning_rate,
                                                load_autoencoder_checkpoint, load_codec, load_sd_vae, random_crops,
                                                train_autoencoder)
 from morphotrust.generator.data import read_images, read_manifest, training_rows
 from morphotrust.generator.model import to_model_scale
 from morphotrust.generator.sample import run_sampling
-from morphotrust.generator.train import load_checkpoint, train
+from morphotrust.generator.runtime import load_checkpoint
+from morphotrust.generator.train import train
 from morphotrust.images import read_site
 
 torch.set_num_threads(1)

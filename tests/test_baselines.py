@@ -14,11 +14,11 @@ from scipy import stats as scipy_stats
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from morphotrust.baselines import (SCORERS, DensityScorer, KNNScorer, LinearProbeScorer, PrecisionScorer,
+from morphotrust.trust.baselines import (SCORERS, DensityScorer, KNNScorer, LinearProbeScorer, PrecisionScorer,
                                    RealismScorer)
 from morphotrust.errors import InputError
 from morphotrust.validation import centroid, corruptions, kid, scorers, stats
-from morphotrust.validation.common import DEFAULTS, Table
+from morphotrust.validation.common import Table, settings
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,6 +268,7 @@ def scorers_table(rng, scores_by_name):
     per_sample.loc[::5, ["z", "distance", "excess_distance"]] = np.nan  # not measured by CellProfiler
     kid_per_condition = pd.DataFrame({"condition": ["a", "b", "c"], "arm": ["seen", "seen", "unseen"],
                                       "delta_kid": [0.1, 0.3, 0.2]})
+    DEFAULTS = settings({})
     cfg = {**DEFAULTS, "n_random_seeds": 2, "kid": {**DEFAULTS["kid"], "n_bootstrap": 100},
            "centroid": {**DEFAULTS["centroid"], "n_bootstrap": 200}}
     pooled = kid.PooledKID.build(real, generated, 0)

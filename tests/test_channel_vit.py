@@ -1,8 +1,9 @@
 """Channel-adaptive ViTs (OpenPhenom, ChAda-ViT families) from local files in the families' own key layouts.
 
-The weight files are random-init, written here in each family's layout independently of morphotrust.channel_vit:
-OpenPhenom's through timm's VisionTransformer built as maes_microscopy builds it, ChAda-ViT's from its table of
-parameter names and shapes; so a renaming or shape error in the loader makes these tests fail.
+The weight files are random-init, written here in each family's layout independently of
+morphotrust.features.channel_vit: OpenPhenom's through timm's VisionTransformer built as maes_microscopy
+builds it, ChAda-ViT's from its table of parameter names and shapes; so a renaming or shape error in the loader
+makes these tests fail.
 """
 
 import json
@@ -16,12 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from morphotrust import channel_vit as CV  # noqa: E402
 from morphotrust import features as F  # noqa: E402
-from morphotrust.config import CHANNEL_ADAPTIVE_ENCODERS  # noqa: E402
+from morphotrust.config import CHANNEL_ADAPTIVE_ENCODERS, check_config  # noqa: E402
+from morphotrust.features import channel_vit as CV  # noqa: E402
+from morphotrust.features.cli import cli  # noqa: E402
 from morphotrust.errors import InputError  # noqa: E402
 
 torch.set_num_threads(1)
+FEATURES = check_config({})["features"]  # the schema's defaults
 SMALL = 64  # input px for most tests: 4 x 4 patches per stain
 
 
@@ -248,10 +251,10 @@ def test_features_cli_end_to_end_with_sidecar(files, encoders, tmp_path, monkeyp
     np.save("stack.npy", np.stack(sites[:3]))
     pd.DataFrame({"Metadata_site_id": ["a", "b", "c"], "Metadata_split": ["train"] * 3,
                   "Metadata_stack_index": [2, 0, 1]}).to_parquet("manifest.parquet")
-    config = json.dumps({"encoder": "openphenom", "weights": str(path), "channels": "all", "image_size": SMALL,
-                         "device": "cpu", "batch_size": 2})
-    F.cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
-           "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
+    config = json.dumps({**FEATURES, "encoder": "openphenom", "weights": str(path), "channels": "all",
+                         "image_size": SMALL, "device": "cpu", "batch_size": 2})
+    cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
+         "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
     meta, X, info = F.read_features("features/real_train.parquet")
     # the default appends the per-stain statistics to the encoder's features, as for timm encoders
     assert list(meta["Metadata_site_id"]) == ["b", "c", "a"] and X.shape == (3, 384 + 6 * len(F.STATISTIC_NAMES))
@@ -268,9 +271,9 @@ def test_features_cli_end_to_end_with_sidecar(files, encoders, tmp_path, monkeyp
         write_site(f"gen/{i}.tif", site)
     pd.DataFrame({"Metadata_sample_id": ["g0", "g1"],
                   "Metadata_image_path": ["gen/0.tif", "gen/1.tif"]}).to_parquet("generated.parquet")
-    chada = json.dumps({"encoder": "chada_vit", "weights": str(files["chada_vit"][0]), "channels": "per_stain",
-                        "image_size": SMALL, "device": "cpu", "statistics": "none"})
-    F.cli(["generated", "--manifest", "generated.parquet", "--config", chada, "--out", "features/gen.parquet"])
+    chada = json.dumps({**FEATURES, "encoder": "chada_vit", "weights": str(files["chada_vit"][0]),
+                        "channels": "per_stain", "image_size": SMALL, "device": "cpu", "statistics": "none"})
+    cli(["generated", "--manifest", "generated.parquet", "--config", chada, "--out", "features/gen.parquet"])
     meta, X, info = F.read_features("features/gen.parquet")
     assert X.shape == (2, 6 * 192) and np.isfinite(X).all()
     assert info["encoder"] == "chada_vit" and info["weights_sha256"] == F.sha256_file(files["chada_vit"][0])

@@ -5,7 +5,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from morphotrust.conditions import condition_key, control_kind, load_conditions
+from morphotrust.subsets.conditions import condition_key, control_kind, load_conditions
 from morphotrust.errors import InputError
 
 

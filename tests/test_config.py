@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from morphotrust.config import GENERATOR_DEPTH, GENERATOR_PATCH, check_config, key_lines
 from morphotrust.errors import InputError
-from morphotrust.generator.model import PRESETS
+from morphotrust.generator.presets import PRESETS
 from workflow_helpers import REPO, make_workdir, run_snakemake
 
 CONFIG = REPO / "config" / "config.yaml"

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pandas as pd
 
-from morphotrust import coverage
+from morphotrust.config import schema_defaults
 from morphotrust.report import Inputs
 from morphotrust.report.summary import condition_table, coverage_section
-from morphotrust.subsets import build_manifest
+from morphotrust.subsets import build_manifest, coverage
 
 CFG = {
     "resolution": 8, "max_sites_per_condition": 24, "min_sites_per_condition": 4, "seed": 3,
@@ -52,7 +52,7 @@ UNSEEN = [("HUVEC", 0), ("RPE", 1)]
 def _table(cfg=None):
     conditions = _conditions(SEEN, UNSEEN)
     manifest = build_manifest(_sites(), conditions, CFG)
-    return coverage.coverage_table(conditions, manifest, cfg), manifest
+    return coverage.coverage_table(conditions, manifest, cfg or schema_defaults("subsets", "coverage")), manifest
 
 
 def test_counts_seen_conditions_training_sites_and_contexts_per_attribute():

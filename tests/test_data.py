@@ -14,15 +14,19 @@ import yaml
 from PIL import Image
 from scipy import ndimage as ndi
 
-from morphotrust.data import (DEMO_DEFAULTS, METADATA_COLUMNS, cli, data_root, plan_metadata, plate_wildcards,
+from morphotrust.config import schema_defaults
+from morphotrust.data import (METADATA_COLUMNS, data_root, plan_metadata, plate_wildcards,
                               read_metadata)
 from morphotrust.data import demo
+from morphotrust.data.cli import cli
 from morphotrust.data.ingest import QC_COLUMNS, SITES_COLUMNS, ingest_plate, merge
 from morphotrust.errors import InputError
 from morphotrust.images import read_site, resize_site
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16  # tiny images keep the reader tests fast
+
+DEMO_DEFAULTS = schema_defaults("data", "demo")  # the schema is the one place defaults are written
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -693,7 +697,7 @@ def test_schema_defaults_match_code_and_config():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     data = schema["properties"]["data"]
     defaults = {k: v["default"] for k, v in data["properties"]["demo"]["properties"].items()}
-    assert defaults == DEMO_DEFAULTS
+    assert demo.demo_config({}) == defaults  # the code fills in exactly the schema's defaults
     assert data["properties"]["demo"]["properties"]["n_sirnas"]["maximum"] == demo.MAX_SIRNAS
     for section in (data, data["properties"]["demo"]):
         assert all("description" in v for v in section["properties"].values())
@@ -712,11 +716,12 @@ def test_cli_renders_ingests_merges_and_draws_grid(tmp_path, monkeypatch):
         cli(["render-plate", *where, "--experiment", experiment, "--plate", "1", "--demo", cfg])
         out = f"ingest/{experiment}"
         cli(["ingest-plate", "--metadata", "demo/metadata.csv", "--experiment", experiment, "--plate", "1",
+             "--layout", "auto", "--on-bad-site", "stop", "--sixteen-bit", "convert", "--sixteen-bit-max", "65535",
              "--sites-dir", f"sites/{experiment}", "--table", f"{out}/sites.parquet", "--qc", f"{out}/qc.csv"])
         tables.append(f"{out}/sites.parquet")
         qcs.append(f"{out}/qc.csv")
     # the demo folder has plates nobody rendered: merge only looks at image folders that exist
-    cli(["merge", "--tables", *tables, "--qc-tables", *qcs, "--metadata", "demo/metadata.csv",
+    cli(["merge", "--tables", *tables, "--qc-tables", *qcs, "--metadata", "demo/metadata.csv", "--on-bad-site", "stop",
          "--sites", "sites.parquet", "--qc", "qc_skipped.csv"])
     sites = pd.read_parquet("sites.parquet")
     assert len(sites) == 8 and sites["Metadata_synthetic"].all()
@@ -756,7 +761,7 @@ def test_plate_inventory_changes_only_when_files_do(tmp_path):
 
 def test_external_inventory_lists_every_named_file(tmp_path):
     from morphotrust.data import inventory
-    from morphotrust.generator.layouts import ExternalSettings
+    from morphotrust.generated.layouts import ExternalSettings
 
     (tmp_path / "a.tif").write_bytes(b"1234")
     manifest = tmp_path / "m.csv"

@@ -18,7 +18,8 @@ import torch
 from morphotrust.errors import InputError
 from morphotrust.generator.autoencoder import train_autoencoder
 from morphotrust.generator.distributed import Team, first_host, torchrun_command, weights_digest
-from morphotrust.generator.train import build_model, load_checkpoint, train
+from morphotrust.generator.runtime import load_checkpoint
+from morphotrust.generator.train import build_model, train
 from test_generator import RES, config, make_toy_subsets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from morphotrust.errors import InputError, InputErrors
-from morphotrust.generator import formats
-from morphotrust.generator.external import Known, build_reference, check_external, convert_external
-from morphotrust.generator.layouts import ExternalSettings, compile_pattern, settings_of, settings_problems
+from morphotrust.generated import formats
+from morphotrust.generated.external import Known, build_reference, check_external, convert_external
+from morphotrust.generated.layouts import ExternalSettings, compile_pattern, settings_of, settings_problems
 from morphotrust.images import COMPOSITE_RANGES, composite_of, composite_rgb
 from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake
 
@@ -295,7 +295,7 @@ def _fit(reference_stacks: dict, config, out):
 def _judge(fmt, config, out, fitted):
     """Accepted fraction of true-label and wrong-label copies of `fmt`, scored as the workflow scores them."""
     from morphotrust.features import encoder_from_config, extract, iter_manifest_images
-    from morphotrust.generator.peer_copies import write_peer_copies
+    from morphotrust.generated.peer_copies import write_peer_copies
     from morphotrust.morphology.scale import native_size_px
     from morphotrust.reduction import FeatureReduction
     from morphotrust.trust import TrustScorer
@@ -363,7 +363,7 @@ def test_workflow_scores_cellflux_composite_crops(tiny_demo_run, tmp_path):
     judging notes; CellProfiler not applicable (no morphology job planned for the generated set)."""
     import shutil
 
-    from morphotrust.generator.peer_copies import write_peer_copies
+    from morphotrust.generated.peer_copies import write_peer_copies
 
     workdir = make_workdir(tmp_path, **TINY_DEMO)
     for part in ("data", "subsets"):
@@ -414,7 +414,7 @@ def test_dry_run_lists_every_manifest_problem(tmp_path):
 
 def test_judging_notes_reach_the_run_summary(tmp_path):
     """What composite mode and crops can and cannot judge, and the detail lost, in the run summary's words."""
-    from morphotrust.generator.external import judging_notes
+    from morphotrust.generated.external import judging_notes
     from morphotrust.report.summary import external_judging
 
     settings = ExternalSettings(folder="x", layout="cellflux", channels="cellflux_rgb", resolution=64, crop_px=96)
@@ -437,7 +437,7 @@ def test_judging_notes_reach_the_run_summary(tmp_path):
 
 def test_schema_lists_the_layouts_ranges_and_mappings_the_code_knows():
     from morphotrust.config import SCHEMA
-    from morphotrust.generator.layouts import LAYOUTS
+    from morphotrust.generated.layouts import LAYOUTS
     from morphotrust.images import COMPOSITE_MAPPINGS
 
     external = yaml.safe_load(SCHEMA.read_text())["properties"]["generated"]["properties"]["external"]["properties"]
@@ -450,7 +450,7 @@ def test_schema_lists_the_layouts_ranges_and_mappings_the_code_knows():
 def test_pixels_that_are_not_numbers_are_stored_as_0_and_said(tmp_path):
     """Issue 23: NaN in another generator's float output is stored as 0 and named (Metadata_image_problem of the
     external manifest, which reaches generated_scores.csv), never passed on silently."""
-    from morphotrust.generator.external import read_external
+    from morphotrust.generated.external import read_external
 
     image = RNG.random((6, 16, 16)).astype(np.float32)
     image[:, :4] = np.nan

@@ -11,11 +11,15 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from morphotrust import features as F  # noqa: E402
+from morphotrust.config import check_config  # noqa: E402
 from morphotrust.errors import InputError  # noqa: E402
+from morphotrust.features.cli import cli  # noqa: E402
+from morphotrust.features.encoders import _to_inputs  # noqa: E402
 
 torch.set_num_threads(1)
 DATA = Path(__file__).parent / "data"
 VIT = "vit_small_patch16_dinov3.lvd1689m"
+FEATURES = check_config({})["features"]  # the schema's defaults
 
 
 def random_sites(n, size=48, seed=0):
@@ -283,7 +287,7 @@ def test_vit_gives_mean_patch_tokens(vit_file):
     sites = random_sites(2, size=64)
     features = F.extract(sites, 2, encoder, batch_size=2)
     with torch.inference_mode():
-        tokens = encoder.model.forward_features(F._to_inputs(encoder, sites))
+        tokens = encoder.model.forward_features(_to_inputs(encoder, sites))
     assert tokens.shape == (2, 5 + 16, 384)
     np.testing.assert_allclose(features, tokens[:, 5:].mean(1).numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(features, tokens.mean(1).numpy(), atol=1e-4)
@@ -293,7 +297,7 @@ def test_cnn_gives_pooled_feature(lite0):
     sites = random_sites(2)
     features = F.extract(sites, 2, lite0, batch_size=2)
     with torch.inference_mode():
-        fmap = lite0.model.forward_features(F._to_inputs(lite0, sites))
+        fmap = lite0.model.forward_features(_to_inputs(lite0, sites))
     assert fmap.shape == (2, 1280, 2, 2)
     np.testing.assert_allclose(features, fmap.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -419,9 +423,9 @@ def test_real_and_generated_sources_through_the_cli(tmp_path, monkeypatch, lite0
         "other": [1, 2, 3, 4],
     })
     manifest.to_parquet("manifest.parquet")
-    config = json.dumps({"image_size": 64, "device": "cpu", "batch_size": 2, "statistics": "none"})
-    F.cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
-           "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
+    config = json.dumps({**FEATURES, "image_size": 64, "device": "cpu", "batch_size": 2, "statistics": "none"})
+    cli(["real", "--manifest", "manifest.parquet", "--stack", "stack.npy", "--split", "train",
+         "--config", config, "--threads", "1", "--out", "features/real_train.parquet"])
     meta, X, info = F.read_features("features/real_train.parquet")
     assert list(meta["Metadata_site_id"]) == ["b", "d", "a"]  # stack order
     assert list(meta.columns) == ["Metadata_site_id", "Metadata_split", "Metadata_stack_index", "Metadata_arm"]
@@ -435,14 +439,32 @@ def test_real_and_generated_sources_through_the_cli(tmp_path, monkeypatch, lite0
     generated = pd.DataFrame({"Metadata_sample_id": ["g0", "g1"],
                               "Metadata_image_path": ["gen/0.tif", "gen/1.tif"]})
     generated.to_parquet("generated.parquet")
-    F.cli(["generated", "--manifest", "generated.parquet", "--config", config, "--out", "features/gen.parquet"])
+    cli(["generated", "--manifest", "generated.parquet", "--config", config, "--out", "features/gen.parquet"])
     meta, X, info = F.read_features("features/gen.parquet")
     np.testing.assert_allclose(X, F.extract(sites[3:], 2, lite0), rtol=1e-4, atol=1e-5)
     assert info["source"] == "generated" and list(meta["Metadata_sample_id"]) == ["g0", "g1"]
 
     generated.assign(Metadata_image_path=["gen/0.tif", "gen/missing.tif"]).to_parquet("bad.parquet")
     with pytest.raises(InputError, match="bad.parquet: row 1: cannot read image gen/missing.tif of sample g1"):
-        F.cli(["generated", "--manifest", "bad.parquet", "--config", config, "--out", "features/bad.parquet"])
+        cli(["generated", "--manifest", "bad.parquet", "--config", config, "--out", "features/bad.parquet"])
     assert not Path("features/bad.parquet").exists()
     with pytest.raises(InputError, match="sidecar is missing"):
         F.read_features("features/bad.parquet")
+
+
+def test_rule_inputs_derived_from_the_config(tmp_path):
+    """features.smk's config-derived values (morphotrust.features.plan): a weights file is an input only when it
+    exists; the default commands get no --image-channels; reconstructions are scored only with the ceiling."""
+    from morphotrust.features import plan as W
+
+    weights = tmp_path / "weights.safetensors"
+    assert W.weights_input(str(weights)) == [] and W.weights_input(F.WHEEL_WEIGHTS) == []
+    weights.write_bytes(b"")
+    assert W.weights_input(str(weights)) == [str(weights)]
+    assert W.scored_manifests("generator", False) == {"generated": "results/generated/generator/manifest.parquet"}
+    assert W.scored_manifests("standins", True) == {"generated": "results/generated/standins/manifest.parquet",
+                                                    "reconstructions": W.RECONSTRUCTIONS_MANIFEST}
+    assert W.real_stack(False) == "results/subsets/stacks/{split}.npy"
+    assert W.real_stack(True) == "results/generated/external/reference/{split}.npy"
+    assert W.image_channels_option(False, 3) == "" and W.image_channels_option(True, 3) == " --image-channels 3"
+    assert (W.gpus("cuda"), W.gpus("auto"), W.gpus("cpu")) == (1, 0, 0)

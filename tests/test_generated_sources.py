@@ -8,12 +8,18 @@ import pytest
 import tifffile
 from PIL import Image
 
+from morphotrust.config import check_config
 from morphotrust.errors import InputError, InputErrors
-from morphotrust.generator import external, standins
-from morphotrust.generator.layouts import ExternalSettings
+from morphotrust.generated import external, standins
+from morphotrust.generated.layouts import ExternalSettings
 from morphotrust.images import read_site, resize_site
 
 SIRNAS = {1: "s1", 2: "s2", 3: "s3", 1138: "EMPTY"}
+
+
+def standins_config(**values) -> dict:
+    """Config generated.standins: `values` over the schema's defaults (the only place defaults live)."""
+    return check_config({"generated": {"standins": values}})["generated"]["standins"]
 
 
 @pytest.fixture
@@ -49,7 +55,7 @@ def subsets(tmp_path):
 
 def test_standins_labels_and_provenance(subsets, tmp_path):
     paths, manifest, stack = subsets
-    table = standins.make_standins(paths["manifest"], paths["stack"], {"seed": 0}, tmp_path / "out")
+    table = standins.make_standins(paths["manifest"], paths["stack"], standins_config(seed=0), tmp_path / "out")
     assert (tmp_path / "out" / "manifest.parquet").exists()
     assert set(table["Metadata_source"]) == {"generated"} and table["Metadata_standin"].all()
     assert table["Metadata_generator"].str.startswith("standin:").all()
@@ -75,7 +81,7 @@ def test_standins_labels_and_provenance(subsets, tmp_path):
 
 def test_standin_images_copy_blur_drift(subsets, tmp_path):
     paths, manifest, stack = subsets
-    cfg = {"seed": 0, "blur_sigma": 1.5, "drift_gain": [2.0, 0.5, 1.0, 1.0, 1.0, 0.25]}
+    cfg = standins_config(seed=0, blur_sigma=1.5, drift_gain=[2.0, 0.5, 1.0, 1.0, 1.0, 0.25])
     table = standins.make_standins(paths["manifest"], paths["stack"], cfg, tmp_path / "out")
     index = manifest.set_index("Metadata_site_id")["Metadata_stack_index"]
 
@@ -99,15 +105,15 @@ def test_standin_images_copy_blur_drift(subsets, tmp_path):
 
 def test_standins_are_deterministic_and_capped(subsets, tmp_path):
     paths, _, _ = subsets
-    a = standins.make_standins(paths["manifest"], paths["stack"], {"seed": 3}, tmp_path / "a")
-    b = standins.make_standins(paths["manifest"], paths["stack"], {"seed": 3}, tmp_path / "b")
-    c = standins.make_standins(paths["manifest"], paths["stack"], {"seed": 4}, tmp_path / "c")
+    a = standins.make_standins(paths["manifest"], paths["stack"], standins_config(seed=3), tmp_path / "a")
+    b = standins.make_standins(paths["manifest"], paths["stack"], standins_config(seed=3), tmp_path / "b")
+    c = standins.make_standins(paths["manifest"], paths["stack"], standins_config(seed=4), tmp_path / "c")
     columns = [col for col in a.columns if col != "Metadata_image_path"]
     pd.testing.assert_frame_equal(a[columns], b[columns])
     for pa, pb in zip(a["Metadata_image_path"], b["Metadata_image_path"]):
         assert np.array_equal(read_site(pa), read_site(pb))
     assert not a["Metadata_condition"].equals(c["Metadata_condition"])  # wrong labels drawn by the seed
-    capped = standins.make_standins(paths["manifest"], paths["stack"], {"max_sites_per_condition": 2},
+    capped = standins.make_standins(paths["manifest"], paths["stack"], standins_config(max_sites_per_condition=2),
                                     tmp_path / "d")
     assert capped[capped["Metadata_generator"] == "standin:copy"].groupby("Metadata_condition").size().max() == 2
 
@@ -115,7 +121,8 @@ def test_standins_are_deterministic_and_capped(subsets, tmp_path):
 def test_standins_bad_config(subsets, tmp_path):
     paths, _, _ = subsets
     with pytest.raises(InputError, match="drift_gain"):
-        standins.make_standins(paths["manifest"], paths["stack"], {"drift_gain": [1.0, 2.0]}, tmp_path / "x")
+        standins.make_standins(paths["manifest"], paths["stack"], {**standins_config(), "drift_gain": [1.0, 2.0]},
+                               tmp_path / "x")
 
 
 # --- external generations -------------------------------------------------------------------------------------
@@ -268,3 +275,26 @@ def test_external_dtype_and_manifest_shape_errors(subsets, tmp_path):
         convert(folder, tmp_path / "cols.csv", paths, 16, tmp_path / "o")
     with pytest.raises(InputError, match="folder of external generations not found"):
         convert(tmp_path / "nope", tmp_path / "m.csv", paths, 16, tmp_path / "o")
+
+
+def test_generation_plan_gives_the_rule_files_their_derived_values(tmp_path):
+    """morphotrust.config.generation_plan: what common.smk names for every rule file (no config logic there)."""
+    from morphotrust.config import generation_plan
+
+    pixel = generation_plan(check_config({"generator": {"autoencoder": "none", "gpus": 2, "nodes": 3, "threads": 4},
+                                          "generated": {"source": "generator"}}))
+    assert pixel["autoencoder_json"] == [] and pixel["ceiling"] == [] and not pixel["trained_autoencoder"]
+    assert (pixel["training_threads"], pixel["training_gpus"], pixel["training_gres"]) == (8, 0, "gpu:2")
+    assert pixel["generation_trust_summary"] == ["results/generation_trust/summary.json"]
+    latent = generation_plan(check_config({"generator": {"autoencoder": "trained", "gpus": 2}}))
+    assert latent["autoencoder_json"] == "results/autoencoder/autoencoder.json" and latent["trained_autoencoder"]
+    assert latent["ceiling"] == ["results/ceiling/ceiling.json"] and latent["sd_vae_weights"] == []
+    assert (latent["training_gpus"], latent["training_gres"]) == (2, "")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,cell_type,sirna_id\n")
+    external = {"folder": str(tmp_path), "manifest": str(manifest), "channels": "rxrx1_rgb"}
+    composite = generation_plan(check_config({"generator": {"autoencoder": "trained"},
+                                              "generated": {"source": "external", "external": external}}))
+    assert composite["external_reference"] and not composite["cellprofiler_applicable"]
+    assert composite["ceiling"] == [] and composite["generation_trust_summary"] == []
+    assert composite["external_settings"].composite

@@ -1,11 +1,14 @@
-"""Tests of the conditional generator (morphotrust.generator: model, train, sample, translator,
-generation_trust) on CPU with tiny toy data made here."""
+"""Tests of the conditional generator (morphotrust.generator: model, train, sample; and
+morphotrust.generation_trust: translator, during-generation trust) on CPU with tiny toy data made here."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +18,14 @@ import torch
 import yaml
 
 from morphotrust.errors import InputError
-from morphotrust.generator import generation_trust as gt
+from morphotrust.generation_trust import stage as gt
 from morphotrust.generator.data import (EpochBatches, TrainingImages, build_vocabularies, encode, read_manifest,
                                         training_rows)
 from morphotrust.generator.model import SiT, interpolate, model_config
 from morphotrust.generator.sample import integrate, run_sampling
-from morphotrust.generator.train import build_model, load_checkpoint, train
-from morphotrust.generator.translator import fit_translator, noised_hidden
+from morphotrust.generator.runtime import load_checkpoint
+from morphotrust.generator.train import build_model, train
+from morphotrust.generation_trust.translator import fit_translator, noised_hidden
 from morphotrust.images import read_site
 
 torch.set_num_threads(1)
@@ -471,7 +475,8 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
     """The commands the rules run: sample via the CLI, then translator and generation-trust against a real
     TrustScorer fitted on toy features (the encoder stage is replaced by toy_encoder)."""
     from morphotrust.features import write_features
-    from morphotrust.generator import cli
+    from morphotrust.generation_trust.cli import cli as gt_cli
+    from morphotrust.generator.cli import cli
     from morphotrust.trust import TrustScorer
 
     out, cfg = trained
@@ -503,17 +508,17 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
 
     common = ["--manifest", str(toy / "manifest.parquet"), "--stacks-dir", str(toy / "stacks"),
               "--checkpoint", str(out / "checkpoint.pt"), "--config", json.dumps(cfg)]
-    cli(["translator", *common, "--features", str(tmp_path / "real_train.parquet"),
-         "--out", str(tmp_path / "gt" / "translator")])
+    gt_cli(["translator", *common, "--features", str(tmp_path / "real_train.parquet"),
+            "--out", str(tmp_path / "gt" / "translator")])
     # the validation stage's per-sample centroid table (here z is a stand-in quality: the post-generation T)
     pd.DataFrame({"sample_id": post["Metadata_sample_id"], "condition": post["Metadata_condition"],
                   "arm": post["Metadata_arm"], "T": post["T"], "accepted": post["accepted"],
                   "z": post["T"], "distance": post["T"], "excess_distance": post["T"]}).to_csv(
         tmp_path / "centroid_per_sample.csv", index=False)
-    cli(["generation-trust", *common, "--translator", str(tmp_path / "gt" / "translator"),
-         "--scorer", str(tmp_path / "scorer"), "--generated-scores", str(tmp_path / "generated_scores.parquet"),
-         "--centroid", str(tmp_path / "centroid_per_sample.csv"), "--validation-config", '{"n_bootstrap": 200}',
-         "--out-dir", str(tmp_path / "gt")])
+    gt_cli(["generation-trust", *common, "--translator", str(tmp_path / "gt" / "translator"),
+            "--scorer", str(tmp_path / "scorer"), "--generated-scores", str(tmp_path / "generated_scores.parquet"),
+            "--centroid", str(tmp_path / "centroid_per_sample.csv"), "--validation-config", '{"n_bootstrap": 200}',
+            "--out-dir", str(tmp_path / "gt")])
     summary = json.loads((tmp_path / "gt" / "summary.json").read_text())
     assert summary["selection_gain"]["n_samples_with_z"] == len(generated)
     kept = summary["selection_gain"]["by_selection"]["during_generation"]["all"]
@@ -538,12 +543,12 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
                  str(tmp_path / "centroid_per_sample.csv"), "--validation-config", '{"n_bootstrap": 200}']
     for name in ("whole", "sharded"):
         (tmp_path / name).mkdir()
-    cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "whole")])
+    gt_cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "whole")])
     for shard in range(2):
-        cli(["generation-trust", *shared, "--shard", str(shard), "--shards", "2",
-             "--shard-out", str(tmp_path / "sharded" / f"shard{shard}")])
-    cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "sharded"), "--merge",
-         *(str(tmp_path / "sharded" / f"shard{i}.decisions.parquet") for i in range(2))])
+        gt_cli(["generation-trust", *shared, "--shard", str(shard), "--shards", "2",
+                "--shard-out", str(tmp_path / "sharded" / f"shard{shard}")])
+    gt_cli(["generation-trust", *shared, *post_args, "--out-dir", str(tmp_path / "sharded"), "--merge",
+            *(str(tmp_path / "sharded" / f"shard{i}.decisions.parquet") for i in range(2))])
     for name in ("thresholds.csv", "step_scores.parquet", "decisions.parquet", "decisions.csv", "summary.json"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes(), name
     assert len(pd.read_parquet(tmp_path / "sharded" / "shard1.step_scores.parquet")) > 0
@@ -552,9 +557,9 @@ def test_cli_and_generation_trust_stage_end_to_end(trained, toy, tmp_path):
     meta = json.loads((tmp_path / "gt" / "translator.json").read_text())
     (tmp_path / "gt" / "translator.json").write_text(json.dumps(dict(meta, checkpoint_step=-1)))
     with pytest.raises(InputError, match="another generator checkpoint"):
-        cli(["generation-trust", *common, "--translator", str(tmp_path / "gt" / "translator"),
-             "--scorer", str(tmp_path / "scorer"), "--generated-scores", str(tmp_path / "generated_scores.parquet"),
-             "--out-dir", str(tmp_path / "gt")])
+        gt_cli(["generation-trust", *common, "--translator", str(tmp_path / "gt" / "translator"),
+                "--scorer", str(tmp_path / "scorer"), "--generated-scores", str(tmp_path / "generated_scores.parquet"),
+                "--out-dir", str(tmp_path / "gt")])
 
 
 def test_loader_workers_do_not_change_the_result(toy, tmp_path):
@@ -565,3 +570,31 @@ def test_loader_workers_do_not_change_the_result(toy, tmp_path):
         runs[workers] = load_checkpoint(tmp_path / str(workers) / "checkpoint.pt")
     for key, value in runs[0]["model"].items():
         assert torch.equal(value, runs[2]["model"][key]), key
+
+
+def test_presets_import_without_torch():
+    """The config check and the rule files read the presets before any job starts: no torch import for that."""
+    code = "import sys, morphotrust.generator.presets; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_generator_modules_import_each_other_without_cycles():
+    """Every import between the modules of morphotrust.generator (also the ones inside functions) points one way:
+    the shared device / signal / checkpoint helpers live in runtime.py, so autoencoder.py does not import train.py."""
+    import morphotrust.generator as package
+
+    folder = Path(package.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        imports[path.stem] = imported & {p.stem for p in folder.glob("*.py")}
+    assert "train" not in imports["autoencoder"] and "train" not in imports["runtime"]
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, (*seen, m))) for m in imports[start])
+
+    assert [m for m in imports if reaches(m, m)] == []

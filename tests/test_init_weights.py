@@ -15,7 +15,8 @@ from morphotrust.generator.autoencoder import ConvAutoencoder, autoencoder_confi
 from morphotrust.generator.data import build_vocabularies, read_images, read_manifest, training_rows
 from morphotrust.generator.init_weights import (MEAN_TOLERANCE, data_signature, export_from_run, export_weights,
                                                 load_init_weights, read_header, signature_difference)
-from morphotrust.generator.train import load_checkpoint, train
+from morphotrust.generator.runtime import load_checkpoint
+from morphotrust.generator.train import train
 
 torch.set_num_threads(1)
 AE = dict(init_weights=None, latent_channels=4, downsample=2, width=8, steps=4, batch_size=4, lr=1e-3, warmup=1,

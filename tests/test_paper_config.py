@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from morphotrust import coverage
-from morphotrust.conditions import load_conditions
+from morphotrust.subsets.conditions import load_conditions
 from morphotrust.data.demo import rxrx1_shaped_metadata
-from morphotrust.subsets import build_manifest
+from morphotrust.subsets import build_manifest, coverage
 
 from workflow_helpers import REPO, run_snakemake
 

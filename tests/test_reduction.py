@@ -10,7 +10,8 @@ from sklearn.decomposition import PCA
 
 from morphotrust.errors import InputError
 from morphotrust.features import read_features, write_features
-from morphotrust.reduction import FeatureReduction, cli
+from morphotrust.reduction import FeatureReduction
+from morphotrust.reduction.cli import cli
 from morphotrust.trust import TrustScorer
 
 

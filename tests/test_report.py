@@ -24,7 +24,9 @@ from morphotrust.images import write_site
 from morphotrust.morphology.fields import to_field_conventions
 from morphotrust.morphology.scale import scale_of, write_scale
 from morphotrust.morphology.sites import STAIN_NAMES
-from morphotrust.report import DEFAULTS, Inputs, cli, plates_with_conditions, report_settings
+from morphotrust.config import schema_defaults
+from morphotrust.report import Inputs, plates_with_conditions, report_settings
+from morphotrust.report.cli import cli
 from morphotrust.report.figures import well_position
 from morphotrust.report.generated import build_generated_report
 from morphotrust.report.inputs import RECONSTRUCTION_LABEL, STANDIN_LABEL, generated_banners
@@ -36,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 EXPERIMENT = "HUVEC-01"
 CONDITIONS = {"HUVEC:1": "seen", "HUVEC:2": "unseen"}
+DEFAULTS = schema_defaults("report")
 QC = DEFAULTS["qc"]
 
 
@@ -313,7 +316,7 @@ def test_report_config_defaults_match_the_schema_and_unknown_keys_stop():
     def defaults(node):
         return {k: defaults(v["properties"]) if "properties" in v else v["default"] for k, v in node.items()}
 
-    assert defaults(schema["properties"]) == DEFAULTS
+    assert defaults(schema["properties"]) == DEFAULTS == report_settings({})
     assert yaml.safe_load((REPO / "config/config.yaml").read_text())["report"] == DEFAULTS
     assert report_settings({"qc": {"min_nuclei": 5}})["qc"] == {**DEFAULTS["qc"], "min_nuclei": 5}
     with pytest.raises(InputError, match="blur_limit"):

@@ -20,7 +20,7 @@ def test_schema_defaults_match_the_code():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     props = schema["properties"]["morphology"]["properties"]
     assert props["resolution"]["default"] == scale.NATIVE
-    assert tuple(props["nuclei_diameter_um"]["default"]) == scale.DEFAULT_NUCLEI_DIAMETER_UM
+    assert scale.nuclei_diameter_um(_config()) == tuple(props["nuclei_diameter_um"]["default"])  # read from the schema
     assert props["pixel_size_um"]["default"] is None
     assert props["real_detail"]["default"] == "generator"
 

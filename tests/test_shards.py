@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from morphotrust import features as F
+from morphotrust.config import check_config
 from morphotrust.errors import InputError
+from morphotrust.features.cli import cli as features_cli
 from morphotrust.generator.sample import merge_shards, run_sampling
 from morphotrust.generator.train import train
 from morphotrust.shards import aligned_range, condition_groups, shard_range
@@ -53,11 +54,11 @@ def test_sharded_sampling_and_features_equal_one_job_byte_for_byte(model, tmp_pa
     out = tmp_path / "generated"
     args = (toy / "manifest.parquet", toy / "stacks", checkpoint, out, cfg)
     files = ("manifest.parquet", "summary.json", "grid.png", "images/*/*.tif", "features.*")
-    features_cfg = json.dumps({"image_size": 32, "device": "cpu", "batch_size": 4})
+    features_cfg = json.dumps({**check_config({})["features"], "image_size": 32, "device": "cpu", "batch_size": 4})
 
     def features(*extra, out_name="features.parquet"):
-        F.cli(["generated", "--manifest", str(out / "manifest.parquet"), "--config", features_cfg, "--threads", "1",
-               "--out", str(out / out_name), *extra])
+        features_cli(["generated", "--manifest", str(out / "manifest.parquet"), "--config", features_cfg,
+                      "--threads", "1", "--out", str(out / out_name), *extra])
 
     run_sampling(*args)
     features()

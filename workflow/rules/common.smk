@@ -4,11 +4,11 @@ import json
 import shlex
 
 sys.path.insert(0, SRC)
-from morphotrust.conditions import load_conditions
+from morphotrust.subsets.conditions import load_conditions
+from morphotrust.config import generation_plan
 from morphotrust.data import plan_metadata
 from morphotrust.errors import InputError
-from morphotrust.generator.layouts import settings_of as external_settings_of
-from morphotrust.morphology.scale import scale_of as morphology_scale_of
+from morphotrust.generated.external import check_planned as check_planned_external
 
 try:
     METADATA = plan_metadata(config["data"])
@@ -22,30 +22,29 @@ def cli_json(section):
     return shlex.quote(json.dumps(section, sort_keys=True))
 
 
+# The generation rules' derived values (morphotrust.config.generation_plan, which says what each one means), under
+# the names every rule file uses.
+GENERATION = generation_plan(config)
+GENERATOR = config["generator"]
 # During-generation trust runs only for the workflow's own generator; the run summary and `all` ask for it then.
-GENERATION_TRUST_SUMMARY = (
-    ["results/generation_trust/summary.json"] if config["generated"]["source"] == "generator" else []
-)
-
-
-# With an autoencoder (generator.autoencoder trained | sd-vae), its held-out reconstructions are scored like
-# generations: the ceiling of any generator on its latents (ceiling.smk).
+GENERATION_TRUST_SUMMARY = GENERATION["generation_trust_summary"]
+# The autoencoder's ceiling (ceiling.smk), when its held-out reconstructions are comparable with the generations.
+CEILING = GENERATION["ceiling"]
+# External generations (generated.external) with the preset's values filled in; EXTERNAL_REFERENCE: the real
+# features are computed on results/generated/external/reference/{split}.npy, rebuilt like them (features.smk).
+EXTERNAL_SETTINGS = GENERATION["external_settings"]
+EXTERNAL_REFERENCE = GENERATION["external_reference"]
+# CellProfiler validation needs six-stain whole sites (not composites, not crops): otherwise not applicable.
+CELLPROFILER_APPLICABLE = GENERATION["cellprofiler_applicable"]
 # Jobs on the way to the generator's samples go first: on a few cores the CPU-bound training, not CellProfiler,
 # sets the wall time, and CellProfiler's real-site jobs fill the other cores meanwhile.
 GENERATOR_PATH = 10
-# External generations (generated.external, morphotrust.generator.layouts) with the preset's values filled in. When
-# they need the real reference rebuilt like them (a composite mapping, another resolution, crops), the real features
-# are computed on results/generated/external/reference/{split}.npy (features.smk); the autoencoder's ceiling, made
-# at subsets.resolution in six stains, is then not comparable and not run.
-EXTERNAL_SETTINGS = external_settings_of(config["generated"]["external"], config["subsets"]["resolution"])
-EXTERNAL_REFERENCE = config["generated"]["source"] == "external" and EXTERNAL_SETTINGS.derived_reference(
-    config["subsets"]["resolution"]
-)
-# CellProfiler validation needs six-stain whole sites (not composites, not crops): otherwise not applicable.
-CELLPROFILER_APPLICABLE = config["generated"]["source"] != "external" or EXTERNAL_SETTINGS.cellprofiler_applicable
-CEILING = (
-    ["results/ceiling/ceiling.json"] if config["generator"]["autoencoder"] != "none" and not EXTERNAL_REFERENCE else []
-)
+
+# generated.source external: every manifest / pattern problem stops the plan, also `snakemake -n`, by line or path.
+try:
+    check_planned_external(config, EXTERNAL_SETTINGS, METADATA, CONDITIONS)
+except InputError as error:
+    raise WorkflowError(f"morphotrust: {error}") from None
 
 
 def shard_paths(pattern, shards, **wildcards):
@@ -59,14 +58,7 @@ def merge_option(wildcards, input):
 
 
 def autoencoder_option(wildcards, input):
-    """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (generator.autoencoder
-    trained | sd-vae); nothing in pixel space."""
-    return f"--autoencoder {input.autoencoder}" if config["generator"]["autoencoder"] != "none" else ""
+    """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (their input
+    GENERATION["autoencoder_json"]); nothing in pixel space."""
+    return f"--autoencoder {input.autoencoder}" if input.autoencoder else ""
 
-
-def morphology_cap(wildcards):
-    """`--max-sites-per-condition N` for a morphology source with a cap: generated images have their own
-    (morphology.max_generated_per_condition), real sites and reconstructions morphology.max_sites_per_condition."""
-    key = "max_generated_per_condition" if wildcards.source == "generated" else "max_sites_per_condition"
-    cap = config["morphology"][key]
-    return f"--max-sites-per-condition {cap}" if cap else ""

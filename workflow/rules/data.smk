@@ -8,8 +8,8 @@ from morphotrust.data import inventory
 DATA_ROOT = mtdata.data_root(config["data"])
 DEMO_DIR = mtdata.DEMO_DIR
 PLATES = mtdata.plate_wildcards(METADATA)
-PLATE_PATTERN = {"experiment": r"[A-Za-z0-9][A-Za-z0-9._-]*", "plate": r"[0-9]+"}
-DEMO = config["data"]["rxrx1_path"] is None
+PLATE_PATTERN = mtdata.PLATE_PATTERN
+DEMO = mtdata.is_demo(config["data"])
 
 
 # The user's image files are tracked by inventories (morphotrust.data.inventory): listed while the DAG is built,

@@ -1,32 +1,23 @@
-# Encoder features (morphotrust.features) for the real subset sites and the generated images. Encoder, weights
-# and channel handling come from config `features`; every table has a .json sidecar naming them. Shell commands
-# spell out `python -m morphotrust` (the linter rejects globals in shell commands).
+# Package: morphotrust.features. Encoder features for the real subset sites and the generated images; encoder,
+# weights and channel handling come from config `features`, and every table has a .json sidecar naming them.
+# Shell commands spell out `python -m morphotrust` (the linter rejects globals in shell commands).
+from morphotrust.features.plan import gpus, image_channels_option, real_stack, scored_manifests, weights_input
 
 FEATURES = config["features"]
-# A weights file that exists is an input, so replacing it reruns the features. A missing one is left to the job,
-# whose error says how to obtain it; other weight sources (wheel, folder, cache) are not tracked.
-FEATURE_WEIGHTS = [FEATURES["weights"]] if os.path.isfile(FEATURES["weights"]) else []
+# Names the other rule files read too: the weights file as an input (validate.smk) and the scored image sets
+# (reduction.smk, morphology.smk).
+FEATURE_WEIGHTS = weights_input(FEATURES["weights"])
+SCORED_MANIFESTS = scored_manifests(config["generated"]["source"], bool(CEILING))
+# Real sites come from real_stack(...): the subset stacks, or the real reference rebuilt like external images; then
+# every image the features see has generated.external's channels (3 for RGB composites), part of the command.
 # features.shards > 1: the *_shard jobs extract condition groups, the table jobs merge them (morphotrust.shards).
-FEATURE_SHARDS = FEATURES["shards"]
-GENERATED_MANIFEST = f"results/generated/{config['generated']['source']}/manifest.parquet"
-# The image sets the trust score scores: the generated set and, with an autoencoder, the held-out reconstructions
-# (the ceiling, ceiling.smk). Same rules, one {scored} wildcard.
-SCORED_MANIFESTS = {"generated": GENERATED_MANIFEST}
-# Real sites: the subset stacks, or the real reference rebuilt like the external images (common.smk).
-REAL_STACK = (
-    "results/generated/external/reference/{split}.npy" if EXTERNAL_REFERENCE else "results/subsets/stacks/{split}.npy"
-)
-# Channels of every image the features see: 3 for external RGB composites (generated.external.channels), else 6
-# (part of the command only then, so the default commands stay as they were).
-FEATURE_CHANNELS = f" --image-channels {EXTERNAL_SETTINGS.image_channels}" if EXTERNAL_REFERENCE else ""
-if CEILING:
-    SCORED_MANIFESTS["reconstructions"] = "results/generated/reconstructions/manifest.parquet"
+FEATURE_CHANNELS = image_channels_option(EXTERNAL_REFERENCE, EXTERNAL_SETTINGS.image_channels)
 
 
 rule features_real_shard:
     input:
         manifest="results/subsets/manifest.parquet",
-        stack=REAL_STACK,
+        stack=real_stack(EXTERNAL_REFERENCE),
         weights=FEATURE_WEIGHTS,
     output:
         table="results/features/shards/real_{split}.{shard}.parquet",
@@ -40,10 +31,10 @@ rule features_real_shard:
         "../../envs/features.yaml"
     threads: FEATURES["threads"]
     resources:
-        gpu=1 if FEATURES["device"] == "cuda" else 0,
+        gpu=gpus(FEATURES["device"]),
     params:
         cfg=cli_json(FEATURES),
-        shards=FEATURE_SHARDS,
+        shards=FEATURES["shards"],
     shell:
         "python -m morphotrust features real --manifest {input.manifest} --stack {input.stack}"
         " --split {wildcards.split} --config {params.cfg}"
@@ -68,10 +59,10 @@ rule features_generated_shard:
         "../../envs/features.yaml"
     threads: FEATURES["threads"]
     resources:
-        gpu=1 if FEATURES["device"] == "cuda" else 0,
+        gpu=gpus(FEATURES["device"]),
     params:
         cfg=cli_json(FEATURES),
-        shards=FEATURE_SHARDS,
+        shards=FEATURES["shards"],
     shell:
         "python -m morphotrust features generated --manifest {input.manifest} --config {params.cfg}"
         + FEATURE_CHANNELS
@@ -81,10 +72,10 @@ rule features_generated_shard:
 rule features_real:
     input:
         manifest="results/subsets/manifest.parquet",
-        stack=REAL_STACK,
+        stack=real_stack(EXTERNAL_REFERENCE),
         weights=FEATURE_WEIGHTS,
         shards=lambda wildcards: shard_paths(
-            rules.features_real_shard.output.table, FEATURE_SHARDS, split=wildcards.split
+            rules.features_real_shard.output.table, FEATURES["shards"], split=wildcards.split
         ),
     output:
         table="results/features/real_{split}.parquet",
@@ -97,7 +88,7 @@ rule features_real:
         "../../envs/features.yaml"
     threads: FEATURES["threads"]
     resources:
-        gpu=1 if FEATURES["device"] == "cuda" else 0,
+        gpu=gpus(FEATURES["device"]),
     params:
         cfg=cli_json(FEATURES),
         merge=merge_option,
@@ -114,7 +105,7 @@ rule features_generated:
         manifest=lambda wildcards: SCORED_MANIFESTS[wildcards.scored],
         weights=FEATURE_WEIGHTS,
         shards=lambda wildcards: shard_paths(
-            rules.features_generated_shard.output.table, FEATURE_SHARDS, scored=wildcards.scored
+            rules.features_generated_shard.output.table, FEATURES["shards"], scored=wildcards.scored
         ),
     output:
         table="results/features/{scored}.parquet",
@@ -127,7 +118,7 @@ rule features_generated:
         "../../envs/features.yaml"
     threads: FEATURES["threads"]
     resources:
-        gpu=1 if FEATURES["device"] == "cuda" else 0,
+        gpu=gpus(FEATURES["device"]),
     params:
         cfg=cli_json(FEATURES),
         merge=merge_option,

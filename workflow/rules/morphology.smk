@@ -23,42 +23,26 @@
 # checkpoint and the merge asks it for the chunk list. Shell commands spell out `python -m morphotrust`
 # (`snakemake --lint` flags globals in shell commands).
 
+from morphotrust.morphology.plan import morphology_plan
+
 MORPHOLOGY = config["morphology"]
 # With an autoencoder, its held-out reconstructions are measured too (the ceiling, ceiling.smk).
 MORPHOLOGY_SOURCES = ["real", *SCORED_MANIFESTS]
-# The pipeline and a relative CellProfiler path are looked up in the working directory first, then in the
-# repository (where scripts/install_cellprofiler.sh puts .venv-cellprofiler/), so `--directory` runs work.
-MORPHOLOGY_REPO = os.path.dirname(os.path.abspath(workflow.basedir))
-MORPHOLOGY_PIPELINE, MORPHOLOGY_CELLPROFILER = (
-    path if os.path.isabs(path) or os.path.exists(path) else os.path.join(MORPHOLOGY_REPO, path)
-    for path in (MORPHOLOGY["pipeline"], MORPHOLOGY["cellprofiler"])
-)
-if os.sep not in MORPHOLOGY["cellprofiler"]:  # a bare name is looked up on PATH by the job
-    MORPHOLOGY_CELLPROFILER = MORPHOLOGY["cellprofiler"]
 MORPHOLOGY_MANIFESTS = {"real": "results/subsets/manifest.parquet", **SCORED_MANIFESTS}
 # per-image tables cleaned besides real and generated (with the cleaner fitted on real rows)
 MORPHOLOGY_ALSO = [f"results/morphology/{source}_image.parquet" for source in SCORED_MANIFESTS if source != "generated"]
-MORPHOLOGY_QC_PIPELINE = (
-    MORPHOLOGY["qc_pipeline"]
-    if os.path.isabs(MORPHOLOGY["qc_pipeline"]) or os.path.exists(MORPHOLOGY["qc_pipeline"])
-    else os.path.join(MORPHOLOGY_REPO, MORPHOLOGY["qc_pipeline"])
-)
-# The comparison scale (morphotrust.morphology.scale): px CellProfiler measures and µm per pixel there.
+# The comparison scale, the CellProfiler executable, size and gate options (morphotrust.morphology.plan); the
+# pipelines' paths are resolved by check_config (a repository file when not in the working directory).
 try:
-    MORPHOLOGY_SCALE = morphology_scale_of(config)
+    MORPHOLOGY_PLAN = morphology_plan(config)
 except InputError as error:
     raise WorkflowError(f"morphotrust: {error}") from None
-# The segmentation gate (morphotrust.morphology.gate) as command-line options of merge / qc-merge.
-MORPHOLOGY_GATE_OPTIONS = (
-    f"--pixel-size-um {MORPHOLOGY_SCALE['pixel_size_um']}"
-    " --nuclei-diameter-um {},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"])
-    + f" --gate {cli_json(MORPHOLOGY['gate'])}"
-)
+MORPHOLOGY_SCALE = MORPHOLOGY_PLAN.scale
 
 
 rule morphology_pipeline:
     input:
-        MORPHOLOGY_PIPELINE,
+        MORPHOLOGY["pipeline"],
     output:
         "results/morphology/pipeline.cppipe",
     log:
@@ -68,7 +52,7 @@ rule morphology_pipeline:
     threads: 1
     params:
         pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
-        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
+        diameter=MORPHOLOGY_PLAN.diameter,
     shell:
         "python -m morphotrust morphology pipeline --template {input:q} --pixel-size-um {params.pixel_size}"
         " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
@@ -88,14 +72,10 @@ checkpoint morphology_prepare:
     threads: 1
     params:
         resolution=MORPHOLOGY_SCALE["resolution_px"],
-        native=lambda wildcards: f"--native-px {MORPHOLOGY_SCALE['native_px']}" if wildcards.source == "real" else "",
-        via=lambda wildcards: (
-            f"--via-px {MORPHOLOGY_SCALE['real_via_px']}"
-            if wildcards.source == "real" and MORPHOLOGY_SCALE["real_via_px"]
-            else ""
-        ),
+        native=lambda wildcards: MORPHOLOGY_PLAN.native_option(wildcards.source),
+        via=lambda wildcards: MORPHOLOGY_PLAN.via_option(wildcards.source),
         chunk_size=MORPHOLOGY["chunk_size"],
-        cap=morphology_cap,
+        cap=lambda wildcards: MORPHOLOGY_PLAN.cap_option(wildcards.source),
         seed=MORPHOLOGY["seed"],
     shell:
         "python -m morphotrust morphology prepare --source {wildcards.source} --manifest {input.manifest}"
@@ -142,7 +122,7 @@ rule morphology_chunk:
     resources:
         mem_mb=2000,
     params:
-        cellprofiler=MORPHOLOGY_CELLPROFILER,
+        cellprofiler=MORPHOLOGY_PLAN.cellprofiler,
     shell:
         "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
         " --pipeline {input.pipeline} --data-file {input.data} --out {output} --log {log}"
@@ -174,7 +154,7 @@ rule morphology_merge:
         mem_mb=2000,
     params:
         # the segmentation gate; only real sites can stop the run (failed generated images are trust's business)
-        gate=lambda wildcards: MORPHOLOGY_GATE_OPTIONS + (" --stop-on-failure" if wildcards.source == "real" else ""),
+        gate=lambda wildcards: MORPHOLOGY_PLAN.merge_gate_options(wildcards.source),
     shell:
         "python -m morphotrust morphology merge --sites {input.chunks_dir}/sites.parquet --out {output}"
         " --source {wildcards.source} {params.gate} {input.tables} > {log} 2>&1"
@@ -215,7 +195,7 @@ rule morphology_clean:
 
 rule morphology_qc_pipeline:
     input:
-        MORPHOLOGY_QC_PIPELINE,
+        MORPHOLOGY["qc_pipeline"],
     output:
         "results/morphology/qc_pipeline.cppipe",
     log:
@@ -225,7 +205,7 @@ rule morphology_qc_pipeline:
     threads: 1
     params:
         pixel_size=MORPHOLOGY_SCALE["pixel_size_um"],
-        diameter="{},{}".format(*MORPHOLOGY_SCALE["nuclei_diameter_um"]),
+        diameter=MORPHOLOGY_PLAN.diameter,
     shell:
         "python -m morphotrust morphology pipeline --light --template {input:q} --pixel-size-um {params.pixel_size}"
         " --nuclei-diameter-um {params.diameter} --out {output} > {log} 2>&1"
@@ -271,7 +251,7 @@ rule morphology_qc_plate:
     resources:
         mem_mb=2000,
     params:
-        cellprofiler=MORPHOLOGY_CELLPROFILER,
+        cellprofiler=MORPHOLOGY_PLAN.cellprofiler,
     shell:
         "python -m morphotrust morphology run-chunk --cellprofiler {params.cellprofiler:q}"
         " --pipeline {input.pipeline} --data-file {input.chunks}/chunk_001.csv --out {output} --log {log}"
@@ -291,6 +271,6 @@ rule morphology_qc_merge:
         mem_mb=2000,
     params:
         plates=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
-        gate=MORPHOLOGY_GATE_OPTIONS,
+        gate=MORPHOLOGY_PLAN.gate_options,
     shell:
         "python -m morphotrust morphology qc-merge --out {output} {params.gate} {params.plates} > {log} 2>&1"

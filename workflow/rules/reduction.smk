@@ -1,8 +1,7 @@
-# Feature reduction (morphotrust.reduction) between the encoder features and the trust score: fitted on the
-# real seen-arm training features only, then applied unchanged to every real split and to the scored (generated, reconstructed) features
-# (config `reduction`; method none passes the features through). The trust score reads results/reduction/.
-
-REDUCTION = config["reduction"]
+# Package morphotrust.reduction. Feature reduction between the encoder features and the trust score: fitted on
+# the real seen-arm training features only, then applied unchanged to every real split and to the scored
+# (generated, reconstructed) features (config `reduction`; method none passes the features through). The trust
+# score reads results/reduction/.
 
 
 rule reduction_fit:
@@ -17,7 +16,7 @@ rule reduction_fit:
     conda:
         "../../envs/core.yaml"
     params:
-        cfg=cli_json(REDUCTION),
+        cfg=cli_json(config["reduction"]),
     shell:
         "python -m morphotrust reduction fit --train {input.train} --config {params.cfg}"
         " --out results/reduction/reduction > {log} 2>&1"

@@ -6,6 +6,8 @@
 # CONDITIONS. Shell commands spell out `python -m morphotrust` (`snakemake --lint` flags globals in shell commands).
 # `snakemake --report` files the figures under "Plate QC" (one subcategory per plate) and "Run summary".
 import morphotrust.report as mtreport
+from morphotrust.data.plan import PLATE_PATTERN
+from morphotrust.report.plan import report_inputs, report_options
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 REPORT = config["report"]
@@ -24,38 +26,9 @@ onstart:
 
 
 REPORT_PLATES = mtreport.plates_with_conditions(METADATA, CONDITIONS)
-REPORT_INPUTS = {
-    "manifest": "results/subsets/manifest.parquet",
-    "stacks": expand("results/subsets/stacks/{split}.npy", split=SPLITS),
-    "sites": "results/data/sites.parquet",
-    "qc_skipped": "results/data/qc_skipped.csv",
-    "generated": f"results/generated/{config['generated']['source']}/manifest.parquet",
-    "scores": "results/trust/generated_scores.parquet",
-    "real_scores": "results/trust/real_scores.parquet",
-    "threshold": "results/trust/threshold.json",
-    "histogram": "results/trust/trust_histogram.png",
-    "morphology_qc": "results/morphology/qc_image.parquet",
-    # every validation analysis has run once their headlines are collected
-    "validation": "results/validation/summary.json",
-}
-# CellProfiler of the scored images, where it applies (not for external composites or crops: common.smk).
-if CELLPROFILER_APPLICABLE:
-    REPORT_INPUTS["morphology_real"] = "results/morphology/real_image.parquet"
-    REPORT_INPUTS["morphology_generated"] = "results/morphology/generated_image.parquet"
-# The same inputs as command-line options (one string, built from the rule's own input and params).
-REPORT_OPTIONS = (
-    "--manifest {input.manifest} --stacks-dir {params.stacks_dir} --sites {input.sites}"
-    " --qc-skipped {input.qc_skipped} --generated {input.generated} --scores {input.scores}"
-    " --real-scores {input.real_scores} --threshold {input.threshold}"
-    + (
-        " --morphology-real {input.morphology_real} --morphology-generated {input.morphology_generated}"
-        if CELLPROFILER_APPLICABLE
-        else ""
-    )
-    + " --morphology-qc {input.morphology_qc}"
-    " --validation-dir {params.validation_dir}"
-    " --config {params.cfg}"
-)
+# The inputs every report reads, and the same as command-line options (morphotrust.report.plan).
+REPORT_INPUTS = report_inputs(config, SPLITS, CELLPROFILER_APPLICABLE)
+REPORT_OPTIONS = report_options(CELLPROFILER_APPLICABLE)
 
 
 rule report_plate:
@@ -79,8 +52,7 @@ rule report_plate:
     log:
         "results/logs/report/plate/{experiment}_Plate{plate}.log",
     wildcard_constraints:
-        experiment=r"[A-Za-z0-9][A-Za-z0-9._-]*",
-        plate=r"[0-9]+",
+        **PLATE_PATTERN,
     conda:
         "../../envs/core.yaml"
     threads: 1

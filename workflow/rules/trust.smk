@@ -1,17 +1,16 @@
-# Trust score (morphotrust.trust): fit T = R + F on the real seen-arm features (after the reduction stage),
+# Package morphotrust.trust. Trust score: fit T = R + F on the real seen-arm features (after the reduction stage),
 # measure on held-out real sites how well the encoder separates every attribute value (adequacy), then score the
 # generated samples with their requested condition, accept (T <= threshold) or abstain, and summarise.
 
-TRUST = config["trust"]
-TRUST_SPLIT = TRUST["calibration_source"] == "calibration_split"
+import morphotrust.trust as mttrust
 
 
 rule trust_fit:
     input:
         train="results/reduction/real_train.parquet",
         train_sidecar="results/reduction/real_train.json",
-        calibration="results/reduction/real_calibration.parquet" if TRUST_SPLIT else [],
-        calibration_sidecar="results/reduction/real_calibration.json" if TRUST_SPLIT else [],
+        calibration=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration_sidecar=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.json"),
     output:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
@@ -25,8 +24,8 @@ rule trust_fit:
     resources:
         mem_mb=4000,
     params:
-        cfg=cli_json(TRUST),
-        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
+        cfg=cli_json(config["trust"]),
+        calibration=mttrust.calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
     shell:
         "python -m morphotrust trust fit --train {input.train} {params.calibration} --config {params.cfg}"
         " --threads {threads} --out-dir results/trust > {log} 2>&1"
@@ -47,7 +46,7 @@ rule trust_adequacy:
         "../../envs/core.yaml"
     threads: 1
     params:
-        min_auroc=TRUST["adequacy_min_auroc"],
+        min_auroc=config["trust"]["adequacy_min_auroc"],
     shell:
         "python -m morphotrust trust adequacy --scorer results/trust/scorer --heldout {input.heldout}"
         " --min-auroc {params.min_auroc} --out-dir results/trust > {log} 2>&1"
@@ -82,14 +81,14 @@ rule trust_score:
         " --out-dir results/trust > {log} 2>&1"
 
 
-# Simpler per-sample scores beside T (morphotrust.baselines): fitted on the same real features, calibrated and
+# Simpler per-sample scores beside T (morphotrust.trust.baselines): fitted on the same real features, calibrated and
 # thresholded the same way; T, R and F joined from trust_score. validation_scorers judges them all as T is judged.
 rule baselines:
     input:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
         train="results/reduction/real_train.parquet",
-        calibration="results/reduction/real_calibration.parquet" if TRUST_SPLIT else [],
+        calibration=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
         generated="results/reduction/generated.parquet",
         trust_scores="results/trust/generated_scores.parquet",
     output:
@@ -105,9 +104,9 @@ rule baselines:
         mem_mb=4000,
     params:
         cfg=cli_json(config["baselines"]),
-        calibration="--calibration results/reduction/real_calibration.parquet" if TRUST_SPLIT else "",
+        calibration=mttrust.calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
         out_dir=lambda wildcards, output: os.path.dirname(output.thresholds),
     shell:
-        "OMP_NUM_THREADS={threads} python -m morphotrust baselines score --scorer results/trust/scorer"
+        "OMP_NUM_THREADS={threads} python -m morphotrust trust baselines --scorer results/trust/scorer"
         " --train {input.train} {params.calibration} --generated {input.generated} --trust-scores {input.trust_scores}"
         " --config {params.cfg} --out-dir {params.out_dir} > {log} 2>&1"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import schema_defaults
 from ..errors import InputError
 from .rxrx1 import METADATA_COLUMNS
 
@@ -44,17 +45,6 @@ def demo_pixel_size_um(image_size: int) -> float:
     """µm per pixel of a demo site of `image_size` pixels (the field is DEMO_FIELD_UM wide at any size)."""
     return DEMO_FIELD_UM / image_size
 
-
-# Must match the defaults of `data.demo` in workflow/schemas/config.schema.yaml (a test checks it).
-DEMO_DEFAULTS = {
-    "seed": 7,
-    "n_sirnas": 6,
-    "experiments_per_cell_type": 2,
-    "plates_per_experiment": 2,
-    "wells_per_sirna": 3,
-    "sites_per_well": 2,
-    "image_size": 128,
-}
 
 # RxRx1 uses the inner 14 x 22 wells of a 384-well plate (rows B-O, columns 02-23).
 INTERIOR_WELLS = tuple(f"{row}{col:02d}" for row in "BCDEFGHIJKLMNO" for col in range(2, 24))
@@ -143,12 +133,12 @@ PEAKS = np.array([44.0, 86.0, 56.0, 165.0, 76.0, 160.0], dtype=np.float32)
 
 
 def demo_config(demo: dict | None) -> dict:
-    """The `data.demo` config with defaults filled in and checked."""
-    cfg = dict(DEMO_DEFAULTS)
-    unknown = sorted(set(demo or {}) - set(DEMO_DEFAULTS))
+    """The `data.demo` config with the schema's defaults filled in, and checked."""
+    cfg = schema_defaults("data", "demo")
+    unknown = sorted(set(demo or {}) - set(cfg))
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)}", where="config data.demo",
-                         expected=", ".join(DEMO_DEFAULTS))
+                         expected=", ".join(cfg))
     cfg.update({k: v for k, v in (demo or {}).items() if v is not None})
     minimum = {"seed": 0, "n_sirnas": 1, "experiments_per_cell_type": 1, "plates_per_experiment": 1,
                "wells_per_sirna": 1, "sites_per_well": 1, "image_size": 32}

@@ -62,12 +62,12 @@ def folders_inventory(root) -> str:
 
 def external_inventory(settings) -> str:
     """Inventory of every file the external generations consist of (the manifest's or the pattern's images;
-    morphotrust.generator.layouts.ExternalSettings).
+    morphotrust.generated.layouts.ExternalSettings).
 
     A layout that cannot be listed (an unreadable manifest, a missing folder) gives an inventory that says so;
     the plan's check reports the problem itself."""
-    from ..generator.formats import files_of
-    from ..generator.layouts import entries_of
+    from ..generated.formats import files_of
+    from ..generated.layouts import entries_of
 
     try:
         paths = [entry.path for entry in entries_of(settings)]

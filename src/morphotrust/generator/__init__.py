@@ -1,37 +1,31 @@
-"""The conditional generator stage: `morphotrust generator <command> ...`.
+"""The workflow's own conditional generator: `morphotrust generator <command> ...` (workflow/rules/generator.smk).
 
-- autoencoder: images <-> latents for the flow model (autoencoder.py)
-- train, sample: the SiT-style conditional flow model (model.py, train.py, sample.py)
-- translator, generation-trust: during-generation trust scoring (translator.py, generation_trust.py)
-- standins, external: demo stand-ins and images from other generators (standins.py, external.py; their file
-  formats and layouts: formats.py, layouts.py)
-- peer-copies: real held-out sites written in another generator's format, the known-answer check of external
+Modules (torch is imported only by the ones that need it; presets.py is plain data):
 
-Sub-modules are imported only when their command runs, so `standins` never imports torch.
+- presets.py      model sizes (tiny, unet, S/2, B/2, ...) and the values of the generator config keys
+- model.py        the networks: SiT transformer and the CPU demo's U-Net; the flow interpolant
+- autoencoder.py  images <-> latents: the `Codec` and the autoencoders behind it (trained | sd-vae | none)
+- data.py         the training rows, vocabularies and image datasets
+- train.py        training the flow model (resumable); sample.py: sampling every seen and unseen condition
+- runtime.py      what every job shares: device, precision, seeded generators, stop signals and checkpoints,
+                  the loss curve, the `generator` config section
+- distributed.py  data-parallel training under torchrun; init_weights.py: starting from earlier weights
+- cli.py          the command line (autoencoder, train, sample, export-weights)
+
+Where latents are made (all through `autoencoder.Codec`, loaded by `autoencoder.load_codec` from the autoencoder
+rule's results/autoencoder/autoencoder.json; with generator.autoencoder none the codec is the identity, PIXELS):
+
+- for training: `train.train` encodes the seen arm's training sites once (`Codec.encode_uint8`) into
+  `data.TrainingLatents`; the codec is `autoencoder.codec_for` the config and its fingerprint goes into the
+  checkpoint;
+- for sampling: `sample.run_sampling` integrates from noise of the latent shape (`sample.latent_noise_shape`) and
+  decodes (`Codec.decode`) with the codec the checkpoint was trained with (`autoencoder.checkpoint_codec`); the
+  generation_trust package samples the same way and encodes real images for its translator
+  (`generation_trust.translator.noised_hidden`);
+- for the ceiling: `autoencoder.autoencoder_stage` fits the latent scaling on the training latents and round-trips
+  the held-out evaluation sites (`evaluate_reconstructions`: encode then decode), written as the generated set
+  results/generated/reconstructions/ that ceiling.smk scores.
+
+Other generated sources (demo stand-ins, external generations) are the `morphotrust.generated` package;
+during-generation trust (translator, early abandonment) is `morphotrust.generation_trust`.
 """
-
-from __future__ import annotations
-
-import importlib
-import sys
-
-# command -> (module, function taking argv)
-COMMANDS = {
-    "autoencoder": ("autoencoder", "cli"),
-    "train": ("train", "cli"),
-    "export-weights": ("init_weights", "cli"),
-    "sample": ("sample", "cli"),
-    "translator": ("generation_trust", "translator_cli"),
-    "generation-trust": ("generation_trust", "cli"),
-    "standins": ("standins", "cli"),
-    "external": ("external", "cli"),
-    "peer-copies": ("peer_copies", "cli"),
-}
-
-
-def cli(argv: list[str]) -> None:
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: morphotrust generator {{{','.join(COMMANDS)}}} [options]", file=sys.stderr)
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    module, function = COMMANDS[argv[0]]
-    getattr(importlib.import_module(f"{__name__}.{module}"), function)(argv[1:])

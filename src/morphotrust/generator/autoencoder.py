@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -33,11 +32,11 @@ from ..errors import InputError
 from ..io import atomic_path, read_json, write_json, write_parquet
 from .data import EpochBatches, TrainingImages, build_vocabularies, data_fingerprint, ignore_stop_signals, \
     read_images, read_manifest, resume_mismatch, training_rows
-from .distributed import Team, relaunch, team_for, threads_per_process, under_torchrun, world_size, wrap
+from .distributed import Team, wrap
 from .init_weights import data_signature, load_init_weights
 from .model import norm_groups, to_model_scale, to_uint8
+from .runtime import resolve_device, save_or_stop, seeded_generator, stop_signals, write_loss_curve
 
-KINDS = ("trained", "sd-vae", "none")
 FORMAT = "morphotrust-autoencoder-1"
 CHECKPOINT_FORMAT = "morphotrust-autoencoder-checkpoint-1"
 STAINS = 6
@@ -256,6 +255,35 @@ class Codec:
 PIXELS = Codec("none")
 
 
+def codec_for(cfg: dict, autoencoder, device) -> Codec:
+    """The codec of config generator.autoencoder: the pixel identity for none, else the autoencoder stage's."""
+    if cfg["autoencoder"] == "none":
+        return PIXELS
+    if autoencoder is None:
+        raise InputError(f"generator.autoencoder is {cfg['autoencoder']} but no --autoencoder was given",
+                         where="config generator.autoencoder", expected="the autoencoder rule's autoencoder.json")
+    codec = load_codec(autoencoder, device)
+    if codec.kind != cfg["autoencoder"]:
+        raise InputError(f"autoencoder is {codec.kind}, config says {cfg['autoencoder']}", file=autoencoder,
+                         expected="the output of the autoencoder rule run with this config (rerun it)")
+    return codec
+
+
+def checkpoint_codec(state: dict, autoencoder, device, checkpoint_path="checkpoint") -> Codec:
+    """The codec a generator checkpoint was trained with, checked against the autoencoder file given."""
+    described = state.get("autoencoder", PIXELS.describe())
+    if described["kind"] == "none":
+        return PIXELS
+    if autoencoder is None:
+        raise InputError(f"the checkpoint works on {described['kind']} latents but no --autoencoder was given",
+                         file=checkpoint_path, expected="the autoencoder rule's autoencoder.json")
+    codec = load_codec(autoencoder, device)
+    if codec.describe() != described:
+        raise InputError("the autoencoder differs from the one the generator was trained with", file=autoencoder,
+                         expected=f"{described} (rerun the train rule)")
+    return codec
+
+
 def latent_scaling(latents: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std over images and positions of (N, C, h, w) raw latents."""
     flat = latents.double().transpose(0, 1).reshape(latents.shape[1], -1)
@@ -317,8 +345,6 @@ def train_autoencoder(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     equals an uninterrupted one on CPU. With a `team` of W torchrun workers it trains data-parallel (DDP) on
     this rank's slice of the global batch W x batch_size (distributed.py); rank 0 writes the files.
     Returns {"status", "step", "network": the trained network}."""
-    from .train import resolve_device, save_or_stop, seeded_generator, stop_signals
-
     device = resolve_device(device)
     acfg = cfg["trained_autoencoder"]
     global_batch = acfg["batch_size"] * team.size
@@ -429,8 +455,6 @@ def load_autoencoder_checkpoint(path) -> dict:
 
 
 def write_losses(losses, acfg, out_dir: Path) -> None:
-    from .train import write_loss_curve
-
     write_loss_curve(losses, acfg, out_dir, ylabel="L1 + MSE + gradient + FFT loss", title="autoencoder training loss")
 
 
@@ -441,8 +465,6 @@ def autoencoder_stage(manifest_path, stacks_dir, out_dir, cfg: dict, resolution:
     split): per-stain PSNR and a grid, and (`reconstructions_dir`) the reconstructions as a generated set.
     Writes autoencoder.json (+ autoencoder.safetensors for trained).
     Under torchrun (`team`) all ranks train; rank 0 alone then fits the scaling and writes the files."""
-    from .train import resolve_device
-
     kind = cfg["autoencoder"]
     if kind not in ("trained", "sd-vae"):
         raise InputError(f"autoencoder {kind!r} needs no autoencoder stage", where="config generator.autoencoder",
@@ -551,31 +573,3 @@ def write_reconstruction_grid(real: np.ndarray, reconstructed: np.ndarray, path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator autoencoder ...`"""
-    import argparse
-
-    from .train import INTERRUPTED_EXIT, add_common_arguments, parse_config, resolve_device
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator autoencoder",
-                                     description="Train (trained) or load (sd-vae) the autoencoder and fit its "
-                                                 "latent scaling on the seen arm's train split (resumable).")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks")
-    parser.add_argument("--resolution", type=int, required=True, help="subsets.resolution")
-    parser.add_argument("--out-dir", required=True, help="results/autoencoder")
-    parser.add_argument("--reconstructions-dir", help="also write the held-out reconstructions as a generated set "
-                                                      "here (results/generated/reconstructions)")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    if cfg["autoencoder"] == "trained" and world_size(cfg) > 1 and not under_torchrun():
-        relaunch(["generator", "autoencoder", *argv], cfg, INTERRUPTED_EXIT)
-    torch.set_num_threads(threads_per_process(args.threads))
-    with team_for(resolve_device(cfg["device"])) as (team, device):
-        result = autoencoder_stage(args.manifest, args.stacks_dir, args.out_dir, cfg, args.resolution, device,
-                                   team=team, reconstructions_dir=args.reconstructions_dir)
-    if result["status"] == "interrupted":
-        raise SystemExit(INTERRUPTED_EXIT)

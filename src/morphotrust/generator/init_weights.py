@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +146,7 @@ def export_from_run(kind: str, source, manifest_path, stacks_dir, resolution: in
         tensors, network, vocabularies, steps = (load_file(str(meta_path.with_suffix(".safetensors"))),
                                                  meta["network"], None, meta["steps"])
     elif kind == "flow":
-        from .train import load_checkpoint
+        from .runtime import load_checkpoint
 
         state = load_checkpoint(source)
         tensors, network, vocabularies = state["ema"], state["model_config"], state["vocabularies"]
@@ -156,23 +155,3 @@ def export_from_run(kind: str, source, manifest_path, stacks_dir, resolution: in
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     export_weights(out, kind, tensors, network, signature, vocabularies, steps)
     return read_header(out, kind)
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator export-weights ...`"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator export-weights",
-                                     description="Write a trained network as an init-weights file (config "
-                                                 "generator.init_weights / trained_autoencoder.init_weights).")
-    parser.add_argument("--kind", required=True, choices=KINDS)
-    parser.add_argument("--source", required=True,
-                        help="results/autoencoder (kind autoencoder) or results/generator/checkpoint.pt (kind flow)")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet of the run")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks of the run")
-    parser.add_argument("--resolution", type=int, required=True, help="subsets.resolution of the run")
-    parser.add_argument("--out", required=True, help="the .safetensors file to write")
-    args = parser.parse_args(argv)
-    header = export_from_run(args.kind, args.source, args.manifest, args.stacks_dir, args.resolution, args.out)
-    print(f"wrote {args.out}: {args.kind}, {header['steps']} steps, trained on "
-          f"{header['training_data']['n_sites']} sites", file=sys.stderr)

@@ -32,10 +32,10 @@ from ..io import atomic_path, read_json, write_json, write_parquet
 from ..shards import shard_conditions
 from .data import conditions_to_sample, encode, read_images, read_manifest
 from .model import to_uint8
-from .train import autocast, build_model, checkpoint_codec, load_checkpoint, resolve_device, seeded_generator
-
-SAMPLERS = ("euler", "heun")
-
+from .presets import SAMPLERS
+from .runtime import autocast, load_checkpoint, resolve_device, seeded_generator
+from .autoencoder import checkpoint_codec
+from .train import build_model
 
 def condition_key(condition: str) -> str:
     """File-name-safe form of a condition, e.g. HUVEC:1138 -> HUVEC_1138."""
@@ -337,36 +337,3 @@ def write_grid(generated: pd.DataFrame, manifest: pd.DataFrame, stacks_dir, reso
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-def cli(argv: list[str]) -> None:
-    """`morphotrust generator sample ...`"""
-    import argparse
-
-    from .train import add_autoencoder_argument, add_common_arguments, parse_config
-
-    parser = argparse.ArgumentParser(prog="morphotrust generator sample",
-                                     description="Sample every seen and unseen condition (resumable).")
-    parser.add_argument("--manifest", required=True, help="results/subsets/manifest.parquet")
-    parser.add_argument("--stacks-dir", required=True, help="results/subsets/stacks (real sites for the grid)")
-    parser.add_argument("--checkpoint", required=True, help="results/generator/checkpoint.pt")
-    parser.add_argument("--out-dir", required=True, help="results/generated/generator")
-    parser.add_argument("--shard", type=int, default=0, help="condition group to sample (with --shards > 1)")
-    parser.add_argument("--shards", type=int, default=1, help="generator.sample_shards")
-    parser.add_argument("--shard-out", help="the shard's table (with --shards > 1)")
-    parser.add_argument("--merge", nargs="+", metavar="SHARD_TABLE",
-                        help="write the manifest, grid and summary from these shard tables (in shard order)")
-    add_common_arguments(parser)
-    add_autoencoder_argument(parser)
-    args = parser.parse_args(argv)
-    cfg = parse_config(args.config)
-    torch.set_num_threads(args.threads)
-    if args.merge:
-        merge_shards(args.manifest, args.stacks_dir, args.checkpoint, args.merge, args.out_dir, cfg)
-        return
-    if args.shards > 1 and not args.shard_out:
-        parser.error("--shards > 1 needs --shard-out")
-    generated = run_sampling(args.manifest, args.stacks_dir, args.checkpoint, args.out_dir, cfg, cfg["device"],
-                             autoencoder=args.autoencoder, shard=(args.shard, args.shards))
-    if args.shards > 1:
-        write_parquet(generated, args.shard_out)

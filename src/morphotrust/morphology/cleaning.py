@@ -28,7 +28,6 @@ arrays (.npz) + JSON, never pickle.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +35,10 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
+from .. import fitted
 from ..errors import InputError
 from .gate import OK as GATE_OK
-from ..io import write_json, write_npz, write_parquet
+from ..io import write_json, write_parquet
 from .fields import COMPARTMENTS, is_bookkeeping
 
 METADATA_LIKE = ("metadata", "filename", "pathname", "imagenumber", "objectnumber", "executiontime",
@@ -193,20 +193,19 @@ class FeatureCleaner:
         return pd.concat([metadata, features], axis=1), table.index[~complete]
 
     def save(self, npz_path, json_path) -> None:
-        write_npz({"columns": np.array(self.columns, dtype=str), "mean": self.mean, "scale": self.scale}, npz_path)
-        write_json({"format": FORMAT, "columns": self.columns, "variance_filter": self.variance_filter,
-                    "variance_threshold": self.variance_threshold,
-                    "relative_variance_threshold": self.relative_variance_threshold, "max_abs_z": self.max_abs_z, "report": self.report, "dropped": self.dropped,
-                    "arrays": f"{Path(npz_path).name}: columns (str), mean, scale (float64), in column order"},
-                   json_path)
+        arrays = {"columns": np.array(self.columns, dtype=str), "mean": self.mean, "scale": self.scale}
+        meta = {"format": FORMAT, "columns": self.columns, "variance_filter": self.variance_filter,
+                "variance_threshold": self.variance_threshold,
+                "relative_variance_threshold": self.relative_variance_threshold, "max_abs_z": self.max_abs_z,
+                "report": self.report, "dropped": self.dropped,
+                "arrays": f"{Path(npz_path).name}: columns (str), mean, scale (float64), in column order"}
+        fitted.save(arrays, meta, npz_path, json_path)
 
     @classmethod
     def load(cls, npz_path, json_path) -> "FeatureCleaner":
-        meta = json.loads(Path(json_path).read_text())
-        if meta.get("format") != FORMAT:
-            raise InputError(f"format {meta.get('format')!r}", file=json_path, expected=FORMAT)
-        with np.load(npz_path, allow_pickle=False) as arrays:
-            columns, mean, scale = arrays["columns"].tolist(), arrays["mean"], arrays["scale"]
+        meta, arrays = fitted.load(npz_path, json_path, FORMAT, "fitted feature cleaner",
+                                   "`morphotrust morphology clean`")
+        columns, mean, scale = arrays["columns"].tolist(), arrays["mean"], arrays["scale"]
         if columns != meta["columns"] or len(mean) != len(columns) or len(scale) != len(columns):
             raise InputError("arrays do not match the JSON's columns", file=npz_path,
                              expected=f"the arrays saved with {json_path}")

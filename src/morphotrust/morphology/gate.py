@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..config import schema_defaults
 from ..errors import InputError
 
 COUNT_COLUMN = "Image_Count_Nuclei"
@@ -39,7 +40,6 @@ OK = "Metadata_segmentation_ok"
 PROBLEM = "Metadata_segmentation_problem"
 DIAMETER_UM = "Metadata_nuclei_diameter_um"
 GATE_COLUMNS = (OK, PROBLEM, DIAMETER_UM)
-DEFAULT_GATE = {"min_nuclei": 1, "max_nuclei": None, "max_failed_fraction": 0.5}
 # Below this many pixels across, a nucleus cannot be segmented reliably (its outline is a handful of pixels):
 # when the smallest nucleus of the range is smaller at the run's pixel size, every site fails the gate. Measured
 # sizes cannot show this: at such resolutions clumps of nuclei come out as blobs of a plausible size.
@@ -47,12 +47,14 @@ MIN_RESOLVABLE_PX = 4
 
 
 def gate_settings(gate: dict | None) -> dict:
+    """The morphology.gate section with the schema's defaults filled in, checked."""
     gate = dict(gate or {})
-    unknown = sorted(set(gate) - set(DEFAULT_GATE))
+    defaults = schema_defaults("morphology", "gate")
+    unknown = sorted(set(gate) - set(defaults))
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)}", where="config morphology.gate",
-                         expected=f"keys among {', '.join(DEFAULT_GATE)}")
-    gate = {**DEFAULT_GATE, **gate}
+                         expected=f"keys among {', '.join(defaults)}")
+    gate = {**defaults, **gate}
     fraction = gate["max_failed_fraction"]
     if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
         raise InputError(f"max_failed_fraction {fraction!r}", where="config morphology.gate.max_failed_fraction",

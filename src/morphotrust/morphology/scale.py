@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import schema_defaults
 from ..errors import InputError
 
 # RxRx1 sites are 512 x 512 (recursionpharma/rxrx-datasets rxrx1/README.md; rxrx.ai/rxrx1). Neither that README,
@@ -27,7 +28,6 @@ from ..errors import InputError
 # do by eye). Set morphology.pixel_size_um to your microscope's value when you know it.
 RXRX1_PIXEL_SIZE_UM = 0.65
 RXRX1_SITE_PX = 512
-DEFAULT_NUCLEI_DIAMETER_UM = (6.0, 30.0)
 NATIVE = "native"
 
 
@@ -84,7 +84,8 @@ def um_to_px(um: float, pixel_um: float) -> float:
 
 
 def nuclei_diameter_um(config: dict) -> tuple[float, float]:
-    value = _section(config, "morphology").get("nuclei_diameter_um") or DEFAULT_NUCLEI_DIAMETER_UM
+    value = (_section(config, "morphology").get("nuclei_diameter_um")
+             or schema_defaults("morphology", "nuclei_diameter_um"))
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -118,7 +119,7 @@ def real_via_px(config: dict, resolution: int, native_px: int) -> int | None:
                          expected="generator or native")
     generator_px = _section(config, "subsets").get("resolution")
     if _section(config, "generated").get("source") == "external" and generator_px is not None:
-        from ..generator.layouts import settings_of  # external images are judged at their own resolution
+        from ..generated.layouts import settings_of  # external images are judged at their own resolution
 
         generator_px = settings_of(_section(config, "generated").get("external") or {}, generator_px).resolution
     if detail == NATIVE or generator_px is None or generator_px >= min(resolution, native_px):

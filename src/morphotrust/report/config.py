@@ -1,29 +1,11 @@
-"""The `report` config section: defaults (kept equal to workflow/schemas/config.schema.yaml) and checks."""
+"""The `report` config section: the schema's defaults (workflow/schemas/config.schema.yaml) filled in, and checks."""
 
 from __future__ import annotations
 
 import json
 
+from ..config import schema_defaults
 from ..errors import InputError
-from .qc import DEFAULT_QC
-
-DEFAULTS = {
-    "seed": 0,
-    "qc": dict(DEFAULT_QC),
-    "features": [
-        "Image_Count_Nuclei",
-        "Nuclei_AreaShape_Area_Mean",
-        "Cells_AreaShape_Area_Mean",
-        "Cells_AreaShape_FormFactor_Mean",
-        "Nuclei_Intensity_MeanIntensity_DNA_Mean",
-        "Cells_Intensity_MeanIntensity_Actin_Mean",
-        "Cells_Intensity_MeanIntensity_Mito_Mean",
-        "Cytoplasm_Intensity_MeanIntensity_RNA_Mean",
-    ],
-    "gallery": {"real": 4, "accepted": 4, "abstained": 4, "max_conditions": 12},
-    "verdict": {"min_acceptance": 0.5, "max_centroid_z": 2.0},
-    "paper_figures": None,
-}
 
 
 def report_settings(cfg: dict | str | None) -> dict:
@@ -34,12 +16,13 @@ def report_settings(cfg: dict | str | None) -> dict:
         except json.JSONDecodeError as error:
             raise InputError(f"not JSON: {error}", where="--config", expected="the report config section") from None
     cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+    defaults = schema_defaults("report")
+    unknown = sorted(set(cfg) - set(defaults))
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)}", where="config report",
-                         expected=f"keys among {', '.join(DEFAULTS)}")
+                         expected=f"keys among {', '.join(defaults)}")
     out = {}
-    for key, default in DEFAULTS.items():
+    for key, default in defaults.items():
         value = cfg.get(key, default)
         if isinstance(default, dict):
             value = dict(value or {})

@@ -197,3 +197,10 @@ def mark_stale(path, when: str) -> bool:
     at = body.end() if body else 0
     write_text(text[:at] + banner + text[at:], path)
     return True
+
+
+def mark_rebuilt_reports_stale(outputs, when: str) -> list[str]:
+    """Mark every existing HTML report among `outputs` (the outputs of the jobs a starting run will execute) as out
+    of date (`html.mark_stale`); the paths marked."""
+    return [str(path) for path in outputs
+            if str(path).endswith(".html") and Path(path).is_file() and mark_stale(path, when)]

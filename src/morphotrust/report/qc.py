@@ -27,7 +27,6 @@ from ..morphology.gate import OK as GATE_OK
 from ..morphology.gate import PROBLEM as GATE_PROBLEM
 from ..morphology.sites import STAIN_NAMES
 
-DEFAULT_QC = {"blur_drop": 1.0, "blur_min_slope": None, "saturation_max_percent": 1.0, "min_nuclei": 3}
 FOCUS = image_feature("ImageQuality_PowerLogLogSlope_{}")
 SATURATION = image_feature("ImageQuality_PercentMaximal_{}")
 COUNT = count_feature("Nuclei")

@@ -261,7 +261,7 @@ def decile_table(inputs: Inputs) -> pd.DataFrame | None:
 
 def coverage_section(results_dir: Path) -> str:
     """Per unseen condition and attribute: how often its value was seen in training (results/subsets/coverage.csv)."""
-    from .. import coverage
+    from ..subsets import coverage
 
     path = Path(results_dir) / "subsets" / "coverage.csv"
     if not path.is_file():

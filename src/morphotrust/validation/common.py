@@ -11,7 +11,6 @@ Input contracts (written by other stages):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from ..config import schema_defaults  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from ..io import atomic_path, read_json, write_json  # noqa: E402
 
@@ -32,22 +32,9 @@ TRUST_COLUMNS = ("R", "F", "T", "accepted")
 SPACES = ("cp", "encoder")
 SPACE_NAMES = {"cp": "CellProfiler features", "encoder": "encoder features"}
 
-# Library defaults; workflow/schemas/config.schema.yaml holds the same values (a test checks they agree).
-DEFAULTS = {
-    "seed": 0,
-    "reference_splits": list(SPLITS),
-    "n_random_seeds": 5,
-    "centroid": {"method": "leave_one_out", "n_half_splits": 10, "min_real": 4, "n_bootstrap": 2000},
-    "deciles": {"n_bins": 10, "C": 1.0, "max_iter": 200},
-    "correlations": {"n_top": 20, "near_zero_r": 0.1},
-    "kid": {"max_subset": 500, "n_subsets": 10, "min_subset": 20, "n_bootstrap": 500},
-    "distances": {"max_per_set": 500, "map_null_size": 1000, "n_bootstrap": 2000},
-}
-
-
 def settings(cfg: dict | None = None) -> dict:
-    """The `validation` config section with library defaults filled in for missing keys."""
-    merged = copy.deepcopy(DEFAULTS)
+    """The `validation` config section with the schema's defaults filled in for missing keys."""
+    merged = schema_defaults("validation")
     for key, value in (cfg or {}).items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key].update(value)

@@ -45,7 +45,7 @@ IDENTITY_KEYS = ("encoder", "weights_sha256", "channels", "statistics", "image_s
 
 def corrupt(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """Corrupted copies of `(n, 6, H, W)` uint8 sites (module docstring)."""
-    from ..generator.standins import blur, drift
+    from ..generated.standins import blur, drift
 
     out = images.copy()
     channels = images.shape[1]
@@ -93,7 +93,7 @@ def auroc_table(clean: pd.DataFrame, corrupted: dict, thresholds: dict) -> pd.Da
     `clean`: scores (a column per scorer); `corrupted`: {corruption: scores}; `thresholds`: {scorer: κ}."""
     from sklearn.metrics import roc_auc_score
 
-    from ..baselines import SCORERS
+    from ..trust.baselines import SCORERS
 
     rows = []
     for kind, scores in corrupted.items():
@@ -140,10 +140,10 @@ def _identity(info: dict) -> dict:
 def run(stack_path, clean_path, reduction_path, scorer_path, train, calibration, features_cfg: dict,
         baselines_cfg: dict, out_dir, seed: int = 0, threads: int | None = None) -> dict:
     """Score clean and corrupted held-out sites with every scorer; write the AUROC table, plot and headline."""
-    from ..baselines import TRUST_TERMS, fit_scorers, score_all, thresholds_of
     from ..features import encoder_from_config, extract, iter_stack, read_features
     from ..reduction import FeatureReduction
-    from ..trust import METADATA_ATTRIBUTE, TrustScorer
+    from ..trust import METADATA_ATTRIBUTE, TrustScorer, fit_scorers
+    from ..trust.baselines import TRUST_TERMS, score_all, thresholds_of
 
     start = time.perf_counter()
     scorer = TrustScorer.load(scorer_path)

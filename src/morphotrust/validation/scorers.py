@@ -1,6 +1,6 @@
 """Is T better than simpler scores? Every per-sample score of results/baselines/ judged exactly as T is.
 
-For each scorer (T, R alone, F alone and the baselines of `morphotrust.baselines`) and arm (all, seen, unseen),
+For each scorer (T, R alone, F alone and the baselines of `morphotrust.trust.baselines`) and arm (all, seen, unseen),
 with the same functions, seeds and settings the T-only analyses use:
 
 - acceptance at its own P95-of-real threshold, and whether that threshold is degenerate: it accepts at least
@@ -104,7 +104,7 @@ def compare(scores: pd.DataFrame, thresholds: dict, quantile: float, per_sample:
 
 
 def _label(name: str) -> str:
-    from ..baselines import SCORERS
+    from ..trust.baselines import SCORERS
 
     return SCORERS.get(name, (name,))[0]
 
@@ -170,7 +170,7 @@ def run(real_paths, generated_path, trust_path, scores_path, thresholds_path, ce
     cfg = settings(cfg)
     real, generated = load_space("encoder", real_paths, generated_path, trust_path)
     thresholds_json = read_json(thresholds_path)
-    from ..baselines import SCORERS
+    from ..trust.baselines import SCORERS
 
     entries = thresholds_json["scorers"]
     thresholds = {name: entries[name]["threshold"] for name in [*SCORERS, *sorted(set(entries) - set(SCORERS))]
