@@ -61,4 +61,3 @@ def autoencoder_option(wildcards, input):
     """`--autoencoder results/autoencoder/autoencoder.json` for the generator jobs on latents (their input
     GENERATION["autoencoder_json"]); nothing in pixel space."""
     return f"--autoencoder {input.autoencoder}" if input.autoencoder else ""
-
