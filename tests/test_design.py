@@ -11,7 +11,7 @@ REPOSITORY_FOLDERS = ("workflow/", "src/", "docs/", "resources/", "scripts/", "b
 
 def _stage_rows() -> list[list[str]]:
     table = DESIGN.split("## Stages", 1)[1].split("\n\n", 2)[1]
-    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    rows = [re.split(r"(?<!\\)\|", line.strip("|")) for line in table.splitlines()[2:]]  # not at an escaped \|
     return [[cell.strip() for cell in row] for row in rows]
 
 
