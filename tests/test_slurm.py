@@ -48,7 +48,7 @@ def test_gpu_rules_and_only_they_go_to_the_gpu_partition():
     declares_gpu = {name for name, body in workflow_rules().items() if re.search(r"\bgpu\s*=", body)}
     assert {"train", "sample"} <= declares_gpu, "the generator rules must declare resources: gpu=1"
     # train and autoencoder take their GPU count from config generator.gpus / nodes (rule resources)
-    from_config = {name for name, body in workflow_rules().items() if "gpu=TRAINING_GPUS" in body}
+    from_config = {name for name, body in workflow_rules().items() if 'gpu=GENERATION["training_gpus"]' in body}
     assert from_config == {"train", "autoencoder"}
     for name, resources in profile["set-resources"].items():
         on_gpu = resources.get("slurm_partition", cpu) == gpu
