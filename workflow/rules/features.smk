@@ -4,7 +4,7 @@
 from morphotrust.features.plan import gpus, image_channels_option, real_stack, scored_manifests, weights_input
 
 FEATURES = config["features"]
-# Names the other rule files read too: the weights file as an input (validate.smk) and the scored image sets
+# Names the other rule files read too: the weights file as an input (validation.smk) and the scored image sets
 # (reduction.smk, morphology.smk).
 FEATURE_WEIGHTS = weights_input(FEATURES["weights"])
 SCORED_MANIFESTS = scored_manifests(config["generated"]["source"], bool(CEILING))

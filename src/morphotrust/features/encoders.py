@@ -330,7 +330,7 @@ class Encoder:
     pooling: str
     feature_dim: int = 0
     info: dict = field(default_factory=dict)
-    channel_adaptive: bool = False  # a morphotrust.channel_vit model: all stains as channels of one input
+    channel_adaptive: bool = False  # a morphotrust.features.channel_vit model: all stains as channels of one input
     statistics: str = "none"
     image_channels: int = N_CHANNELS  # 6 stains, or 3 for an external generator's RGB composites
 
@@ -351,7 +351,7 @@ def _resolve_device(device: str):
 def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, channels: str = "composite",
                  image_size: int | None = None, device: str = "auto", threads: int | None = None,
                  statistics: str = "none", image_channels: int = N_CHANNELS) -> Encoder:
-    """Load a timm backbone (or a channel-adaptive ViT, morphotrust.channel_vit) with local weights, ready for
+    """Load a timm backbone (or a channel-adaptive ViT, morphotrust.features.channel_vit) with local weights, ready for
     `extract` (none at all for statistics `only`). `image_channels` 3: the images are RGB composites (an
     external generator's, generated.external.channels), taken as they are by `composite` and channel by channel
     by `per_stain`."""
@@ -409,7 +409,7 @@ def load_encoder(encoder: str = WHEEL_ENCODER, weights: str = WHEEL_WEIGHTS, cha
 
 def load_channel_adaptive_encoder(encoder: str, weights: str, channels: str, image_size: int | None,
                                   torch_device, statistics: str = "none") -> Encoder:
-    """A morphotrust.channel_vit family with the weights of a local file (see the module doc)."""
+    """A morphotrust.features.channel_vit family with the weights of a local file (see the module doc)."""
     import timm
     import torch
 
