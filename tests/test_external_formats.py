@@ -17,7 +17,7 @@ from morphotrust.generated import formats
 from morphotrust.generated.external import Known, build_reference, check_external, convert_external
 from morphotrust.generated.layouts import ExternalSettings, compile_pattern, settings_of, settings_problems
 from morphotrust.images import COMPOSITE_RANGES, composite_of, composite_rgb
-from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake
+from workflow_helpers import TINY_DEMO, make_workdir, run_snakemake, workdir_with_results_of
 
 RNG = np.random.default_rng(0)
 SITE = RNG.integers(0, 200, (6, 24, 24), dtype=np.uint8)
@@ -361,13 +361,9 @@ def test_peer_format_judged_like_the_native_tiff(peer_rates, fmt):
 def test_workflow_scores_cellflux_composite_crops(tiny_demo_run, tmp_path):
     """Composite channels + crops through Snakemake: real reference rebuilt, 3-channel features, trust scores, the
     judging notes; CellProfiler not applicable (no morphology job planned for the generated set)."""
-    import shutil
-
     from morphotrust.generated.peer_copies import write_peer_copies
 
-    workdir = make_workdir(tmp_path, **TINY_DEMO)
-    for part in ("data", "subsets"):
-        shutil.copytree(tiny_demo_run / "results" / part, workdir / "results" / part, symlinks=True)
+    workdir = workdir_with_results_of(tiny_demo_run, tmp_path, ("data", "subsets"), **TINY_DEMO)
     with contextlib.chdir(workdir):
         _, external = write_peer_copies(pd.read_parquet("results/subsets/manifest.parquet"), "cellflux",
                                         workdir / "images", max_sites_per_condition=2)

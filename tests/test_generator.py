@@ -128,7 +128,7 @@ def test_prediction_override_and_both_parametrisations_return_a_velocity():
 
 @pytest.mark.parametrize("preset, parameters_M", [("S/2", 33), ("B/2", 130)])
 def test_hpc_presets_build_train_and_sample_at_toy_size(preset, parameters_M):
-    """S/2 and B/2 (meant for a GPU) at 16 px: SiT's sizes, one training step under bf16 autocast lowers the
+    """S/2 and B/2 (meant for a GPU) at 16 px: SiT's sizes, two training steps under bf16 autocast lower the
     loss on a fixed batch, and the sampler returns finite images of the right shape."""
     vocab = {"cell_type": 4, "sirna_id": 1139}
     torch.manual_seed(0)
@@ -143,13 +143,14 @@ def test_hpc_presets_build_train_and_sample_at_toy_size(preset, parameters_M):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x_t, v = interpolate(x, noise, t)
     losses = []
-    for _ in range(3):
+    for step in range(3):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = torch.nn.functional.mse_loss(model(x_t, t, labels % 4, labels).float(), v)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
         losses.append(loss.item())
+        if step < 2:  # the last loss is only read: its backward would cost B/2 ~27 s (bf16 matmuls on a CPU)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     assert losses[-1] < losses[0]
     images = integrate(model.eval(), noise, labels % 4, labels, steps=2, guidance=2.0)[0]
     assert images.shape == x.shape and torch.isfinite(images).all()

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import SLURM_PROFILE, TINY_DEMO, make_workdir, run_through_slurm, small_slurm_profile
+from workflow_helpers import SLURM_PROFILE, TINY_DEMO, make_workdir, run_through_slurm, small_slurm_profile, \
+    workdir_with_results_of
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
@@ -133,14 +134,17 @@ def test_demo_through_slurm(slurm_cluster, tiny_demo_run):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_two_process_training_through_slurm(slurm_cluster, tmp_path):
+def test_two_process_training_through_slurm(slurm_cluster, tiny_demo_run, tmp_path):
     """generator.gpus: 2 through the profile: the train job asks SLURM for 2 GPUs (the local cluster's two fake
-    ones), and the rule runs 2 DDP processes under torchrun (gloo: there is no GPU behind the fake ones)."""
-    workdir = make_workdir(tmp_path / "work", **{**TINY_DEMO, "generator.gpus": 2, "generator.steps": 6})
+    ones), and the rule runs 2 DDP processes under torchrun (gloo: there is no GPU behind the fake ones). Only
+    training runs: its inputs are copied from the session's tiny demo."""
+    workdir = workdir_with_results_of(tiny_demo_run, tmp_path / "work", ("data", "subsets", "autoencoder"),
+                                      **{**TINY_DEMO, "generator.gpus": 2, "generator.steps": 6})
     run_through_slurm(workdir, small_slurm_profile(tmp_path / "profile"), "results/generator/checkpoint.pt")
-    train = [job for job in slurm_jobs(workdir) if job["rule"] == "train"]
-    assert len(train) == 1 and train[0]["state"] == "COMPLETED" and train[0]["gpus"] == 2, train
-    assert train[0]["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1", train
+    jobs = slurm_jobs(workdir)
+    assert [job["rule"] for job in jobs] == ["train"], jobs  # the copied stages are not redone
+    assert jobs[0]["state"] == "COMPLETED" and jobs[0]["gpus"] == 2, jobs
+    assert jobs[0]["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1", jobs
     log = (workdir / "results" / "logs" / "generator" / "train.log").read_text()
     assert "torch.distributed.run --nproc-per-node=2" in log, log[-3000:]
     assert len(pd.read_csv(workdir / "results" / "generator" / "loss.csv")) == 6

@@ -216,7 +216,7 @@ def _group_members(group: int) -> list:
 def test_killed_run_resumes_to_the_same_tables(tmp_path):
     """Kill the workflow while the generator trains, rerun: only the unfinished work is redone (training resumes
     from its checkpoint) and the final tables equal the uninterrupted run's."""
-    overrides = {**PIXEL_DEMO, "generator.steps": 300, "generator.checkpoint_every": 25}
+    overrides = {**PIXEL_DEMO, "generator.steps": 150, "generator.checkpoint_every": 25}
     workdir = make_workdir(tmp_path, **overrides)
     process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *RESUMED_TARGETS],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

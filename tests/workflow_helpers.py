@@ -36,6 +36,16 @@ def make_workdir(tmp_path, **overrides):
     return tmp_path
 
 
+def workdir_with_results_of(run, tmp_path, parts, **overrides):
+    """A working directory (make_workdir) holding copies of `parts` of an earlier run's results/ (e.g. the session's
+    tiny demo's "data" and "subsets"), so that a test reruns only the stages it is about. Copied without Snakemake's
+    records: the copies are taken as they are (no rerun for changed parameters)."""
+    workdir = make_workdir(tmp_path, **overrides)
+    for part in parts:
+        shutil.copytree(run / "results" / part, workdir / "results" / part, symlinks=True)
+    return workdir
+
+
 # A smaller, quicker demo for the end-to-end tests: the science is tested elsewhere, these tests are about the
 # workflow running, resuming and routing jobs. (The defaults in config/config.yaml are the README's demo.)
 TINY_DEMO = {

@@ -25,7 +25,7 @@ import yaml
 from jsonschema import validators
 
 from .errors import InputErrors
-from .yaml_lines import read_yaml_with_lines
+from .yaml_lines import read_schema, read_yaml_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -124,7 +124,7 @@ def _default_filling(validator_class):
 @lru_cache(maxsize=1)
 def _filled_defaults(schema_path) -> dict:
     config: dict = {}
-    for _ in _default_filling(jsonschema.Draft202012Validator)(yaml.safe_load(Path(schema_path).read_text())) \
+    for _ in _default_filling(jsonschema.Draft202012Validator)(read_schema(schema_path)) \
             .iter_errors(config):
         pass  # only the filling matters here; an empty config misses required keys
     return config
@@ -384,7 +384,7 @@ def check_config(config: dict, files=(), command_line=None, schema_path=SCHEMA) 
     each problem can say where its value came from.
     """
     sources = Sources(files, command_line)
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = read_schema(schema_path)
     _type_command_line(config, command_line, schema)
     problems = _schema_problems(config, schema, sources)
     if not problems:  # the cross-key checks read keys the schema guarantees
@@ -405,7 +405,7 @@ def check_section(name: str, text: str) -> dict:
         section = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"not JSON: {error}", where="--config", expected=f"the `{name}` config section") from None
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = read_schema(SCHEMA)
     config = {name: section}
     problems = _schema_problems(config, {"type": "object", "properties": {name: schema["properties"][name]}},
                                 Sources(command_line=config))

@@ -1,13 +1,28 @@
 """The one YAML reader that remembers lines: messages about a config or conditions file name the line of the
-key or list item at fault."""
+key or list item at fault; and the schemas, read once per process. Both parse with libyaml where PyYAML has it
+(the same data, ~10x faster: every Snakemake start and every SLURM job reads the config schema)."""
 
 from __future__ import annotations
 
+import copy
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
 from .errors import InputError
+
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@lru_cache(maxsize=None)
+def _parsed_schema(path: str):
+    return yaml.load(Path(path).read_text(), Loader=LOADER)
+
+
+def read_schema(path):
+    """A YAML schema shipped in the repository, parsed once per process; the caller gets its own copy."""
+    return copy.deepcopy(_parsed_schema(str(path)))
 
 
 def read_yaml_with_lines(path, what: str = "YAML file") -> tuple[object, dict[tuple, int]]:
@@ -22,8 +37,8 @@ def read_yaml_with_lines(path, what: str = "YAML file") -> tuple[object, dict[tu
     except OSError as error:
         raise InputError(f"cannot read the {what} ({error.strerror})", file=path) from None
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=LOADER)
+        data = yaml.load(text, Loader=LOADER)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise InputError(f"malformed YAML: {getattr(error, 'problem', None) or error}", file=path,

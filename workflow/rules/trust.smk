@@ -2,15 +2,15 @@
 # measure on held-out real sites how well the encoder separates every attribute value (adequacy), then score the
 # generated samples with their requested condition, accept (T <= threshold) or abstain, and summarise.
 
-import morphotrust.trust as mttrust
+from morphotrust.trust.plan import calibration_files, calibration_option
 
 
 rule trust_fit:
     input:
         train="results/reduction/real_train.parquet",
         train_sidecar="results/reduction/real_train.json",
-        calibration=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
-        calibration_sidecar=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.json"),
+        calibration=calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration_sidecar=calibration_files(config["trust"], "results/reduction/real_calibration.json"),
     output:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
@@ -25,7 +25,7 @@ rule trust_fit:
         mem_mb=4000,
     params:
         cfg=cli_json(config["trust"]),
-        calibration=mttrust.calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration=calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
     shell:
         "python -m morphotrust trust fit --train {input.train} {params.calibration} --config {params.cfg}"
         " --threads {threads} --out-dir results/trust > {log} 2>&1"
@@ -88,7 +88,7 @@ rule baselines:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
         train="results/reduction/real_train.parquet",
-        calibration=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration=calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
         generated="results/reduction/generated.parquet",
         trust_scores="results/trust/generated_scores.parquet",
     output:
@@ -104,7 +104,7 @@ rule baselines:
         mem_mb=4000,
     params:
         cfg=cli_json(config["baselines"]),
-        calibration=mttrust.calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration=calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
         out_dir=lambda wildcards, output: os.path.dirname(output.thresholds),
     shell:
         "OMP_NUM_THREADS={threads} python -m morphotrust trust baselines --scorer results/trust/scorer"

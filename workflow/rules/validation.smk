@@ -259,7 +259,7 @@ rule validation_corruptions:
         scorer="results/trust/scorer.npz",
         scorer_json="results/trust/scorer.json",
         train="results/reduction/real_train.parquet",
-        calibration=mttrust.calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration=calibration_files(config["trust"], "results/reduction/real_calibration.parquet"),
         weights=FEATURE_WEIGHTS,
     output:
         table="results/validation/corruptions.csv",
@@ -282,7 +282,7 @@ rule validation_corruptions:
         features=cli_json(FEATURES),
         baselines=cli_json(config["baselines"]),
         cfg=cli_json(config["validation"]),
-        calibration=mttrust.calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
+        calibration=calibration_option(config["trust"], "results/reduction/real_calibration.parquet"),
     shell:
         "python -m morphotrust validation corruptions --stack {input.stack} --heldout {input.heldout}"
         " --reduction results/reduction/reduction --scorer results/trust/scorer --train {input.train}"

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import jsonschema
 import pandas as pd
-import yaml
 
 from ..errors import InputErrors
-from ..yaml_lines import read_yaml_with_lines
+from ..yaml_lines import read_schema, read_yaml_with_lines
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "conditions.schema.yaml"
 POSITIVE_CONTROL_IDS = range(1108, 1138)
@@ -54,7 +53,7 @@ def load_conditions(path, metadata: pd.DataFrame, min_sites: int = 1, skipped: p
     path = Path(path)
     data, key_lines = read_yaml_with_lines(path, "conditions file")
     lines = {key: line for key, line in key_lines.items() if len(key) == 2 and isinstance(key[1], int)}
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = read_schema(SCHEMA)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         problems = []

@@ -77,18 +77,6 @@ def trust_config(text: str) -> dict:
     return check_section("trust", text)
 
 
-def calibration_files(trust: dict, *paths) -> list:
-    """The rules' inputs for the calibration split: `paths` when the (checked) `trust` section calibrates on the
-    calibration split, none for fit_pool."""
-    return list(paths) if trust["calibration_source"] == "calibration_split" else []
-
-
-def calibration_option(trust: dict, path) -> str:
-    """`--calibration PATH` for `morphotrust trust fit|baselines` when the trust score calibrates on the calibration
-    split, nothing for fit_pool."""
-    return " ".join(f"--calibration {p}" for p in calibration_files(trust, path))
-
-
 def _scores_table(meta: pd.DataFrame, scores: pd.DataFrame, scorer: TrustScorer) -> pd.DataFrame:
     table = pd.concat([meta.reset_index(drop=True), scores], axis=1)
     table["accepted"] = scorer.accept(scores)
