@@ -2,7 +2,8 @@
 
 `tiny_demo_run`: ONE run of the whole workflow on the small demo (TINY_DEMO, default generator on latents), made
 once per test session and read by every end-to-end assertion that does not need a run of its own. Put new
-end-to-end checks here as tests that take this fixture rather than running another demo. Where a local SLURM
+end-to-end checks here as tests that take this fixture rather than running another demo; a test about one stage
+can start from copies of the stages before it (workflow_helpers.workdir_with_results_of). Where a local SLURM
 cluster can run (root, as in CI) the run goes through it and the SLURM profile, so that one run also serves the
 SLURM tests; elsewhere it runs locally (the other end-to-end tests run locally in any case).
 
